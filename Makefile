@@ -1,0 +1,47 @@
+# Two commands: `make run` (the whole service on embedded defaults) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Development defaults for `make run` only; set real values in the environment to override.
+export STRIPE_WEBHOOK_SECRET ?= whsec_local_development_secret
+export ADMIN_TOKEN ?= local-admin-token
+export LOG_FORMAT ?= console
+export HOST ?= 127.0.0.1
+
+.PHONY: run test test-all bench lock clean venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock requirements-dev.lock requirements-nodeps.lock pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock -r requirements-dev.lock
+	# dramatiq-dashboard pins dramatiq<2 and redis<5 in its metadata but runs with the current ones:
+	# install it alone, without letting pip downgrade them.
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements-nodeps.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/dunning run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Re-pin the dependencies (needs network): edit requirements*.in, then `make lock`.
+lock:
+	$(PYTHON) -m venv /tmp/dunning-lock && /tmp/dunning-lock/bin/pip install --quiet pip-tools
+	/tmp/dunning-lock/bin/pip-compile --quiet --strip-extras --generate-hashes -o requirements.lock requirements.in
+	/tmp/dunning-lock/bin/pip-compile --quiet --strip-extras --generate-hashes -o requirements-dev.lock requirements-dev.in
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,1 @@
+"""What to do when X happens: one module per event family, one registry table (registry.py)."""

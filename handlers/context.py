@@ -1,0 +1,83 @@
+"""What a handler receives: the open transaction, the stored event, the clock, and its services.
+
+Handlers do no network I/O. Effects are rows (outbox emails, platform notices, Stripe jobs)
+written in the same transaction; work registered with `after_commit` runs only once the
+transaction has committed (typically: enqueue the id of a row just written).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable
+
+from sqlalchemy import Connection, Table
+
+if TYPE_CHECKING:  # pragma: no cover
+    from worker.runtime import Runtime
+
+
+class PermanentEventError(Exception):
+    """Raised when an event can never be processed (malformed payload): no retry, kept as failed."""
+
+
+@dataclass(frozen=True)
+class StripeEvent:
+    """A stored Stripe event, parsed once."""
+
+    id: str
+    type: str
+    created: int
+    api_version: str | None
+    livemode: bool
+    payload: dict
+
+    @property
+    def object(self) -> dict:
+        obj = (self.payload.get("data") or {}).get("object")
+        if not isinstance(obj, dict):
+            raise PermanentEventError(f"event {self.id} has no data.object")
+        return obj
+
+    @property
+    def previous_attributes(self) -> dict:
+        prev = (self.payload.get("data") or {}).get("previous_attributes")
+        return prev if isinstance(prev, dict) else {}
+
+
+@dataclass
+class HandlerContext:
+    runtime: "Runtime"
+    conn: Connection
+    now: datetime
+    event: StripeEvent | None = None  # None when a timer (scheduler step) is the cause
+    log: Any = None
+    _after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def db(self):
+        return self.runtime.db
+
+    @property
+    def settings(self):
+        return self.runtime.settings
+
+    @property
+    def policy(self):
+        return self.runtime.policy
+
+    def table(self, name: str) -> Table:
+        return self.runtime.db.table(name)
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run fn once this transaction has committed (never inside it)."""
+        self._after_commit.append(fn)
+
+    def run_after_commit(self) -> None:
+        callbacks, self._after_commit = self._after_commit, []
+        for fn in callbacks:
+            try:
+                fn()
+            except Exception as exc:  # the row is durable: a sweeper will pick it up later
+                if self.log is not None:
+                    self.log.warning("after_commit.failed", error=str(exc)[:300])

@@ -1,0 +1,121 @@
+"""Stripe facts we keep (customers, subscriptions, invoices), upserted newest-wins.
+
+Stripe delivers out of order: a row remembers the `created` of the event that wrote it and
+an older event never overwrites it. For invoices, final statuses (paid, void, uncollectible)
+stick whatever arrives later: an invoice that was paid cannot fail again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+
+from handlers.context import HandlerContext
+from handlers.stripe_objects import (
+    expandable_id,
+    invoice_payment_intent_id,
+    invoice_price_and_product_ids,
+    invoice_subscription_id,
+    metadata_of,
+)
+from worker.db import dumps
+
+FINAL_INVOICE_STATUSES = ("paid", "void", "uncollectible")
+
+
+def _upsert(ctx: HandlerContext, table_name: str, row_id: str, values: dict[str, Any], created: int) -> None:
+    """Insert, or update when `created` is not older than what the row holds."""
+    table = ctx.table(table_name)
+    values = {**values, "source_created": created, "updated_at": ctx.now}
+    inserted = ctx.db.insert_new(ctx.conn, table, {"id": row_id, **values}, "id")
+    if not inserted:
+        ctx.conn.execute(update(table).where(table.c.id == row_id, table.c.source_created <= created)
+                         .values(**values))
+
+
+def upsert_customer(ctx: HandlerContext, customer: dict, created: int) -> None:
+    cid = customer.get("id")
+    if not isinstance(cid, str):
+        return
+    values: dict[str, Any] = {
+        "email": customer.get("email"),
+        "name": customer.get("name") or customer.get("description"),
+        "metadata": dumps(metadata_of(customer)),
+        "deleted": bool(customer.get("deleted")),
+    }
+    default_pm = (expandable_id((customer.get("invoice_settings") or {}).get("default_payment_method"))
+                  or expandable_id(customer.get("default_source")))
+    values["default_payment_method"] = default_pm
+    _upsert(ctx, "customers", cid, values, created)
+
+
+def ensure_customer(ctx: HandlerContext, customer_id: str, email: str | None, name: str | None,
+                    created: int) -> None:
+    """Know a customer from an invoice when no customer event reached us (never overwrites)."""
+    table = ctx.table("customers")
+    ctx.conn.execute(ctx.db.insert_ignore(table, {
+        "id": customer_id, "email": email, "name": name, "metadata": "{}",
+        "deleted": False, "source_created": 0, "updated_at": ctx.now,
+    }, "id"))
+    if email:
+        ctx.conn.execute(update(table).where(table.c.id == customer_id, table.c.email.is_(None))
+                         .values(email=email, name=name))
+
+
+def upsert_subscription(ctx: HandlerContext, subscription: dict, created: int) -> None:
+    sid = subscription.get("id")
+    customer_id = expandable_id(subscription.get("customer"))
+    if not isinstance(sid, str) or not customer_id:
+        return
+    _upsert(ctx, "subscriptions", sid, {
+        "customer_id": customer_id,
+        "status": subscription.get("status"),
+        "metadata": dumps(metadata_of(subscription)),
+    }, created)
+
+
+def upsert_invoice(ctx: HandlerContext, invoice: dict, created: int) -> dict | None:
+    """Record the invoice's latest state; return the stored row (a mapping)."""
+    iid = invoice.get("id")
+    customer_id = expandable_id(invoice.get("customer"))
+    if not isinstance(iid, str) or not customer_id:
+        return None
+    prices, products = invoice_price_and_product_ids(invoice)
+    values = {
+        "customer_id": customer_id,
+        "subscription_id": invoice_subscription_id(invoice),
+        "number": invoice.get("number"),
+        "status": invoice.get("status") or "open",
+        "currency": (invoice.get("currency") or "usd").lower(),
+        "amount_due": int(invoice.get("amount_due") or 0),
+        "amount_remaining": int(invoice.get("amount_remaining", invoice.get("amount_due")) or 0),
+        "hosted_invoice_url": invoice.get("hosted_invoice_url"),
+        "invoice_pdf": invoice.get("invoice_pdf"),
+        "payment_intent": invoice_payment_intent_id(invoice),
+        "price_ids": dumps(prices),
+        "product_ids": dumps(products),
+    }
+    table = ctx.table("invoices")
+    existing = ctx.conn.execute(ctx.db.lock(select(table).where(table.c.id == iid))).mappings().first()
+    if existing is None:
+        ctx.conn.execute(table.insert().values(id=iid, source_created=created, updated_at=ctx.now, **values))
+    else:
+        if existing["status"] in FINAL_INVOICE_STATUSES and values["status"] not in FINAL_INVOICE_STATUSES:
+            values["status"] = existing["status"]  # paid/void/uncollectible stick
+        if created >= existing["source_created"] or values["status"] != existing["status"]:
+            ctx.conn.execute(update(table).where(table.c.id == iid).values(
+                source_created=max(created, existing["source_created"]), updated_at=ctx.now, **values))
+    if isinstance(invoice.get("customer"), dict):
+        upsert_customer(ctx, invoice["customer"], created)
+    else:
+        ensure_customer(ctx, customer_id, invoice.get("customer_email"), invoice.get("customer_name"), created)
+    return ctx.conn.execute(select(table).where(table.c.id == iid)).mappings().first()
+
+
+def load(ctx: HandlerContext, table_name: str, row_id: str | None) -> dict | None:
+    if not row_id:
+        return None
+    table = ctx.table(table_name)
+    row = ctx.conn.execute(select(table).where(table.c.id == row_id)).mappings().first()
+    return dict(row) if row else None

@@ -1,0 +1,163 @@
+"""Core commands: run the service, its processes, the schema, stats, events and the scheduler."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from sqlalchemy import select
+
+from worker.cli import emit, get_runtime, main
+
+
+@main.command()
+def run() -> None:
+    """Run the whole service in the foreground (web, workers, scheduler; embedded Redis if needed)."""
+    from config.settings import load_settings
+    from worker.launcher import run_all
+    try:
+        settings = load_settings()
+    except Exception as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(run_all(settings))
+
+
+@main.command()
+@click.option("--host", default=lambda: os.environ.get("HOST", "0.0.0.0"), show_default="$HOST or 0.0.0.0")
+@click.option("--workers", default=lambda: int(os.environ.get("WEB_CONCURRENCY", "2")), type=int)
+@click.option("--threads", default=lambda: int(os.environ.get("WEB_THREADS", "8")), type=int)
+def web(host: str, workers: int, threads: int) -> None:
+    """Serve the webhook receiver, admin API, metrics and dashboard with gunicorn."""
+    from worker.gunicorn_app import serve
+    runtime = get_runtime()  # fail fast on bad configuration, before forking
+    serve(host, runtime.settings.port, workers, threads)
+
+
+@main.command()
+@click.option("--processes", type=int, default=None, help="default: $WORKER_PROCESSES (2)")
+@click.option("--threads", type=int, default=None, help="default: $WORKER_THREADS (8)")
+def worker(processes: int | None, threads: int | None) -> None:
+    """Run the Dramatiq worker processes for every queue of this service."""
+    runtime = get_runtime()
+    settings = runtime.settings
+    args = ["dramatiq", "--processes", str(processes or settings.worker_processes),
+            "--threads", str(threads or settings.worker_threads),
+            "--worker-shutdown-timeout", "30000", "worker.runtime:worker_setup"]
+    os.execvp(os.path.join(os.path.dirname(sys.executable), "dramatiq"), args)
+
+
+@main.command()
+def scheduler() -> None:
+    """Run the scheduler loop (due steps, reconciler, outbox retries, card expiry scan)."""
+    from worker.scheduler import run_forever
+    runtime = get_runtime()
+    run_forever(runtime, runtime.settings.scheduler_interval)
+
+
+@main.command()
+@click.option("--at", "at", default=None, help="run as of this instant, e.g. 2026-12-01T00:00:00Z")
+@click.option("--json", "as_json", is_flag=True)
+def tick(at: str | None, as_json: bool) -> None:
+    """Run one scheduler pass as of an instant (catch up after an outage; tests move time)."""
+    from worker.clock import parse_instant, utcnow
+    from worker.scheduler import run_pass
+    runtime = get_runtime()
+    now = parse_instant(at) if at else utcnow()
+    done = run_pass(runtime, now)
+    emit({"at": now.isoformat() + "Z", **done}, as_json,
+         lambda d: click.echo(" ".join(f"{k}={v}" for k, v in d.items())))
+
+
+@main.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command("init")
+def db_init() -> None:
+    """Apply schema.sql (idempotent)."""
+    runtime = get_runtime(broker=False)
+    runtime.db.init_schema()
+    click.echo(f"schema applied to {runtime.db.engine.url.render_as_string(hide_password=True)}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def stats(as_json: bool) -> None:
+    """Counts of events, cases, emails and platform notices by status."""
+    from worker.stats import collect_stats
+    runtime = get_runtime(broker=False)
+    data = collect_stats(runtime.db)
+
+    def render(d):
+        for section in ("events", "cases", "emails", "notices"):
+            counts = ", ".join(f"{k}={v}" for k, v in sorted(d[section].items())) or "none"
+            click.echo(f"{section:8} {counts}")
+        for notice in d["pending_notices"]:
+            click.echo(f"  pending notice {notice['id']} {notice['type']} attempts={notice['attempts']}"
+                       f" next={notice['next_attempt_at']} error={notice['last_error']}")
+    emit(data, as_json, render)
+
+
+@main.group()
+def events() -> None:
+    """Stored Stripe events."""
+
+
+@events.command("list")
+@click.option("--status", default=None)
+@click.option("--type", "event_type", default=None)
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def events_list(status, event_type, limit, as_json) -> None:
+    """The newest stored events."""
+    runtime = get_runtime(broker=False)
+    t = runtime.db.table("events")
+    stmt = select(t.c.id, t.c.type, t.c.status, t.c.attempts, t.c.created, t.c.received_at,
+                  t.c.last_error).order_by(t.c.received_at.desc()).limit(limit)
+    if status:
+        stmt = stmt.where(t.c.status == status)
+    if event_type:
+        stmt = stmt.where(t.c.type == event_type)
+    with runtime.db.engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def render(items):
+        for r in items:
+            click.echo(f"{r['id']}  {r['type']:40} {r['status']:10} attempts={r['attempts']}"
+                       + (f"  error={r['last_error'][:80]}" if r["last_error"] else ""))
+    emit(rows, as_json, render)
+
+
+@events.command("show")
+@click.argument("event_id")
+@click.option("--json", "as_json", is_flag=True)
+def events_show(event_id, as_json) -> None:
+    """One stored event, with its payload."""
+    import json as _json
+    runtime = get_runtime(broker=False)
+    t = runtime.db.table("events")
+    with runtime.db.engine.connect() as conn:
+        row = conn.execute(select(t).where(t.c.id == event_id)).mappings().first()
+    if row is None:
+        click.echo(f"no event {event_id}", err=True)
+        sys.exit(1)
+    data = dict(row)
+    data["payload"] = _json.loads(data["payload"])
+    emit(data, True if as_json else False)
+
+
+@events.command("replay")
+@click.argument("event_id", required=False)
+@click.option("--failed", is_flag=True, help="replay every failed event")
+@click.option("--json", "as_json", is_flag=True)
+def events_replay(event_id, failed, as_json) -> None:
+    """Set an event (or every failed one) back to received and enqueue it again."""
+    from worker.event_store import requeue_events
+    if bool(event_id) == bool(failed):
+        raise click.UsageError("give an EVENT_ID or --failed")
+    runtime = get_runtime()
+    ids = requeue_events(runtime, [event_id] if event_id else None)
+    emit({"replayed": ids}, as_json, lambda d: click.echo(f"replayed {len(d['replayed'])} event(s)"))

@@ -1,0 +1,159 @@
+"""The database: engine made on first use, schema from schema.sql, transactions that serialize.
+
+PostgreSQL serializes per row (SELECT ... FOR UPDATE); SQLite has one writer, so every
+transaction starts with BEGIN IMMEDIATE: the write lock is taken up front and a busy
+timeout waits for it, instead of failing late on a lock upgrade.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from config.settings import PROJECT_ROOT
+
+SCHEMA_PATH = PROJECT_ROOT / "schema.sql"
+
+
+class DatabaseUnavailable(Exception):
+    """Raised when the database cannot be reached (the webhook answers 503, Stripe retries)."""
+
+
+def schema_statements(path: Path = SCHEMA_PATH) -> list[str]:
+    """The statements of schema.sql, comments removed, split on ';'."""
+    sql = re.sub(r"--[^\n]*", "", path.read_text())
+    return [s.strip() for s in sql.split(";") if s.strip()]
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_conn, _record):  # pragma: no cover - exercised by every sqlite test
+        dbapi_conn.isolation_level = None  # let us issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn):  # pragma: no cover
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """Engine, reflected tables and transaction helpers for one DATABASE_URL."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False):
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(url, echo=echo, poolclass=NullPool,
+                                        connect_args={"timeout": 30, "check_same_thread": False})
+            _sqlite_setup(self.engine)
+        else:
+            self.engine = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=20,
+                                        pool_pre_ping=True, pool_recycle=1800,
+                                        connect_args={"connect_timeout": 5})
+        self._tables: dict[str, Table] | None = None
+
+    # -- schema ---------------------------------------------------------------------------
+    def init_schema(self) -> None:
+        """Apply schema.sql; every statement is IF NOT EXISTS, so this is idempotent."""
+        with self.transaction() as conn:
+            if not self.is_sqlite:
+                # Two `db init` at once must not race on CREATE TABLE IF NOT EXISTS.
+                conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
+            for statement in schema_statements():
+                conn.exec_driver_sql(statement)
+        self._tables = None
+
+    @property
+    def tables(self) -> dict[str, Table]:
+        """Tables reflected from the live schema (schema.sql is the only definition)."""
+        if self._tables is None:
+            metadata = MetaData()
+            try:
+                metadata.reflect(self.engine)
+            except (OperationalError, DBAPIError) as exc:
+                raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
+            self._tables = dict(metadata.tables)
+        return self._tables
+
+    def table(self, name: str) -> Table:
+        return self.tables[name]
+
+    # -- transactions ---------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction; commits on success, rolls back on error."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            if _is_connection_error(exc):
+                raise DatabaseUnavailable(str(exc.orig).splitlines()[0] if exc.orig else str(exc)) from exc
+            raise
+
+    def ping(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except (OperationalError, DBAPIError) as exc:
+            raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
+
+    def insert_ignore(self, table: Table, values: dict[str, Any] | list[dict[str, Any]], *keys: str):
+        """INSERT ... ON CONFLICT DO NOTHING for this dialect (both support it)."""
+        dialect = sqlite if self.is_sqlite else postgresql
+        stmt = dialect.insert(table).values(values)
+        return stmt.on_conflict_do_nothing(index_elements=list(keys) or None)
+
+    def insert_new(self, conn: Connection, table: Table, values: dict[str, Any], *keys: str) -> bool:
+        """Insert the row unless one with the same key exists; True when this call inserted it.
+
+        (rowcount is unreliable for ON CONFLICT DO NOTHING on psycopg 3: RETURNING tells.)
+        """
+        pk = [c for c in table.primary_key.columns][0]
+        stmt = self.insert_ignore(table, values, *keys).returning(pk)
+        return conn.execute(stmt).first() is not None
+
+    def lock(self, stmt):
+        """SELECT ... FOR UPDATE on PostgreSQL; SQLite already holds the write lock (BEGIN IMMEDIATE)."""
+        return stmt if self.is_sqlite else stmt.with_for_update()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _is_connection_error(exc: OperationalError) -> bool:
+    message = str(exc.orig or exc).lower()
+    if "database is locked" in message:
+        return False
+    return exc.connection_invalidated or any(
+        marker in message for marker in (
+            "connection", "could not connect", "server closed", "terminating", "unable to open",
+            "the database system is", "timeout expired", "no such host",
+        )
+    )
+
+
+def dumps(value: Any) -> str:
+    """JSON for TEXT columns: compact, stable key order."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def loads(value: str | None, default: Any = None) -> Any:
+    if value in (None, ""):
+        return default
+    return json.loads(value)

@@ -1,0 +1,32 @@
+"""Run the WSGI app under gunicorn (threads per worker; the runtime is built after fork)."""
+
+from __future__ import annotations
+
+from gunicorn.app.base import BaseApplication
+
+
+class _App(BaseApplication):
+    def __init__(self, options: dict):
+        self.options = options
+        super().__init__()
+
+    def load_config(self):
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from worker.web import wsgi_app
+        return wsgi_app()
+
+
+def serve(host: str, port: int, workers: int, threads: int) -> None:
+    _App({
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread",
+        "timeout": 60,
+        "graceful_timeout": 20,
+        "accesslog": None,
+        "preload_app": False,
+    }).run()

@@ -1,0 +1,97 @@
+"""structlog set up once per process: JSON lines in production, readable console under `make run`.
+
+Secrets never reach a log line: known secret values are replaced by '***' and email addresses
+are masked (a***@example.com) by a processor that sees every event dict.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any, Iterable
+
+import structlog
+
+EMAIL_RE = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
+BEARER_RE = re.compile(r"(?i)(bearer\s+|basic\s+)[A-Za-z0-9._~+/=\-]+")
+_SECRETS: list[str] = []
+
+
+def mask_email(address: str | None) -> str | None:
+    """'ada@example.com' -> 'a***@example.com' (enough to tell owners apart, not to mail them)."""
+    if not address:
+        return address
+    return EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", address)
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    """Values that must never appear in a log line (API keys, webhook secrets, admin token)."""
+    for value in values:
+        if value and len(value) >= 6 and value not in _SECRETS:
+            _SECRETS.append(value)
+
+
+def scrub(text: str) -> str:
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, "***")
+    text = BEARER_RE.sub(lambda m: m.group(1) + "***", text)
+    return EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrub_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_scrub_value(v) for v in value)
+    return value
+
+
+def scrub_processor(_logger, _name, event_dict: dict) -> dict:
+    return {k: _scrub_value(v) for k, v in event_dict.items()}
+
+
+class ScrubbingFormatter(logging.Formatter):
+    """For stdlib records (dramatiq, gunicorn): scrub the formatted line too."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
+
+
+def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
+    """Configure structlog and the stdlib root logger for this process (idempotent)."""
+    renderer = (structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+                if log_format == "console" else structlog.processors.JSONRenderer(sort_keys=True))
+    processors = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        scrub_processor,
+        renderer,
+    ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_dunning", False):
+            root.removeHandler(old)
+    handler._dunning = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("sendgrid").setLevel(logging.WARNING)
+    logging.getLogger("python_http_client").setLevel(logging.WARNING)
+    logging.getLogger("stripe").setLevel(logging.WARNING)
+
+
+def get_logger(name: str | None = None):
+    return structlog.get_logger(name)

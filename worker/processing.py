@@ -1,0 +1,80 @@
+"""Process one stored event: claim it, run its handler in one transaction, then the after-commit work.
+
+Correctness does not rest on the broker delivering once: the final transaction locks the event
+row and does nothing if it is already processed, so a redelivered or reconciled duplicate
+message is harmless.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import select, update
+
+from handlers.context import HandlerContext, PermanentEventError
+from handlers.registry import handler_for
+from worker.clock import utcnow
+from worker.event_store import load_event
+
+LEASE = timedelta(minutes=5)
+log = structlog.get_logger("worker.processing")
+
+
+class EventNotFound(PermanentEventError):
+    """Raised when a message names an event id that is not stored."""
+
+
+def process_event(runtime, event_id: str) -> str:
+    """Process the event; return its final status. Raises on a transient failure (to be retried)."""
+    db = runtime.db
+    events = db.table("events")
+    with db.transaction() as conn:
+        claimed = conn.execute(
+            update(events)
+            .where(events.c.id == event_id, events.c.status.in_(("received", "processing", "failed")))
+            .values(status="processing", attempts=events.c.attempts + 1, lease_until=utcnow() + LEASE)
+        ).rowcount
+        if not claimed:
+            status = conn.execute(select(events.c.status).where(events.c.id == event_id)).scalar()
+            if status is None:
+                raise EventNotFound(f"event {event_id} is not stored")
+            log.info("event.skipped", status=status)
+            return status
+
+    try:
+        return _run_handler(runtime, event_id)
+    except Exception as exc:
+        with db.transaction() as conn:
+            conn.execute(update(events).where(events.c.id == event_id, events.c.status == "processing")
+                         .values(status="failed", last_error=f"{type(exc).__name__}: {exc}"[:2000],
+                                 lease_until=None))
+        log.warning("event.failed", error=f"{type(exc).__name__}: {exc}"[:500],
+                    permanent=isinstance(exc, PermanentEventError))
+        raise
+
+
+def _run_handler(runtime, event_id: str) -> str:
+    db = runtime.db
+    events = db.table("events")
+    with db.transaction() as conn:
+        row = conn.execute(db.lock(select(events).where(events.c.id == event_id))).mappings().first()
+        if row is None:
+            raise EventNotFound(f"event {event_id} is not stored")
+        if row["status"] in ("processed", "ignored"):
+            return row["status"]
+        event = load_event(row)
+        handler = handler_for(event.type)
+        ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=event, log=log)
+        status = "processed"
+        if handler is None:
+            status = "ignored"
+        else:
+            result = handler(ctx, event)
+            if result == "ignored":
+                status = "ignored"
+        conn.execute(update(events).where(events.c.id == event_id).values(
+            status=status, processed_at=utcnow(), last_error=None, lease_until=None))
+    log.info("event.processed", status=status)
+    ctx.run_after_commit()
+    return status

@@ -1,0 +1,82 @@
+"""The process-wide runtime: settings, database, broker and actors, built once at start.
+
+Every entry point (web app, `dramatiq` worker processes, scheduler, CLI) calls `setup()` first.
+Nothing here runs at import: the broker is set explicitly before any actor is declared.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import dramatiq
+
+from config.settings import Settings, load_settings
+from worker.broker import make_redis_broker, resolve_redis_url
+from worker.db import Database
+from worker.logs import configure_logging, register_secrets
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    broker: dramatiq.Broker
+    actors: Any = None
+    _policy: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _services: dict = field(default_factory=dict)
+
+    @property
+    def policy(self):
+        """The dunning policy file, parsed once per process."""
+        if self._policy is None:
+            from handlers.policy import load_policy
+            self._policy = load_policy(self.settings.dunning_policy)
+        return self._policy
+
+    def service(self, name: str, factory):
+        """A lazily built, process-wide client (Stripe, SendGrid, HTTP session...)."""
+        with self._lock:
+            if name not in self._services:
+                self._services[name] = factory(self)
+            return self._services[name]
+
+
+_current: Runtime | None = None
+
+
+def setup(settings: Settings | None = None, broker: dramatiq.Broker | None = None,
+          *, configure_logs: bool = True) -> Runtime:
+    """Build the runtime for this process (idempotent unless new settings or broker are given)."""
+    global _current
+    if _current is not None and settings is None and broker is None:
+        return _current
+    settings = settings or load_settings()
+    if configure_logs:
+        configure_logging(settings.log_format, settings.log_level)
+    register_secrets([*settings.stripe_webhook_secrets, settings.admin_token, settings.stripe_api_key,
+                      settings.sendgrid_api_key, settings.platform_webhook_secret,
+                      settings.dashboard_password])
+    if broker is None:
+        broker = make_redis_broker(resolve_redis_url(settings), settings.queue_namespace)
+    from worker import metrics
+    metrics.install_broker_middleware(broker)
+    dramatiq.set_broker(broker)
+    from worker.actors import declare_actors
+    runtime = Runtime(settings=settings, db=Database(settings.database_url), broker=broker)
+    runtime.actors = declare_actors(broker)
+    _current = runtime
+    return runtime
+
+
+def current() -> Runtime:
+    if _current is None:
+        return setup()
+    return _current
+
+
+def worker_setup() -> None:
+    """Entry for the dramatiq CLI: `dramatiq worker.runtime:worker_setup worker.runtime`."""
+    setup()

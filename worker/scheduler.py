@@ -1,0 +1,51 @@
+"""The scheduler process: every few seconds, one pass of the periodic work.
+
+Timers are rows (cases.next_step_at, outbox next_attempt_at), never long broker delays, so a
+pass late by an hour still runs each due step once. Each job is idempotent, so two schedulers
+running at once are wasteful but not wrong.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from datetime import datetime
+
+import structlog
+
+from worker.clock import utcnow
+from worker.reconciler import reconcile
+
+log = structlog.get_logger("worker.scheduler")
+
+
+def run_pass(runtime, now: datetime) -> dict[str, int]:
+    """One pass: reconcile events, enqueue due case steps, retry due outbox rows, scan cards."""
+    from handlers.steps import enqueue_due_steps
+    from worker.card_expiry import scan_expiring_cards
+    from worker.email_delivery import sweep_emails
+    from worker.notices import sweep_notices
+
+    done: dict[str, int] = {}
+    for name, job in (("events_requeued", reconcile), ("steps_enqueued", enqueue_due_steps),
+                      ("emails_enqueued", sweep_emails), ("notices_enqueued", sweep_notices),
+                      ("expiring_cards", scan_expiring_cards)):
+        try:
+            done[name] = job(runtime, now)
+        except Exception as exc:  # one failing job must not stop the others
+            log.error("scheduler.job_failed", job=name, error=f"{type(exc).__name__}: {exc}"[:500])
+            done[name] = -1
+    return done
+
+
+def run_forever(runtime, interval: float) -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("scheduler.started", interval=interval)
+    while not stop.is_set():
+        done = run_pass(runtime, utcnow())
+        if any(v for v in done.values()):
+            log.info("scheduler.pass", **done)
+        stop.wait(interval)
+    log.info("scheduler.stopped")

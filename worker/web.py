@@ -1,0 +1,142 @@
+"""The HTTP face: verify Stripe's signature, store the event, enqueue its id, answer 2xx.
+
+Nothing is processed in the request. The event is committed before the answer, so a 2xx means
+it is durable; a database that is down answers 503 so that Stripe retries; a broker that is
+down still answers 200 (the event is stored and the reconciler enqueues it later).
+"""
+
+from __future__ import annotations
+
+import time
+
+import falcon
+import structlog
+
+from handlers.registry import known_types
+from worker import metrics
+from worker.db import DatabaseUnavailable
+from worker.event_store import InvalidEvent, parse_envelope, store_event
+from worker.signatures import SignatureError, verify_stripe_signature
+
+MAX_BODY_BYTES = 1024 * 1024  # 1 MiB: Stripe's events are far smaller
+log = structlog.get_logger("worker.web")
+
+
+def json_error(resp: falcon.Response, status: str, message: str) -> None:
+    resp.status = status
+    resp.media = {"error": message}
+
+
+def read_body(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The raw body, refusing (413) anything over `limit` before reading it all."""
+    if req.content_length is not None and req.content_length > limit:
+        raise falcon.HTTPContentTooLarge(title="body too large", description=f"limit is {limit} bytes")
+    body = req.bounded_stream.read(limit + 1)
+    if len(body) > limit:
+        raise falcon.HTTPContentTooLarge(title="body too large", description=f"limit is {limit} bytes")
+    return body
+
+
+class StripeWebhook:
+    """POST /webhooks/stripe."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.known = known_types()
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = time.perf_counter()
+        body = read_body(req)
+        try:
+            payload = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return json_error(resp, falcon.HTTP_400, "body is not UTF-8")
+        try:
+            verify_stripe_signature(payload, req.get_header("Stripe-Signature"),
+                                    self.runtime.settings.stripe_webhook_secrets)
+        except SignatureError as exc:
+            log.info("webhook.rejected", reason=str(exc))
+            return json_error(resp, falcon.HTTP_400, f"invalid signature: {exc}")
+        try:
+            envelope = parse_envelope(payload)
+        except InvalidEvent as exc:
+            log.info("webhook.rejected", reason=str(exc))
+            return json_error(resp, falcon.HTTP_400, f"not a Stripe event: {exc}")
+
+        known = envelope.type in self.known
+        try:
+            is_new = store_event(self.runtime.db, envelope, known_type=known)
+        except DatabaseUnavailable as exc:
+            log.error("webhook.database_unavailable", event_id=envelope.id, error=str(exc)[:300])
+            resp.set_header("Retry-After", "30")
+            return json_error(resp, falcon.HTTP_503, "database unavailable; retry later")
+
+        enqueued = False
+        if is_new and known:
+            try:
+                self.runtime.actors.process_event.send(envelope.id)
+                enqueued = True
+            except Exception as exc:  # broker down: stored; the reconciler enqueues it later
+                log.warning("webhook.enqueue_failed", event_id=envelope.id, error=str(exc)[:300])
+        metrics.webhook_received(envelope.type, is_new, time.perf_counter() - started)
+        log.info("webhook.accepted", event_id=envelope.id, event_type=envelope.type,
+                 duplicate=not is_new, enqueued=enqueued, ignored=not known)
+        resp.media = {"received": True, "id": envelope.id, "duplicate": not is_new,
+                      "ignored": not known}
+
+
+class Health:
+    """GET /healthz: the process is up."""
+
+    def on_get(self, _req, resp):
+        resp.media = {"status": "ok"}
+
+
+class Ready:
+    """GET /readyz: the database and the broker answer."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def on_get(self, _req, resp):
+        checks = {}
+        try:
+            self.runtime.db.ping()
+            checks["database"] = "ok"
+        except DatabaseUnavailable as exc:
+            checks["database"] = f"down: {str(exc)[:200]}"
+        try:
+            client = getattr(self.runtime.broker, "client", None)
+            if client is not None:
+                client.ping()
+            checks["broker"] = "ok"
+        except Exception as exc:
+            checks["broker"] = f"down: {str(exc)[:200]}"
+        ok = all(v == "ok" for v in checks.values())
+        resp.status = falcon.HTTP_200 if ok else falcon.HTTP_503
+        resp.media = {"status": "ok" if ok else "unavailable", "checks": checks}
+
+
+def _handle_uncaught(req, resp, ex, params):
+    if isinstance(ex, falcon.HTTPError):
+        raise ex
+    log.exception("web.unhandled_error", path=req.path)
+    json_error(resp, falcon.HTTP_500, "internal error")
+
+
+def create_app(runtime) -> falcon.App:
+    """The WSGI app: webhook, health, admin API, metrics (dashboard is mounted by wsgi_app)."""
+    app = falcon.App()
+    app.req_options.strip_url_path_trailing_slash = True
+    app.add_error_handler(Exception, _handle_uncaught)
+    app.add_route("/webhooks/stripe", StripeWebhook(runtime))
+    app.add_route("/healthz", Health())
+    app.add_route("/readyz", Ready(runtime))
+    return app
+
+
+def wsgi_app(runtime=None):
+    """The whole web process: the Falcon app, plus mounted WSGI apps (the queue dashboard)."""
+    from worker.runtime import setup
+    runtime = runtime or setup()
+    return create_app(runtime)
