@@ -20,12 +20,6 @@ log = structlog.get_logger("worker.actors")
 QUEUES = ("events", "steps", "emails", "notices", "stripe")
 
 
-def _should_retry(retries_so_far: int, exc: BaseException) -> bool:
-    """Retry transient failures; a permanent one (malformed payload) is kept as failed at once."""
-    from worker.broker import MAX_RETRIES
-    return retries_so_far < MAX_RETRIES and not isinstance(exc, PermanentEventError)
-
-
 def _message_id() -> str | None:
     message = CurrentMessage.get_current_message()
     return message.message_id if message else None
@@ -49,7 +43,8 @@ def declare_actors(broker: dramatiq.Broker) -> Actors:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(message_id=_message_id(), **ids)
 
-    @dramatiq.actor(broker=broker, queue_name="events", retry_when=_should_retry)
+    @dramatiq.actor(broker=broker, queue_name="events",
+                    throws=(PermanentEventError,))  # a malformed payload is not retried
     def process_event(event_id: str) -> None:
         """Process one stored Stripe event through its handler."""
         from worker.processing import process_event as run

@@ -29,4 +29,5 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
         "graceful_timeout": 20,
         "accesslog": None,
         "preload_app": False,
+        "control_socket_disable": True,  # several gunicorns on one host must not share ~/.gunicorn/gunicorn.ctl
     }).run()
