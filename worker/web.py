@@ -13,7 +13,7 @@ import falcon
 import structlog
 
 from handlers.registry import known_types
-from worker import metrics
+from worker import metrics, web_ops
 from worker.db import DatabaseUnavailable
 from worker.event_store import InvalidEvent, parse_envelope, store_event
 from worker.signatures import SignatureError, verify_stripe_signature
@@ -58,7 +58,7 @@ class StripeWebhook:
             log.info("webhook.rejected", reason=str(exc))
             return json_error(resp, falcon.HTTP_400, f"invalid signature: {exc}")
         try:
-            envelope = parse_envelope(payload)
+            envelope = parse_envelope(payload, self.known)
         except InvalidEvent as exc:
             log.info("webhook.rejected", reason=str(exc))
             return json_error(resp, falcon.HTTP_400, f"not a Stripe event: {exc}")
@@ -132,6 +132,7 @@ def create_app(runtime) -> falcon.App:
     app.add_route("/webhooks/stripe", StripeWebhook(runtime))
     app.add_route("/healthz", Health())
     app.add_route("/readyz", Ready(runtime))
+    app.add_route("/metrics", web_ops.Metrics(runtime))
     return app
 
 
@@ -139,4 +140,4 @@ def wsgi_app(runtime=None):
     """The whole web process: the Falcon app, plus mounted WSGI apps (the queue dashboard)."""
     from worker.runtime import setup
     runtime = runtime or setup()
-    return create_app(runtime)
+    return web_ops.mount_operator_apps(create_app(runtime), runtime)
