@@ -145,10 +145,11 @@ CREATE TABLE IF NOT EXISTS platform_notices (
     case_id         TEXT,
     invoice_id      TEXT,
     customer_id     TEXT,
-    status          TEXT NOT NULL DEFAULT 'pending',  -- pending | sent | failed
+    status          TEXT NOT NULL DEFAULT 'pending',  -- pending | sending | sent | failed
     attempts        INTEGER NOT NULL DEFAULT 0,
     last_error      TEXT,
     next_attempt_at TIMESTAMP NOT NULL,
+    lease_until     TIMESTAMP,                  -- while sending: after this the sweeper may retry
     created_at      TIMESTAMP NOT NULL,
     delivered_at    TIMESTAMP
 );
@@ -184,7 +185,8 @@ CREATE TABLE IF NOT EXISTS payment_links (
     url             TEXT,
     expires_at      TIMESTAMP,
     last_error      TEXT,
-    created_at      TIMESTAMP
+    created_at      TIMESTAMP,
+    enqueued_at     TIMESTAMP                   -- last time its job went to the broker (sweeper)
 );
 CREATE INDEX IF NOT EXISTS payment_links_invoice ON payment_links (invoice_id, requested_at);
 
@@ -216,11 +218,12 @@ CREATE TABLE IF NOT EXISTS card_retries (
     case_id             TEXT,
     customer_id         TEXT NOT NULL,
     payment_method_id   TEXT NOT NULL,
-    status              TEXT NOT NULL DEFAULT 'pending',  -- pending | succeeded | declined | failed
+    status              TEXT NOT NULL DEFAULT 'pending',  -- pending | succeeded | declined | failed | skipped
     decline_code        TEXT,
     last_error          TEXT,
     created_at          TIMESTAMP NOT NULL,
-    finished_at         TIMESTAMP
+    finished_at         TIMESTAMP,
+    enqueued_at         TIMESTAMP               -- last time its job went to the broker (sweeper)
 );
 
 -- Resumable cursors of long jobs (events backfill).

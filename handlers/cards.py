@@ -1,21 +1,204 @@
-"""Card events: record every card change; a new default card retries the failed invoice at once."""
+"""Card events: record every card change; a new default card retries the failed invoice at once.
+
+Emails added here (worker/outbox.py contract), with the `extra` each template receives:
+  card-expiring  add_customer_email(..., extra={"card": {"brand", "last4", "exp_month", "exp_year",
+                 "funding"}}) — dedupe key `card-expiring:<customer>:<fingerprint or pm>:<YYYY-MM>`,
+                 the same key the monthly scan (worker/card_expiry.py) uses: one email per card and expiry.
+
+What we keep of a card is brand, last four, expiry, funding, fingerprint, whether it is the
+customer's default, and the event that told us (https://docs.stripe.com/api/payment_methods/object).
+Never more: no billing details, no name, no address.
+
+When is a card "a new default card" worth an immediate retry of the failed invoice?
+  - customer.updated whose previous_attributes show the default changed (handlers/customers.py);
+  - payment_method.attached, customer.source.created, setup_intent.succeeded and
+    payment_method.automatically_updated for the card that is now the customer's default
+    (Stripe sends these in any order: the attach may come after the customer.updated);
+  - payment_method.updated / customer.source.updated of the default card only when its number
+    or expiry changed (a new billing address is no reason to charge again).
+card_retries.dedupe_key `<invoice>:<payment method>` makes that exactly one retry per
+(invoice, card), however many of these events arrive and in whatever order.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import and_, desc, select
+
 from handlers.context import HandlerContext, StripeEvent
+from handlers.stripe_objects import card_details, dig, expandable_id
+from worker.ids import new_id
+
+DUNNING_STATES = ("failing", "disruption_scheduled", "disrupted")
+ACTIVE_SUBSCRIPTION_STATUSES = ("active", "trialing")
+CARD_FIELDS = ("brand", "last4", "exp_month", "exp_year", "funding", "fingerprint")
+# previous_attributes keys that mean "this is a different card now" (number or expiry changed)
+CHANGED_CARD_KEYS = ("exp_month", "exp_year", "last4", "fingerprint", "brand")
 
 
+# -- handlers -------------------------------------------------------------------------------
 def payment_method_changed(ctx: HandlerContext, event: StripeEvent):
-    event.object
+    """payment_method.attached / .updated / .automatically_updated (a PaymentMethod object)."""
+    pm = event.object
+    customer_id = expandable_id(pm.get("customer"))
+    details = card_details(pm) if pm.get("type", "card") == "card" else None
+    if not customer_id or not details or not pm.get("id"):
+        return "ignored"  # a detached PM (customer null) or not a card
+    record_card(ctx, event, customer_id, pm["id"], details)
+    changed = dig(event.previous_attributes, "card") or {}
+    if event.type == "payment_method.updated" and not _card_changed(changed):
+        return None
+    retry_if_default(ctx, customer_id, pm["id"])
+    return None
 
 
 def source_changed(ctx: HandlerContext, event: StripeEvent):
-    event.object
+    """customer.source.created / .updated (a legacy Card, or a Source of type card)."""
+    source = event.object
+    customer_id = expandable_id(source.get("customer"))
+    details = card_details(source)
+    if not customer_id or not details or not source.get("id"):
+        return "ignored"  # a bank account or non-card source: not a card
+    record_card(ctx, event, customer_id, source["id"], details)
+    if event.type == "customer.source.updated" and not _card_changed(event.previous_attributes):
+        return None
+    retry_if_default(ctx, customer_id, source["id"])
+    return None
 
 
 def source_expiring(ctx: HandlerContext, event: StripeEvent):
-    event.object
+    """customer.source.expiring: Stripe's own warning, at the start of the card's last month."""
+    source = event.object
+    customer_id = expandable_id(source.get("customer"))
+    details = card_details(source)
+    if not customer_id or not details or not source.get("id"):
+        return "ignored"  # e.g. an ACH credit transfer source: nothing expires
+    record_card(ctx, event, customer_id, source["id"], details)
+    if send_card_expiring(ctx, customer_id, {"payment_method_id": source["id"], **details}) is None:
+        return "ignored"
+    return None
 
 
 def setup_intent_succeeded(ctx: HandlerContext, event: StripeEvent):
-    event.object
+    """setup_intent.succeeded: a card saved through a SetupIntent (payment_method is an id, or expanded)."""
+    intent = event.object
+    customer_id = expandable_id(intent.get("customer"))
+    pm_id = expandable_id(intent.get("payment_method"))
+    if not customer_id or not pm_id:
+        return "ignored"
+    details = card_details(intent["payment_method"]) if isinstance(intent.get("payment_method"), dict) else None
+    record_card(ctx, event, customer_id, pm_id, details or known_details(ctx, customer_id, pm_id))
+    retry_if_default(ctx, customer_id, pm_id)
+    return None
+
+
+# -- recording ------------------------------------------------------------------------------
+def record_card(ctx: HandlerContext, event: StripeEvent, customer_id: str, payment_method_id: str,
+                details: dict[str, Any] | None) -> bool:
+    """One `cards` row per (event, card); True when this call wrote it (a redelivery writes nothing)."""
+    details = details or {}
+    values = {
+        "id": new_id("card"),
+        "customer_id": customer_id,
+        "payment_method_id": payment_method_id,
+        **{key: details.get(key) for key in CARD_FIELDS},
+        "is_default": default_payment_method(ctx, customer_id) == payment_method_id,
+        "event_id": event.id,
+        "event_type": event.type,
+        "recorded_at": ctx.now,
+    }
+    written = ctx.db.insert_new(ctx.conn, ctx.table("cards"), values, "event_id", "payment_method_id")
+    if written and ctx.log is not None:
+        ctx.log.info("card.recorded", customer_id=customer_id, payment_method_id=payment_method_id,
+                     brand=values["brand"], last4=values["last4"], is_default=values["is_default"])
+    return written
+
+
+def known_details(ctx: HandlerContext, customer_id: str, payment_method_id: str) -> dict[str, Any] | None:
+    """The card details of the latest row that knew them (an event naming only the id gets them)."""
+    cards = ctx.table("cards")
+    row = ctx.conn.execute(
+        select(cards).where(cards.c.customer_id == customer_id,
+                            cards.c.payment_method_id == payment_method_id,
+                            cards.c.last4.is_not(None))
+        .order_by(desc(cards.c.recorded_at), desc(cards.c.id)).limit(1)).mappings().first()
+    return {key: row[key] for key in CARD_FIELDS} if row else None
+
+
+def default_payment_method(ctx: HandlerContext, customer_id: str) -> str | None:
+    customers = ctx.table("customers")
+    return ctx.conn.execute(select(customers.c.default_payment_method)
+                            .where(customers.c.id == customer_id)).scalar()
+
+
+def _card_changed(previous: dict) -> bool:
+    return isinstance(previous, dict) and any(key in previous for key in CHANGED_CARD_KEYS)
+
+
+# -- immediate retries ----------------------------------------------------------------------
+def retry_if_default(ctx: HandlerContext, customer_id: str, payment_method_id: str) -> list[str]:
+    """Retry the customer's unpaid invoices in dunning with this card, when it is their default now."""
+    if default_payment_method(ctx, customer_id) != payment_method_id:
+        return []
+    return schedule_retries(ctx, customer_id, payment_method_id)
+
+
+def schedule_retries(ctx: HandlerContext, customer_id: str, payment_method_id: str) -> list[str]:
+    """One card_retries row per unpaid invoice in dunning (dedupe `<invoice>:<pm>`), enqueued after commit."""
+    cases, invoices = ctx.table("cases"), ctx.table("invoices")
+    found = ctx.conn.execute(
+        select(cases.c.id, cases.c.invoice_id)
+        .select_from(cases.join(invoices, invoices.c.id == cases.c.invoice_id))
+        .where(and_(cases.c.customer_id == customer_id, cases.c.state.in_(DUNNING_STATES),
+                    invoices.c.status == "open"))
+        .order_by(cases.c.opened_at)).all()
+    scheduled = []
+    retries = ctx.table("card_retries")
+    for case_id, invoice_id in found:
+        retry_id = new_id("cr")
+        inserted = ctx.db.insert_new(ctx.conn, retries, {
+            "id": retry_id, "dedupe_key": f"{invoice_id}:{payment_method_id}", "invoice_id": invoice_id,
+            "case_id": case_id, "customer_id": customer_id, "payment_method_id": payment_method_id,
+            "status": "pending", "created_at": ctx.now, "enqueued_at": ctx.now,
+        }, "dedupe_key")
+        if not inserted:
+            continue
+        scheduled.append(retry_id)
+        ctx.after_commit(lambda rid=retry_id: ctx.runtime.actors.retry_invoice.send(rid))
+        if ctx.log is not None:
+            ctx.log.info("card_retry.scheduled", case_id=case_id, invoice_id=invoice_id,
+                         payment_method_id=payment_method_id, retry_id=retry_id)
+    return scheduled
+
+
+# -- expiring cards -------------------------------------------------------------------------
+def card_expiring_dedupe_key(customer_id: str, card: dict[str, Any]) -> str:
+    """One card-expiring email per card (fingerprint, else id) and expiry month."""
+    which = card.get("fingerprint") or card.get("payment_method_id")
+    return f"card-expiring:{customer_id}:{which}:{int(card['exp_year']):04d}-{int(card['exp_month']):02d}"
+
+
+def has_active_subscription(ctx: HandlerContext, customer_id: str) -> bool:
+    subs = ctx.table("subscriptions")
+    return ctx.conn.execute(select(subs.c.id).where(
+        subs.c.customer_id == customer_id, subs.c.status.in_(ACTIVE_SUBSCRIPTION_STATUSES)).limit(1)
+    ).first() is not None
+
+
+def send_card_expiring(ctx: HandlerContext, customer_id: str, card: dict[str, Any]) -> str | None:
+    """Queue the card-expiring email for an owner with an active subscription; None when not sent."""
+    from worker import outbox
+
+    if not card.get("exp_month") or not card.get("exp_year"):
+        return None
+    customers = ctx.table("customers")
+    customer = ctx.conn.execute(select(customers).where(customers.c.id == customer_id)).mappings().first()
+    if customer is None or customer["deleted"] or not has_active_subscription(ctx, customer_id):
+        return None
+    from worker.db import loads
+    if ctx.policy.is_excluded(loads(customer["metadata"], {})):
+        return None
+    extra = {"card": {key: card.get(key) for key in ("brand", "last4", "exp_month", "exp_year", "funding")}}
+    return outbox.add_customer_email(ctx, "card-expiring", customer_id,
+                                     card_expiring_dedupe_key(customer_id, card), extra)

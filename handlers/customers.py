@@ -1,9 +1,16 @@
-"""Customer events: the owner of record (email, metadata) and their default payment method."""
+"""Customer events: the owner of record (email, metadata) and their default payment method.
+
+A customer.updated whose `previous_attributes` show `invoice_settings.default_payment_method` or
+`default_source` changed means the owner chose a new default card: it is recorded, and an unpaid
+invoice in dunning is retried with it at once (handlers/cards.py: one retry per invoice and card).
+"""
 
 from __future__ import annotations
 
+from handlers.cards import default_payment_method, known_details, record_card, schedule_retries
 from handlers.context import HandlerContext, StripeEvent
 from handlers.facts import upsert_customer
+from handlers.stripe_objects import card_details, dig, expandable_id
 
 
 def created(ctx: HandlerContext, event: StripeEvent):
@@ -11,7 +18,38 @@ def created(ctx: HandlerContext, event: StripeEvent):
 
 
 def updated(ctx: HandlerContext, event: StripeEvent):
-    upsert_customer(ctx, event.object, event.created)
+    customer = event.object
+    upsert_customer(ctx, customer, event.created)
+    new_default = changed_default(customer, event.previous_attributes)
+    if not new_default or not customer.get("id"):
+        return None
+    if default_payment_method(ctx, customer["id"]) != new_default:
+        return None  # an older event arriving late: the customer has moved on since
+    details = _default_card_details(customer, new_default) or known_details(ctx, customer["id"], new_default)
+    record_card(ctx, event, customer["id"], new_default, details)
+    schedule_retries(ctx, customer["id"], new_default)
+    return None
+
+
+def changed_default(customer: dict, previous: dict) -> str | None:
+    """The new default payment method (or source) when this update changed it, else None."""
+    if "default_payment_method" in (previous.get("invoice_settings") or {}):
+        return expandable_id(dig(customer, "invoice_settings", "default_payment_method"))
+    if "default_source" in previous and not dig(customer, "invoice_settings", "default_payment_method"):
+        return expandable_id(customer.get("default_source"))
+    return None
+
+
+def _default_card_details(customer: dict, payment_method_id: str) -> dict | None:
+    """Card details when the payload carries them: an expanded default, or the legacy `sources` list."""
+    for candidate in (dig(customer, "invoice_settings", "default_payment_method"), customer.get("default_source")):
+        if isinstance(candidate, dict) and candidate.get("id") == payment_method_id:
+            return card_details(candidate)
+    sources = dig(customer, "sources", "data")
+    for source in sources if isinstance(sources, list) else []:
+        if isinstance(source, dict) and source.get("id") == payment_method_id:
+            return card_details(source)
+    return None
 
 
 def deleted(ctx: HandlerContext, event: StripeEvent):

@@ -97,10 +97,12 @@ def upsert_invoice(ctx: HandlerContext, invoice: dict, created: int) -> dict | N
         "product_ids": dumps(products),
     }
     table = ctx.table("invoices")
-    existing = ctx.conn.execute(ctx.db.lock(select(table).where(table.c.id == iid))).mappings().first()
-    if existing is None:
-        ctx.conn.execute(table.insert().values(id=iid, source_created=created, updated_at=ctx.now, **values))
-    else:
+    # insert_new first: two first events of one invoice racing on PostgreSQL must not hit a unique violation
+    inserted = ctx.db.insert_new(ctx.conn, table, {"id": iid, "source_created": created, "updated_at": ctx.now,
+                                                   **values}, "id")
+    existing = None if inserted else \
+        ctx.conn.execute(ctx.db.lock(select(table).where(table.c.id == iid))).mappings().first()
+    if existing is not None:
         if existing["status"] in FINAL_INVOICE_STATUSES and values["status"] not in FINAL_INVOICE_STATUSES:
             values["status"] = existing["status"]  # paid/void/uncollectible stick
         if created >= existing["source_created"] or values["status"] != existing["status"]:

@@ -1,25 +1,78 @@
-"""Invoice events: the facts that open, advance and end a dunning case (see handlers/dunning.py)."""
+"""Invoice events: the facts that open, advance and end a dunning case (see handlers/dunning.py).
+
+Stripe delivers at least once and in any order, so every handler first records the invoice
+(handlers/facts.upsert_invoice: newest wins, and paid/void/uncollectible stick), then acts on
+the case with its row locked:
+- a duplicate event never reaches a handler twice (events are stored once by Stripe id);
+- an older event never overwrites a newer one (cases.last_event_created);
+- an invoice already final in the invoices table never opens a case (invoice.paid delivered
+  before the payment_failed that preceded it leaves no case and sends nothing);
+- an event for a case that has ended is logged and ignored, never applied.
+"""
 
 from __future__ import annotations
 
-from handlers.context import HandlerContext, StripeEvent
-from handlers.facts import upsert_invoice
+from typing import Any
+
+import structlog
+
+from handlers import accounts, dunning, steps
+from handlers.context import HandlerContext, PermanentEventError, StripeEvent
+from handlers.facts import FINAL_INVOICE_STATUSES, load, upsert_invoice
+from handlers.stripe_objects import card_details, dig, invoice_failure
+from worker.clock import from_unix
+from worker.db import loads
+
+log = structlog.get_logger("handlers.invoices")
+
+# The invoice status each ending event means, and the trigger it is for the case.
+_ENDS = {
+    "paid": dunning.INVOICE_PAID,
+    "void": dunning.INVOICE_VOIDED,
+    "uncollectible": dunning.MARKED_UNCOLLECTIBLE,
+}
 
 
 def payment_failed(ctx: HandlerContext, event: StripeEvent):
-    upsert_invoice(ctx, event.object, event.created)
+    """Occurs when an automatic (or manual) payment attempt fails: open the case, or record the attempt.
+
+    https://docs.stripe.com/api/events/types#event_types-invoice.payment_failed
+    """
+    invoice = event.object
+    row = _record_invoice(ctx, invoice, event)
+    case = dunning.lock_case(ctx, invoice_id=row["id"])
+    if row["status"] in FINAL_INVOICE_STATUSES:
+        if dunning.is_open(case):  # the final status came by another event type (invoice.updated)
+            return end_case(ctx, case, _ENDS[row["status"]], event)
+        if case is None:  # paid (voided...) was delivered before this older failure: record it, send nothing
+            return _open(ctx, row, invoice, event, already_final=True)
+        log.info("case.event_after_end", case_id=case["id"], state=case["state"], event_type=event.type)
+        return "ignored"
+    if case is None:
+        return _open(ctx, row, invoice, event)
+    if not dunning.is_open(case):
+        log.warning("case.event_after_end", case_id=case["id"], state=case["state"], event_type=event.type)
+        return "ignored"
+    _record_attempt(ctx, case, invoice, event)
+    return None
 
 
 def paid(ctx: HandlerContext, event: StripeEvent):
-    upsert_invoice(ctx, event.object, event.created)
+    """Occurs when the invoice is paid (invoice.paid, and its older alias invoice.payment_succeeded).
+
+    https://docs.stripe.com/api/events/types#event_types-invoice.paid
+    """
+    return _ending_event(ctx, event, "paid")
 
 
 def voided(ctx: HandlerContext, event: StripeEvent):
-    upsert_invoice(ctx, event.object, event.created)
+    """Occurs when the invoice is voided: its case ends, its disruption is cancelled."""
+    return _ending_event(ctx, event, "void")
 
 
 def marked_uncollectible(ctx: HandlerContext, event: StripeEvent):
-    upsert_invoice(ctx, event.object, event.created)
+    """Occurs when the invoice is written off: its case ends as uncollectible."""
+    return _ending_event(ctx, event, "uncollectible")
 
 
 def payment_action_required(ctx: HandlerContext, event: StripeEvent):
@@ -27,4 +80,143 @@ def payment_action_required(ctx: HandlerContext, event: StripeEvent):
 
 
 def updated(ctx: HandlerContext, event: StripeEvent):
-    upsert_invoice(ctx, event.object, event.created)
+    """invoice.created/finalized/updated: keep the invoice current; a final status ends its case."""
+    row = upsert_invoice(ctx, event.object, event.created)
+    if row is None:
+        return "ignored"
+    if row["status"] in FINAL_INVOICE_STATUSES:
+        case = dunning.lock_case(ctx, invoice_id=row["id"])
+        if dunning.is_open(case):
+            return end_case(ctx, case, _ENDS[row["status"]], event)
+    return None
+
+
+# -- the decisions ----------------------------------------------------------------------------
+def _record_invoice(ctx: HandlerContext, invoice: dict, event: StripeEvent, status: str | None = None) -> dict:
+    if status is not None:
+        invoice = {**invoice, "status": status}  # the event type is the fact, whatever the payload version says
+    row = upsert_invoice(ctx, invoice, event.created)
+    if row is None:
+        raise PermanentEventError(f"event {event.id}: the invoice has no id or customer")
+    return dict(row)
+
+
+def _ending_event(ctx: HandlerContext, event: StripeEvent, status: str):
+    row = _record_invoice(ctx, event.object, event, status=status)
+    case = dunning.lock_case(ctx, invoice_id=row["id"])
+    if case is None:
+        # Remembered in the invoices table: a late, older payment_failed will not open a case.
+        log.info("invoice.final_without_case", invoice_id=row["id"], status=row["status"])
+        return None
+    if not dunning.is_open(case):
+        log.warning("case.event_after_end", case_id=case["id"], state=case["state"], event_type=event.type)
+        return "ignored"
+    # Paid, void and uncollectible stick: if another final status came first, that one is the end.
+    return end_case(ctx, case, _ENDS[row["status"]], event)
+
+
+def _open(ctx: HandlerContext, row: dict, invoice: dict, event: StripeEvent, *, already_final: bool = False):
+    """Open the case of a failed invoice and run its day-0 step now.
+
+    When the invoices table already knows the invoice is final (its invoice.paid overtook this
+    failure), the case is opened and ended at once, with no step and no email: it stays recovered
+    (voided, uncollectible) and any later event for it is ignored.
+    """
+    customer = load(ctx, "customers", row["customer_id"]) or {}
+    if ctx.policy.is_excluded(loads(customer.get("metadata"), {})):
+        log.info("case.not_opened", invoice_id=row["id"], reason="customer_excluded_by_policy")
+        return "ignored"
+    schedule = ctx.policy.schedule_for(loads(row["price_ids"], []), loads(row["product_ids"], []))
+    first_failed_at = from_unix(event.created)
+    account_id = accounts.account_id_for(row["subscription_id"], row["customer_id"])
+    accounts.ensure_account(ctx, account_id, row["customer_id"], row["subscription_id"])
+    values = {
+        "invoice_id": row["id"], "customer_id": row["customer_id"], "subscription_id": row["subscription_id"],
+        "account_id": account_id, "schedule": schedule.name, "currency": row["currency"],
+        "amount_due": row["amount_due"], "first_failed_at": first_failed_at,
+        "next_step": 0, "next_step_at": first_failed_at, "last_event_created": event.created,
+        **_attempt_facts(invoice),
+    }
+    if already_final:
+        values.update(next_step=None, next_step_at=None)
+    case = dunning.open_case(ctx, values, event_id=event.id)
+    if case is not None and already_final:
+        changes = {"recovered_amount": row["amount_due"]} if row["status"] == "paid" else {}
+        dunning.apply(ctx, case, _ENDS[row["status"]], event_id=None, changes=changes)
+        log.info("case.opened_already_final", case_id=case["id"], invoice_id=row["id"], status=row["status"])
+        return None
+    if case is None:  # another worker opened it in between (its row is committed now): record the attempt
+        case = dunning.lock_case(ctx, invoice_id=row["id"])
+        if dunning.is_open(case):
+            _record_attempt(ctx, case, invoice, event)
+        return None
+    steps.run_next_step(ctx, case)  # day 0: the payment-failed email, in this transaction
+    return None
+
+
+def _record_attempt(ctx: HandlerContext, case: dict, invoice: dict, event: StripeEvent) -> None:
+    """A later (or earlier, late-delivered) failed attempt of an open case."""
+    changes: dict[str, Any] = {}
+    earlier = from_unix(event.created)
+    if case["state"] == dunning.FAILING and earlier < case["first_failed_at"]:
+        # An older failure delivered late: day 0 is the first failure, so the schedule moves earlier.
+        changes["first_failed_at"] = earlier
+        schedule = ctx.policy.schedule_named(case["schedule"])
+        pending = schedule.step(case["next_step"])
+        if pending is not None:
+            changes["next_step_at"] = dunning.step_due_at(earlier, pending.day)
+    if event.created < case["last_event_created"]:
+        if changes:
+            dunning.update_case(ctx, case, changes)
+        log.info("case.older_event", case_id=case["id"], event_id=event.id, moved_day0=bool(changes))
+        return
+    changes.update(_attempt_facts(invoice), last_event_created=event.created)
+    dunning.apply(ctx, case, dunning.PAYMENT_FAILED, event_id=event.id, changes=changes)
+
+
+def _attempt_facts(invoice: dict) -> dict[str, Any]:
+    """attempt_count, Stripe's next retry, the decline, and the card when the payload has them."""
+    code, message = invoice_failure(invoice)
+    facts: dict[str, Any] = {
+        "attempt_count": int(invoice.get("attempt_count") or 0),
+        "next_payment_attempt": from_unix(invoice.get("next_payment_attempt")),
+        "last_failure_code": code,
+        "last_failure_message": message,
+    }
+    card = _card_of(invoice)
+    if card and card.get("last4"):
+        facts["card_brand"] = card.get("brand")
+        facts["card_last4"] = card.get("last4")
+    if invoice.get("amount_due") is not None:
+        facts["amount_due"] = int(invoice.get("amount_due") or 0)
+    return facts
+
+
+def _card_of(invoice: dict) -> dict | None:
+    """The card of the failed charge: an expanded charge, or an expanded payment intent."""
+    for candidate in (invoice.get("charge"),
+                      dig(invoice, "payment_intent", "last_payment_error", "payment_method"),
+                      dig(invoice, "payment_intent", "payment_method"),
+                      dig(invoice, "payment_intent", "latest_charge")):
+        found = card_details(candidate)
+        if found:
+            return found
+    return None
+
+
+def end_case(ctx: HandlerContext, case: dict, trigger: str, event: StripeEvent | None):
+    """End the case (steps cancelled), move the account's timeline, and thank the owner when paid."""
+    event_id = event.id if event else None
+    changes: dict[str, Any] = {}
+    if trigger == dunning.INVOICE_PAID:
+        invoice = event.object if event else {}
+        paid_amount = invoice.get("amount_paid")
+        changes["recovered_amount"] = int(paid_amount) if paid_amount else case["amount_due"]
+    case = dunning.apply(ctx, case, trigger, event_id=event_id, changes=changes)
+    restored = accounts.case_closed(ctx, case, trigger)
+    if trigger == dunning.INVOICE_PAID:
+        from worker import outbox
+        outbox.add_case_email(ctx, "payment-received", case["id"], f"case:{case['id']}:payment-received")
+        if restored:
+            outbox.add_case_email(ctx, "service-restored", case["id"], f"case:{case['id']}:service-restored")
+    return None

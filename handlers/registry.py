@@ -14,7 +14,7 @@ Handler = Callable[[HandlerContext, StripeEvent], object]
 
 
 def _table() -> dict[str, Handler]:
-    from handlers import cards, customers, invoices, subscriptions
+    from handlers import actions, cards, customers, invoices, subscriptions
 
     return {
         # -- the dunning case's own facts -------------------------------------------------
@@ -29,7 +29,7 @@ def _table() -> dict[str, Handler]:
         # Occurs when an invoice is written off: its case ends as uncollectible.
         "invoice.marked_uncollectible": invoices.marked_uncollectible,
         # Occurs when the payment needs the owner (3-D Secure): email the confirmation link.
-        "invoice.payment_action_required": invoices.payment_action_required,
+        "invoice.payment_action_required": actions.payment_action_required,
         # Occur through an invoice's life: keep what we know of it up to date (amounts, links).
         "invoice.created": invoices.updated,
         "invoice.finalized": invoices.updated,

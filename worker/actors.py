@@ -38,10 +38,12 @@ class Actors:
 def declare_actors(broker: dramatiq.Broker) -> Actors:
     """Declare every actor on `broker` (ids in, work done through the runtime)."""
     from worker import runtime as rt
+    from worker.log_context import case_ids
 
     def bound(**ids):
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(message_id=_message_id(), **ids)
+        structlog.contextvars.bind_contextvars(**case_ids(rt.current(), ids))  # invoice, customer, case
 
     @dramatiq.actor(broker=broker, queue_name="events",
                     throws=(PermanentEventError,))  # a malformed payload is not retried

@@ -14,7 +14,7 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import Retries, TimeLimit
+from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 
 from config.settings import ConfigError, Settings
 
@@ -41,6 +41,8 @@ def resolve_redis_url(settings: Settings) -> str:
 
 
 def _tune(broker: dramatiq.Broker) -> dramatiq.Broker:
+    # Log lines carry the queue message id: actors read it from CurrentMessage.
+    broker.add_middleware(CurrentMessage())
     for middleware in broker.middleware:
         if isinstance(middleware, Retries):
             middleware.max_retries = MAX_RETRIES

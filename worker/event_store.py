@@ -7,6 +7,7 @@ deliveries racing in two web processes still store one row and enqueue one messa
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -16,6 +17,7 @@ from handlers.context import StripeEvent
 from worker.clock import utcnow
 from worker.db import Database
 
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 STATUSES = ("received", "processing", "processed", "failed", "ignored")
 
 
@@ -42,7 +44,9 @@ def parse_envelope(raw: str, known_types: frozenset[str] | None = None) -> Event
     try:
         payload = json.loads(raw)
     except ValueError as exc:
-        raise InvalidEvent(f"body is not JSON: {exc.msg}") from None
+        raise InvalidEvent(f"body is not JSON: {getattr(exc, 'msg', exc)}") from None
+    except RecursionError:  # nesting deeper than the parser's stack: not an event Stripe sends
+        raise InvalidEvent("body is not JSON: nested too deeply") from None
     if not isinstance(payload, dict):
         raise InvalidEvent("body is not a JSON object")
     if payload.get("object") not in ("event", None):
@@ -52,6 +56,8 @@ def parse_envelope(raw: str, known_types: frozenset[str] | None = None) -> Event
         raise InvalidEvent("id must be a Stripe event id (evt_...)")
     if not isinstance(event_type, str) or not event_type or len(event_type) > 255:
         raise InvalidEvent("type must be a non-empty string")
+    if _CONTROL_CHARS.search(event_id) or _CONTROL_CHARS.search(event_type):
+        raise InvalidEvent("id and type must not contain control characters")  # PostgreSQL TEXT refuses NUL
     if not isinstance(created, int) or isinstance(created, bool) or created < 0:
         raise InvalidEvent("created must be a unix timestamp")
     data = payload.get("data")

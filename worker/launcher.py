@@ -32,6 +32,8 @@ def run_all(settings: Settings) -> int:
     from worker.embedded_redis import EmbeddedRedis
 
     env = dict(os.environ)
+    from worker.metrics import ENV, reset_multiproc_dir  # one metrics directory for every process, emptied per run
+    env[ENV] = str(reset_multiproc_dir(settings))
     embedded = None
     if not settings.redis_url:
         embedded = EmbeddedRedis(settings.var_dir / "valkey")

@@ -1,13 +1,382 @@
-"""Metrics: one registry for web and workers (Prometheus multiprocess mode). Filled in by the operators' issue."""
+"""Metrics: one Prometheus view for the web process and every worker process.
+
+prometheus_client's multiprocess mode keeps each process's counters in mmapped files under one
+directory (PROMETHEUS_MULTIPROC_DIR, here `<var_dir>/prometheus`); GET /metrics in the web
+process reads them all, so the webhook counters (web) and Dramatiq's message metrics (workers)
+come out of one endpoint. The directory must be known before prometheus_client creates a value,
+which is why nothing here imports prometheus_client at module level: `prepare(settings)` sets
+the environment first (runtime.setup calls it through `install_broker_middleware`).
+
+The domain's numbers (cases by state, emails by template, recovery rate...) are not counted in
+process memory: the database already holds them, so a custom collector reads them at scrape
+time. They are right after a restart, and no process can forget to count.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import threading
+from datetime import timedelta
+from pathlib import Path
 
-def install_broker_middleware(broker) -> None:
-    """Add Dramatiq's own message metrics to the broker (no-op until metrics are enabled)."""
-    return None
+import structlog
+from sqlalchemy import func, select
+
+from worker.clock import utcnow
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+RECOVERY_WINDOW = timedelta(days=30)
+WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+log = structlog.get_logger("worker.metrics")
+
+_lock = threading.Lock()
+_webhook_metrics = None
+_dramatiq_metrics = None
+
+
+# -- the multiprocess directory -------------------------------------------------------------
+def multiproc_dir(settings) -> Path:
+    """Where every process of this service writes its metric files."""
+    return Path(settings.var_dir) / "prometheus"
+
+
+def reset_multiproc_dir(settings) -> Path:
+    """Empty the directory at service start (files of processes from a previous run are stale)."""
+    path = multiproc_dir(settings)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def prepare(settings) -> Path:
+    """Point this process at the metrics directory before prometheus_client creates any value.
+
+    A directory already in the environment wins (the launcher sets it for every child, and in
+    a process that built several runtimes the first one fixed it for the process's life).
+    """
+    path = Path(os.environ.get(ENV) or multiproc_dir(settings))
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ[ENV] = str(path)
+    # Dramatiq's middleware module reads this at import to decide its own directory.
+    os.environ.setdefault("dramatiq_prom_db", str(path))
+    import prometheus_client.values as values
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        # prometheus_client was imported before the directory was known: switch to mmapped values.
+        values.ValueClass = values.get_value_class()
+    return path
+
+
+def current_dir() -> Path | None:
+    value = os.environ.get(ENV)
+    return Path(value) if value else None
+
+
+# -- Dramatiq's own message metrics -----------------------------------------------------------
+def _dramatiq_metric_objects(broker):
+    """Dramatiq's metric objects, made once per process (several brokers share them in tests)."""
+    global _dramatiq_metrics
+    with _lock:
+        if _dramatiq_metrics is None:
+            from dramatiq.middleware.prometheus import Prometheus
+            template = Prometheus()
+            saved = {k: os.environ.get(k) for k in (ENV, "prometheus_multiproc_dir")}
+            Prometheus.after_process_boot(template, broker)
+            for key, value in saved.items():  # it points the env at its own DB_PATH: put ours back
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            _dramatiq_metrics = {name: getattr(template, name) for name in (
+                "total_messages", "total_errored_messages", "total_retried_messages",
+                "total_rejected_messages", "inprogress_messages", "inprogress_delayed_messages",
+                "message_durations")}
+        return _dramatiq_metrics
+
+
+def _middleware_class():
+    from dramatiq.middleware.prometheus import Prometheus
+
+    class DramatiqMetrics(Prometheus):
+        """Dramatiq's Prometheus middleware, without its exposition server (GET /metrics serves).
+
+        Its metrics exist from the moment it is added, not only after a `dramatiq` CLI process
+        boot: the web process enqueues (after_enqueue counts retries) and tests run a Worker
+        directly.
+        """
+
+        def __init__(self, broker):
+            super().__init__()
+            for name, metric in _dramatiq_metric_objects(broker).items():
+                setattr(self, name, metric)
+
+        @property
+        def forks(self):
+            return []
+
+        def after_process_boot(self, broker):
+            return None
+
+        def after_worker_shutdown(self, broker, worker):
+            from prometheus_client import multiprocess
+            path = current_dir()
+            if path is not None:
+                multiprocess.mark_process_dead(os.getpid(), str(path))
+
+    return DramatiqMetrics
+
+
+def install_broker_middleware(broker, settings=None) -> None:
+    """Add Dramatiq's message metrics to the broker (once), writing to this service's directory.
+
+    `settings` decides the directory (runtime.setup passes them); without them the directory
+    must already be in the environment (a child of the launcher), else metrics stay off.
+    """
+    if settings is not None:
+        prepare(settings)
+    elif not os.environ.get(ENV):
+        log.warning("metrics.disabled", reason=f"{ENV} is not set")
+        return
+    cls = _middleware_class()
+    if any(isinstance(m, cls.__mro__[1]) for m in broker.middleware):
+        return
+    broker.add_middleware(cls(broker))
+
+
+# -- the web process's own metrics ----------------------------------------------------------------
+def _webhook_objects():
+    global _webhook_metrics
+    with _lock:
+        if _webhook_metrics is None:
+            import prometheus_client as prom
+            registry = prom.CollectorRegistry()  # values live in the multiprocess files
+            _webhook_metrics = (
+                prom.Counter("dunning_webhook_deliveries", "Stripe webhook deliveries accepted, by "
+                             "event type and whether the event was new or a duplicate.",
+                             ["event_type", "outcome"], registry=registry),
+                prom.Histogram("dunning_webhook_duration_seconds", "Time to verify, store and enqueue "
+                               "one Stripe webhook delivery.", buckets=WEBHOOK_BUCKETS, registry=registry),
+            )
+        return _webhook_metrics
 
 
 def webhook_received(event_type: str, is_new: bool, seconds: float) -> None:
     """Count a webhook delivery and observe its latency."""
-    return None
+    if not os.environ.get(ENV):
+        return  # metrics not prepared in this process (a bare create_app in a unit test)
+    deliveries, duration = _webhook_objects()
+    deliveries.labels(event_type=event_type, outcome="new" if is_new else "duplicate").inc()
+    duration.observe(seconds)
+
+
+# -- the domain, read from the database at scrape time -------------------------------------------
+class DomainCollector:
+    """Domain metrics computed from the tables on every scrape (they survive restarts)."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def describe(self):
+        return []  # computed at scrape time: nothing to check at registration
+
+    def collect(self):
+        """The domain families, plus dunning_database_up (0 when the database cannot be read: the
+        scrape still serves every process's own metrics instead of failing)."""
+        from prometheus_client.core import GaugeMetricFamily
+        try:
+            families = list(self._families())
+            up = 1
+        except Exception as exc:  # noqa: BLE001 - an outage must not break the scrape
+            log.warning("metrics.database_unavailable", error=str(exc).splitlines()[0][:200] if str(exc) else "")
+            families, up = [], 0
+        yield from families
+        yield GaugeMetricFamily("dunning_database_up", "1 when the domain metrics could be read from the "
+                                "database at this scrape, else 0.", value=up)
+
+    def _families(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        t = self.db.tables
+        now = utcnow()
+        with self.db.engine.connect() as conn:
+            def grouped(table, *columns, where=None, value=None):
+                value = value if value is not None else func.count()
+                stmt = select(*columns, value).select_from(table)
+                if where is not None:
+                    stmt = stmt.where(where)
+                return [tuple(row) for row in conn.execute(stmt.group_by(*columns))]
+
+            events = t["events"]
+            received = CounterMetricFamily("dunning_events_received", "Stripe events stored, by type "
+                                           "and source (webhook or backfill).", labels=["type", "source"])
+            for etype, source, n in grouped(events, events.c.type, events.c.source):
+                received.add_metric([etype, source], n)
+            yield received
+            processed = CounterMetricFamily("dunning_events_processed", "Stripe events whose handler "
+                                            "ran to the end (processed or ignored), by type.", labels=["type"])
+            for etype, n in grouped(events, events.c.type, where=events.c.processed_at.is_not(None)):
+                processed.add_metric([etype], n)
+            yield processed
+            by_status = GaugeMetricFamily("dunning_events", "Stored Stripe events by type and current "
+                                          "status (failed = handler error kept).", labels=["type", "status"])
+            failed = GaugeMetricFamily("dunning_events_failed", "Stripe events currently failed, by type.",
+                                       labels=["type"])
+            for etype, status, n in grouped(events, events.c.type, events.c.status):
+                by_status.add_metric([etype, status], n)
+                if status == "failed":
+                    failed.add_metric([etype], n)
+            yield by_status
+            yield failed
+
+            cases = t["cases"]
+            states = GaugeMetricFamily("dunning_cases", "Dunning cases by state.", labels=["state"])
+            for state, n in grouped(cases, cases.c.state):
+                states.add_metric([state], n)
+            yield states
+
+            transitions = t["case_transitions"]
+            moved = CounterMetricFamily("dunning_case_transitions", "Case state transitions, by from "
+                                        "state, to state and trigger.", labels=["from_state", "to_state", "trigger"])
+            for src, dst, trigger, n in grouped(transitions, transitions.c.from_state,
+                                                transitions.c.to_state, transitions.c.trigger):
+                moved.add_metric([src or "", dst, trigger], n)
+            yield moved
+
+            emails = t["emails"]
+            sent = CounterMetricFamily("dunning_emails_sent", "Emails delivered, by template.", labels=["template"])
+            email_states = GaugeMetricFamily("dunning_emails", "Outbox emails by template and status "
+                                             "(pending, sending, sent, failed).", labels=["template", "status"])
+            email_failed = GaugeMetricFamily("dunning_emails_failed", "Emails that gave up, by template.",
+                                             labels=["template"])
+            for template, status, n in grouped(emails, emails.c.template, emails.c.status):
+                email_states.add_metric([template, status], n)
+                if status == "sent":
+                    sent.add_metric([template], n)
+                elif status == "failed":
+                    email_failed.add_metric([template], n)
+            yield sent
+            yield email_failed
+            yield email_states
+
+            notices = t["platform_notices"]
+            notice_states = GaugeMetricFamily("dunning_platform_notices", "Platform notices by type and "
+                                              "status (pending, sent, failed).", labels=["type", "status"])
+            delivered = CounterMetricFamily("dunning_platform_notices_delivered", "Platform notices "
+                                            "delivered, by type.", labels=["type"])
+            for ntype, status, n in grouped(notices, notices.c.type, notices.c.status):
+                notice_states.add_metric([ntype, status], n)
+                if status == "sent":
+                    delivered.add_metric([ntype], n)
+            yield notice_states
+            yield delivered
+
+            links = t["payment_links"]
+            created = CounterMetricFamily("dunning_payment_links_created", "Payment links created at "
+                                          "Stripe, by currency.", labels=["currency"])
+            link_states = GaugeMetricFamily("dunning_payment_links", "Payment link requests by status.",
+                                            labels=["status"])
+            for status, currency, n in grouped(links, links.c.status, links.c.currency):
+                if status == "created":
+                    created.add_metric([currency or ""], n)
+            for status, n in grouped(links, links.c.status):
+                link_states.add_metric([status], n)
+            yield created
+            yield link_states
+
+            retries = t["card_retries"]
+            retry_outcomes = CounterMetricFamily("dunning_card_retries", "Immediate invoice retries after "
+                                                 "a card update, by outcome (pending, succeeded, declined, "
+                                                 "failed).", labels=["outcome"])
+            for status, n in grouped(retries, retries.c.status):
+                retry_outcomes.add_metric([status], n)
+            yield retry_outcomes
+
+            recovered = cases.c.state == "recovered"
+            amount = CounterMetricFamily("dunning_recovered_amount", "Amount recovered, in the currency's "
+                                         "minor units (cents, yen), by currency.", labels=["currency"])
+            count = CounterMetricFamily("dunning_recovered_cases", "Cases recovered, by currency.",
+                                        labels=["currency"])
+            for currency, total, n in conn.execute(
+                    select(cases.c.currency,
+                           func.coalesce(func.sum(func.coalesce(cases.c.recovered_amount, cases.c.amount_due)), 0),
+                           func.count()).where(recovered).group_by(cases.c.currency)):
+                amount.add_metric([currency], int(total))
+                count.add_metric([currency], n)
+            yield amount
+            yield count
+
+            since = now - RECOVERY_WINDOW
+            opened_n, recovered_n = conn.execute(
+                select(func.count(), func.coalesce(func.sum(_case_when(recovered)), 0))
+                .where(cases.c.opened_at >= since)).one()
+            opened = GaugeMetricFamily("dunning_cases_opened_30d", "Cases opened in the last 30 days.",
+                                       value=opened_n)
+            won = GaugeMetricFamily("dunning_cases_recovered_30d", "Cases opened in the last 30 days that "
+                                    "are recovered.", value=int(recovered_n))
+            rate = GaugeMetricFamily("dunning_recovery_rate_30d", "Recovered / opened, over cases opened in "
+                                     "the last 30 days (absent when none opened).", labels=[])
+            if opened_n:
+                rate.add_metric([], int(recovered_n) / opened_n)
+            yield opened
+            yield won
+            yield rate
+
+            oldest = GaugeMetricFamily("dunning_outbox_oldest_pending_age_seconds", "Age of the oldest "
+                                       "undelivered outbox row (0 when none), by outbox.", labels=["outbox"])
+            for name, table, pending in (
+                    ("emails", emails, emails.c.status.in_(("pending", "sending"))),
+                    ("notices", notices, notices.c.status.in_(("pending", "sending")))):
+                first = conn.execute(select(func.min(table.c.created_at)).where(pending)).scalar()
+                oldest.add_metric([name], max(0.0, (now - first).total_seconds()) if first else 0.0)
+            yield oldest
+
+
+class QueueCollector:
+    """Messages waiting in Redis per queue (ready, delayed, dead-lettered), as the dashboard counts them."""
+
+    def __init__(self, broker):
+        self.broker = broker
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from dramatiq.brokers.redis import RedisBroker
+        from dramatiq.common import q_name
+        from prometheus_client.core import GaugeMetricFamily
+        family = GaugeMetricFamily("dunning_queue_messages", "Messages held by the broker per queue: ready "
+                                   "(includes those a worker holds), delayed, dead (dead-lettered).",
+                                   labels=["queue", "kind"])
+        if isinstance(self.broker, RedisBroker):
+            queues = sorted({q_name(q) for q in self.broker.queues})
+            try:
+                pipe = self.broker.client.pipeline(transaction=False)
+                for queue in queues:
+                    for suffix in ("", ".DQ", ".XQ"):
+                        pipe.hlen(f"{self.broker.namespace}:{queue}{suffix}.msgs")
+                counts = iter(pipe.execute())
+                for queue in queues:
+                    for kind in ("ready", "delayed", "dead"):
+                        family.add_metric([queue, kind], next(counts))
+            except Exception as exc:  # noqa: BLE001 - a broker outage must not break the scrape
+                log.warning("metrics.queue_depth_unavailable", error=str(exc)[:200])
+                family = GaugeMetricFamily(family.name, family.documentation, labels=["queue", "kind"])
+        yield family
+
+
+def _case_when(condition):
+    from sqlalchemy import case
+    return case((condition, 1), else_=0)
+
+
+# -- exposition ---------------------------------------------------------------------------------------
+def render(runtime) -> tuple[bytes, str]:
+    """The /metrics body (every process's files plus the domain) and its content type."""
+    import prometheus_client as prom
+    from prometheus_client import multiprocess
+    registry = prom.CollectorRegistry(auto_describe=False)
+    path = current_dir()
+    if path is not None and path.is_dir():
+        multiprocess.MultiProcessCollector(registry, path=str(path))
+    registry.register(DomainCollector(runtime.db))
+    registry.register(QueueCollector(runtime.broker))
+    return prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST

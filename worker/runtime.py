@@ -62,7 +62,7 @@ def setup(settings: Settings | None = None, broker: dramatiq.Broker | None = Non
     if broker is None:
         broker = make_redis_broker(resolve_redis_url(settings), settings.queue_namespace)
     from worker import metrics
-    metrics.install_broker_middleware(broker)
+    metrics.install_broker_middleware(broker, settings)
     dramatiq.set_broker(broker)
     from worker.actors import declare_actors
     runtime = Runtime(settings=settings, db=Database(settings.database_url), broker=broker)

@@ -25,11 +25,12 @@ def run_pass(runtime, now: datetime) -> dict[str, int]:
     from worker.card_expiry import scan_expiring_cards
     from worker.email_delivery import sweep_emails
     from worker.notices import sweep_notices
+    from worker.stripe_jobs import sweep_stripe_jobs
 
     done: dict[str, int] = {}
     for name, job in (("events_requeued", reconcile), ("steps_enqueued", enqueue_due_steps),
                       ("emails_enqueued", sweep_emails), ("notices_enqueued", sweep_notices),
-                      ("expiring_cards", scan_expiring_cards)):
+                      ("expiring_cards", scan_expiring_cards), ("stripe_jobs_enqueued", sweep_stripe_jobs)):
         try:
             done[name] = job(runtime, now)
         except Exception as exc:  # one failing job must not stop the others

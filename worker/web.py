@@ -132,6 +132,7 @@ def create_app(runtime) -> falcon.App:
     app.add_route("/webhooks/stripe", StripeWebhook(runtime))
     app.add_route("/healthz", Health())
     app.add_route("/readyz", Ready(runtime))
+    from worker.web_admin import PaymentLinks; app.add_route("/payment-links", PaymentLinks(runtime))  # noqa: E702
     app.add_route("/metrics", web_ops.Metrics(runtime))
     return app
 

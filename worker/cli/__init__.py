@@ -41,3 +41,12 @@ def main() -> None:
 
 # Command groups live in their own modules; each registers itself on `main` when imported.
 from worker.cli import core  # noqa: E402,F401  (db, stats, events, tick, run, web, worker, scheduler)
+from worker.cli import policy  # noqa: E402,F401  (policy show)
+from worker.cli import accounts  # noqa: E402,F401  (accounts show)
+from worker.cli import cases  # noqa: E402,F401  (cases list, cases show)
+from worker.cli import outbox  # noqa: E402,F401  (outbox list, outbox retry)
+from worker.cli import dlq  # noqa: E402,F401  (dlq list, dlq requeue)
+from worker.cli import cards  # noqa: E402,F401  (cards show)
+from worker.cli import payment_links  # noqa: E402,F401  (payment-link)
+from worker.cli import backfill  # noqa: E402,F401  (events backfill)
+from worker.cli import emails  # noqa: E402,F401  (emails preview)

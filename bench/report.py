@@ -1,0 +1,174 @@
+"""One table from the results: each figure next to its baseline, ratio, target and PASS/MISS.
+
+The same rows are printed (plain text), written as markdown for the README
+(bench/results/latest.md), and kept with every raw figure in bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The issue's targets: goals to beat, not tests.
+TARGETS = {
+    "ingest_ratio": (">=", 0.5),
+    "ingest_p99_half_ms": ("<", 50.0),
+    "e2e_ratio": (">=", 0.3),
+    "e2e_p99_half_ms": ("<", 1000.0),
+    "tick_scaling": ("<=", 1.5),
+    "ingest_scaling": ("<=", 1.5),
+    "worker_rss_mb": ("<", 200.0),
+}
+
+
+@dataclass
+class Row:
+    section: str
+    figure: str
+    measured: str
+    baseline: str = ""
+    ratio: str = ""
+    target: str = ""
+    result: str = ""
+
+
+def verdict(key: str, value) -> tuple[str, str]:
+    op, goal = TARGETS[key]
+    text = f"{op} {goal:g}"
+    if value is None:
+        return text, "n/a"
+    ok = {">=": value >= goal, "<": value < goal, "<=": value <= goal}[op]
+    return text, "PASS" if ok else "MISS"
+
+
+def _n(x, unit: str = "", digits: int = 0) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:,.{digits}f}{unit}"
+
+
+def _ms(x) -> str:
+    return "n/a" if x is None else (f"{x:,.1f} ms" if x < 100 else f"{x:,.0f} ms")
+
+
+def _err(section: str, data: dict) -> Row | None:
+    if "error" in data:
+        return Row(section, "error", data["error"].splitlines()[0][:90], result="ERROR")
+    if "skipped" in data:
+        return Row(section, "skipped", data["skipped"][:90], result="SKIP")
+    return None
+
+
+def build_rows(results: dict) -> tuple[list[Row], dict]:
+    rows: list[Row] = []
+    checks: dict[str, dict] = {}
+
+    def check(key: str, value) -> tuple[str, str]:
+        target, result = verdict(key, value)
+        checks[key] = {"value": value, "target": target, "result": result}
+        return target, result
+
+    ing = results.get("ingest", {})
+    if (row := _err("ingest", ing)) is not None:
+        rows.append(row)
+    elif ing:
+        t, r = check("ingest_ratio", ing["ratio"])
+        rows.append(Row("ingest", f"webhook req/s, {ing['concurrency']} connections ({ing['database']})",
+                        _n(ing["webhook"]["rps"], "/s"), _n(ing["bare"]["rps"], "/s bare"),
+                        _n(ing["ratio"], digits=2), t, r))
+        rows.append(Row("ingest", "p50 / p99 at peak", f"{_ms(ing['webhook']['p50_ms'])} / {_ms(ing['webhook']['p99_ms'])}",
+                        f"{_ms(ing['bare']['p50_ms'])} / {_ms(ing['bare']['p99_ms'])} bare"))
+        half = ing["half_peak"]
+        t, r = check("ingest_p99_half_ms", half["p99_ms"])
+        rows.append(Row("ingest", f"p99 at 50% of peak ({_n(half['rate'], '/s')} open loop)",
+                        _ms(half["p99_ms"]), target=t.replace("50", "50 ms"), result=r))
+
+    e2e, noop = results.get("e2e", {}), results.get("noop", {})
+    if (row := _err("e2e", e2e) or _err("e2e", noop)) is not None:
+        rows.append(row)
+    elif e2e:
+        shape = f"{e2e['processes']}x{e2e['threads']}"
+        if e2e.get("status") != "ok":
+            check("e2e_ratio", None)
+            check("e2e_p99_half_ms", None)
+            rows.append(Row("e2e", f"events/s webhook->email ({shape}, {e2e['database']})", e2e.get("status", "n/a"),
+                            _n(noop.get("rate"), "/s no-op"), "n/a", verdict("e2e_ratio", None)[0], "n/a"))
+        else:
+            peak, half = e2e["peak"], e2e["half_peak"]
+            ratio = round(peak["rate"] / noop["rate"], 3) if noop.get("rate") else None
+            e2e["ratio"] = ratio
+            t, r = check("e2e_ratio", ratio)
+            rows.append(Row("e2e", f"events/s webhook->email, 70/20/10 mix ({shape}, {e2e['database']})",
+                            _n(peak["rate"], "/s"), _n(noop["rate"], "/s no-op"), _n(ratio, digits=3), t, r))
+            rows.append(Row("e2e", "p50 / p99 receipt->email at peak",
+                            f"{_ms(peak['p50_ms'])} / {_ms(peak['p99_ms'])}",
+                            f"{peak['payment_failed_emails']}/{peak['payment_failed']} emails"))
+            t, r = check("e2e_p99_half_ms", half["p99_ms"])
+            rows.append(Row("e2e", f"p99 receipt->email at 50% of peak ({_n(half['rate'], '/s', 1)})",
+                            _ms(half["p99_ms"]), f"{half['payment_failed_emails']}/{half['payment_failed']} emails",
+                            target=t.replace("1000", "1000 ms"), result=r))
+
+    sc = results.get("scaling", {})
+    if (row := _err("scaling", sc)) is not None:
+        rows.append(row)
+    elif sc:
+        tick, ing2 = sc["tick"], sc["ingest"]
+        t, r = check("tick_scaling", tick["ratio"])
+        rows.append(Row("scaling", f"tick enqueuing {tick['due']:,} due: {tick['large']['open_cases']:,} vs "
+                                   f"{tick['small']['open_cases']:,} open cases",
+                        _ms(tick["large"]["median_ms"]), _ms(tick["small"]["median_ms"]),
+                        _n(tick["ratio"], digits=2), t, r))
+        t, r = check("ingest_scaling", ing2["ratio"])
+        rows.append(Row("scaling", f"ingest req/s: {ing2['large']['stored_events']:,} vs "
+                                   f"{ing2['small']['stored_events']:,} stored events",
+                        _n(ing2["large"]["rps"], "/s"), _n(ing2["small"]["rps"], "/s"),
+                        _n(ing2["ratio"], digits=2), t, r))
+
+    mem = results.get("memory", {})
+    if mem:
+        if mem.get("web_mb") is not None:
+            rows.append(Row("memory", "peak RSS per web process (gunicorn worker)", _n(mem["web_mb"], " MB", 1),
+                            _n(mem.get("bare_mb"), " MB bare", 1)))
+        t, r = check("worker_rss_mb", mem.get("worker_mb"))
+        rows.append(Row("memory", "peak RSS per worker process (dramatiq)", _n(mem.get("worker_mb"), " MB", 1),
+                        _n(mem.get("noop_worker_mb"), " MB no-op", 1), target=t + " MB", result=r))
+    return rows, checks
+
+
+HEADERS = ("section", "figure", "measured", "baseline", "ratio", "target", "result")
+
+
+def as_text(rows: list[Row], title: str) -> str:
+    cells = [HEADERS] + [tuple(getattr(r, h) for h in HEADERS) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADERS))]
+    line = "  ".join("-" * w for w in widths)
+    out = [title, line]
+    for n, c in enumerate(cells):
+        out.append("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip())
+        if n == 0:
+            out.append(line)
+    return "\n".join(out)
+
+
+def as_markdown(rows: list[Row], title: str) -> str:
+    out = [f"_{title}_", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    for r in rows:
+        out.append("| " + " | ".join(getattr(r, h).replace("|", "\\|") for h in HEADERS) + " |")
+    return "\n".join(out) + "\n"
+
+
+def memory_summary(results: dict) -> dict:
+    """Peak RSS per process, by role: gunicorn workers, dramatiq worker processes (the max of each)."""
+    def peak(entries, role=None):
+        values = [e["peak_rss_mb"] for e in entries or [] if role is None or e["role"] == role]
+        return max(values) if values else None
+
+    ing, e2e, noop = results.get("ingest", {}), results.get("e2e", {}), results.get("noop", {})
+    web_entries = (ing.get("rss", {}).get("web") or []) + (e2e.get("rss", {}).get("web") or [])
+    return {
+        "web_mb": peak(web_entries, "child"),
+        "web_master_mb": peak(web_entries, "parent"),
+        "bare_mb": peak(ing.get("rss", {}).get("bare"), "child"),
+        "worker_mb": peak(e2e.get("rss", {}).get("worker")),
+        "noop_worker_mb": peak(noop.get("rss")),
+        "source": "/proc/<pid>/status VmHWM of each process and its children, read before stopping it",
+    }

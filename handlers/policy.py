@@ -1,0 +1,185 @@
+"""The dunning policy (config/policy.toml): who gets mail, who is left alone, which schedule applies.
+
+Read once per process (`runtime.policy`) and validated up front, so a typo in the file stops the
+service at start instead of silently skipping a step weeks later.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from config.settings import ConfigError
+
+ACTIONS = ("schedule_disruption", "disrupt")
+RECIPIENT_SOURCES = ("customer.email", "customer.metadata.")
+
+# Deliberately strict: one local part, one domain with a dot, no spaces, no CR/LF, no commas
+# or angle brackets (a second address or a header injection could hide behind those).
+_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+
+
+class PolicyError(ConfigError):
+    """Raised when the policy file is missing, unreadable or inconsistent (message says where)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a schedule: on `day` after the first failure send `email`, then do `action`."""
+
+    day: int
+    email: str
+    action: str | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    steps: tuple[Step, ...]
+    disrupt_after_days: int
+    prices: tuple[str, ...] = ()
+    products: tuple[str, ...] = ()
+
+    def step(self, index: int | None) -> Step | None:
+        if index is None or not 0 <= index < len(self.steps):
+            return None
+        return self.steps[index]
+
+
+@dataclass(frozen=True)
+class PaymentLinkPolicy:
+    bank_minimums: dict[str, int]
+    daily_limit_per_invoice: int
+    expires_after_hours: int
+
+
+@dataclass(frozen=True)
+class Policy:
+    recipient_source: str
+    exclude_customer_metadata: dict[str, str]
+    schedules: dict[str, Schedule]
+    payment_links: PaymentLinkPolicy
+    path: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def recipient_for(self, customer_row: dict | None) -> str | None:
+        """The owner of record's address (per [recipient] source), or None when it is not usable."""
+        if not customer_row or customer_row.get("deleted"):
+            return None
+        if self.recipient_source == "customer.email":
+            candidate = customer_row.get("email")
+        else:
+            key = self.recipient_source[len("customer.metadata."):]
+            metadata = customer_row.get("metadata")
+            if isinstance(metadata, str):
+                from worker.db import loads
+                try:
+                    metadata = loads(metadata, {})
+                except ValueError:
+                    metadata = {}
+            candidate = metadata.get(key) if isinstance(metadata, dict) else None
+        if not isinstance(candidate, str):
+            return None
+        candidate = candidate.strip()
+        if len(candidate) > 254 or not _EMAIL.match(candidate):
+            return None
+        return candidate
+
+    def is_excluded(self, customer_metadata: dict | None) -> bool:
+        """True when the customer's Stripe metadata matches one of the [exclude] pairs."""
+        if not customer_metadata:
+            return False
+        return any(str(customer_metadata.get(k)) == v for k, v in self.exclude_customer_metadata.items()
+                   if k in customer_metadata)
+
+    def schedule_for(self, price_ids: list[str] | None, product_ids: list[str] | None) -> Schedule:
+        """The schedule naming one of the prices, else one of the products, else `default`."""
+        prices, products = set(price_ids or ()), set(product_ids or ())
+        for name, schedule in self.schedules.items():
+            if name != "default" and prices & set(schedule.prices):
+                return schedule
+        for name, schedule in self.schedules.items():
+            if name != "default" and products & set(schedule.products):
+                return schedule
+        return self.schedules["default"]
+
+    def schedule_named(self, name: str) -> Schedule:
+        """The schedule a case was opened with (falls back to default if the file dropped it)."""
+        return self.schedules.get(name) or self.schedules["default"]
+
+
+def load_policy(path: str | Path) -> Policy:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise PolicyError(f"policy file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"policy file {path}: {exc}") from None
+    return parse_policy(raw, path)
+
+
+def parse_policy(raw: dict[str, Any], path: Path | None = None) -> Policy:
+    where = str(path or "policy")
+    source = str((raw.get("recipient") or {}).get("source", "customer.email"))
+    if not (source == "customer.email" or (source.startswith("customer.metadata.")
+                                           and len(source) > len("customer.metadata."))):
+        raise PolicyError(f"{where}: [recipient] source must be customer.email or customer.metadata.<key>")
+    exclude = (raw.get("exclude") or {}).get("customer_metadata") or {}
+    if not isinstance(exclude, dict):
+        raise PolicyError(f"{where}: [exclude] customer_metadata must be a table of key = value")
+    schedules_raw = raw.get("schedules") or {}
+    if "default" not in schedules_raw:
+        raise PolicyError(f"{where}: [schedules.default] is required")
+    schedules = {name: _parse_schedule(name, body, where) for name, body in schedules_raw.items()}
+    links = raw.get("payment_links") or {}
+    payment_links = PaymentLinkPolicy(
+        bank_minimums={str(k).lower(): int(v) for k, v in (links.get("bank_minimums") or {}).items()},
+        daily_limit_per_invoice=int(links.get("daily_limit_per_invoice", 5)),
+        expires_after_hours=int(links.get("expires_after_hours", 72)),
+    )
+    return Policy(recipient_source=source, exclude_customer_metadata={str(k): str(v) for k, v in exclude.items()},
+                  schedules=schedules, payment_links=payment_links, path=path, raw=raw)
+
+
+def _parse_schedule(name: str, body: dict[str, Any], where: str) -> Schedule:
+    here = f"{where}: [schedules.{name}]"
+    if not isinstance(body, dict):
+        raise PolicyError(f"{here} must be a table")
+    try:
+        disrupt_after = int(body.get("disrupt_after_days", 14))
+        steps = tuple(Step(day=int(s["day"]), email=str(s["email"]), action=s.get("action"))
+                      for s in body.get("steps") or ())
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PolicyError(f"{here}: every step needs an integer day and an email ({exc})") from None
+    if not steps:
+        raise PolicyError(f"{here} has no steps")
+    days = [s.day for s in steps]
+    if days[0] != 0 or days != sorted(days) or len(set(days)) != len(days):
+        raise PolicyError(f"{here}: steps must start at day 0, in increasing order, one per day")
+    actions = [s.action for s in steps if s.action is not None]
+    for step in steps:
+        if step.action is not None and step.action not in ACTIONS:
+            raise PolicyError(f"{here}: unknown action {step.action!r} on day {step.day} (known: {ACTIONS})")
+        if not re.fullmatch(r"[a-z0-9-]+", step.email):
+            raise PolicyError(f"{here}: email on day {step.day} must name a template folder")
+    if actions.count("schedule_disruption") > 1 or actions.count("disrupt") > 1:
+        raise PolicyError(f"{here}: each action may appear once")
+    if "disrupt" in actions:
+        if actions != ["schedule_disruption", "disrupt"]:
+            raise PolicyError(f"{here}: disrupt needs an earlier schedule_disruption step")
+        disrupt_day = next(s.day for s in steps if s.action == "disrupt")
+        if disrupt_day != disrupt_after:
+            raise PolicyError(f"{here}: the disrupt step is on day {disrupt_day} but disrupt_after_days"
+                              f" is {disrupt_after}")
+    elif "schedule_disruption" in actions:
+        raise PolicyError(f"{here}: schedule_disruption needs a later disrupt step")
+    if disrupt_after <= 0:
+        raise PolicyError(f"{here}: disrupt_after_days must be positive")
+    return Schedule(name=name, steps=steps, disrupt_after_days=disrupt_after,
+                    prices=tuple(str(p) for p in body.get("prices") or ()),
+                    products=tuple(str(p) for p in body.get("products") or ()))

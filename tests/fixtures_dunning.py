@@ -1,0 +1,172 @@
+"""Builders for the dunning tests: realistic invoice events from ../shared/stripe-data shapes.
+
+Two shapes: the 2025 (basil) invoice of pay-rails/pay (subscription under
+`parent.subscription_details.subscription`, prices under `pricing.price_details`) and the 2018
+invoice of mozilla-subhub (top-level `subscription`, legacy `plan` lines). Ids, amounts, times
+and statuses are replaced; everything else is Stripe's own payload.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import datetime, timedelta
+
+import dramatiq
+from sqlalchemy import select
+
+from tests.helpers import STRIPE_DATA, make_event, rows
+from worker.clock import from_unix, to_unix
+
+DAY = 86400
+T0 = 1_795_000_000  # 2026-11-18T...Z: a fixed "first failure" instant for deterministic tests
+
+SHAPES = {
+    "2025": ("events/pay/invoice.payment_failed.json", "2025-03-31.basil"),
+    "2018": ("events/mozilla-subhub/invoice-payment-failed.json", "2018-02-06"),
+}
+
+
+def _base_invoice(shape: str) -> dict:
+    rel, _ = SHAPES[shape]
+    data = json.loads((STRIPE_DATA / rel).read_text())
+    obj = data["data"]["object"] if "data" in data else data["object"]
+    return copy.deepcopy(obj)
+
+
+def invoice(invoice_id: str = "in_test_1", *, customer: str = "cus_test_1", subscription: str | None = "sub_test_1",
+            shape: str = "2025", amount: int = 2500, currency: str = "usd", status: str = "open",
+            attempt_count: int = 1, next_payment_attempt: int | None = None, email: str = "owner@example.com",
+            price: str | None = None, card: tuple[str, str] | None = None) -> dict:
+    """An invoice object of the given API shape with our ids and amounts."""
+    inv = _base_invoice(shape)
+    inv.update(id=invoice_id, customer=customer, amount_due=amount, amount_remaining=amount,
+               amount_paid=amount if status == "paid" else 0, currency=currency, status=status,
+               attempt_count=attempt_count, next_payment_attempt=next_payment_attempt,
+               customer_email=email, number=f"NUM-{invoice_id[-6:]}", paid=status == "paid")
+    if shape == "2025":
+        inv["parent"]["subscription_details"]["subscription"] = subscription
+        for line in inv["lines"]["data"]:
+            line["parent"]["subscription_item_details"]["subscription"] = subscription
+            if price:
+                line["pricing"]["price_details"]["price"] = price
+    else:
+        inv["subscription"] = subscription
+        for line in inv["lines"]["data"]:
+            line["subscription"] = subscription
+            if price:
+                line["plan"]["id"] = price
+    if card:
+        inv["charge"] = {"id": f"ch_{invoice_id}", "object": "charge", "failure_code": "card_declined",
+                         "failure_message": "Your card was declined.",
+                         "payment_method_details": {"type": "card", "card": {
+                             "brand": card[0], "last4": card[1], "exp_month": 4, "exp_year": 2030}}}
+    return inv
+
+
+_counter = [0]
+
+
+def event(event_type: str, obj: dict, created: int, event_id: str | None = None, shape: str = "2025") -> dict:
+    _counter[0] += 1
+    return make_event(event_type, obj, event_id=event_id or f"evt_t{_counter[0]:06d}_{obj['id']}", created=created,
+                      api_version=SHAPES.get(shape, SHAPES["2025"])[1])
+
+
+def failed(invoice_id="in_test_1", created=T0, **kw) -> dict:
+    shape = kw.get("shape", "2025")
+    kw.setdefault("next_payment_attempt", created + 3 * DAY)
+    return event("invoice.payment_failed", invoice(invoice_id, **kw), created, shape=shape)
+
+
+def paid(invoice_id="in_test_1", created=T0 + DAY, **kw) -> dict:
+    shape = kw.get("shape", "2025")
+    return event("invoice.paid", invoice(invoice_id, status="paid", **kw), created, shape=shape)
+
+
+def ended(event_type: str, invoice_id="in_test_1", created=T0 + DAY, **kw) -> dict:
+    status = {"invoice.voided": "void", "invoice.marked_uncollectible": "uncollectible",
+              "invoice.paid": "paid", "invoice.payment_succeeded": "paid"}[event_type]
+    return event(event_type, invoice(invoice_id, status=status, **kw), created, shape=kw.get("shape", "2025"))
+
+
+def subscription_deleted(subscription="sub_test_1", customer="cus_test_1", created=T0 + DAY) -> dict:
+    obj = {"id": subscription, "object": "subscription", "customer": customer, "status": "canceled",
+           "metadata": {}}
+    return event("customer.subscription.deleted", obj, created)
+
+
+def at(seconds: int) -> datetime:
+    return from_unix(seconds)
+
+
+# -- running the real pipeline without the email/notice senders ------------------------------
+def deliver(runtime, evt: dict) -> str:
+    """Store the event as the webhook does and process it in this thread; return its status."""
+    from handlers.registry import known_types
+    from worker.event_store import parse_envelope, store_event
+    from worker.processing import process_event
+
+    envelope = parse_envelope(json.dumps(evt))
+    store_event(runtime.db, envelope, known_type=envelope.type in known_types())
+    return process_event(runtime, envelope.id)
+
+
+def tick(runtime, moment: datetime | int) -> int:
+    """The scheduler's step job as of `moment`, then run the enqueued step messages; return enqueued."""
+    from handlers.steps import enqueue_due_steps
+
+    if isinstance(moment, int):
+        moment = at(moment)
+    enqueued = enqueue_due_steps(runtime, moment)
+    drain_queues(runtime, ("steps",))
+    return enqueued
+
+
+def drain_queues(runtime, queues: tuple[str, ...], timeout: float = 30.0, threads: int = 2) -> None:
+    """Run a real dramatiq Worker on the stub broker for these queues only, until they are empty.
+
+    (Email and notice delivery is the outbox senders' business and has its own tests; here the
+    decisions are checked on the rows they leave.)
+    """
+    broker = runtime.broker
+    present = [q for q in queues if q in broker.queues]
+    if not present:
+        return
+    worker = dramatiq.Worker(broker, queues=set(present), worker_timeout=20, worker_threads=threads)
+    worker.start()
+    try:
+        for queue in present:
+            broker.join(queue, timeout=int(timeout * 1000), fail_fast=True)
+    finally:
+        worker.stop()
+
+
+def emails(runtime, **where) -> list[dict]:
+    return sorted(rows(runtime, "emails", **where), key=lambda r: (r["created_at"], r["id"]))
+
+
+def templates(runtime, **where) -> list[str]:
+    return [e["template"] for e in emails(runtime, **where)]
+
+
+def notices(runtime, **where) -> list[str]:
+    return [n["type"] for n in sorted(rows(runtime, "platform_notices", **where),
+                                       key=lambda r: (r["account_id"], r["seq"]))]
+
+
+def case_of(runtime, invoice_id: str = "in_test_1") -> dict | None:
+    found = rows(runtime, "cases", invoice_id=invoice_id)
+    return found[0] if found else None
+
+
+def transitions(runtime, case_id: str) -> list[tuple]:
+    t = runtime.db.table("case_transitions")
+    with runtime.db.engine.connect() as conn:
+        return [(r.from_state, r.to_state, r.trigger) for r in
+                conn.execute(select(t).where(t.c.case_id == case_id).order_by(t.c.at, t.c.id))]
+
+
+__all__ = ["DAY", "T0", "at", "case_of", "deliver", "drain_queues", "emails", "ended", "event", "failed",
+           "invoice", "notices", "paid", "subscription_deleted", "templates", "tick", "timedelta", "to_unix",
+           "transitions"]

@@ -1,0 +1,176 @@
+"""Fakes of what lies outside our walls, at their HTTP boundary, with scripted failures.
+
+`FakeSendGrid` answers POST /v3/mail/send like SendGrid v3 (202 + X-Message-Id), or, while its
+failure script lasts, 429, 500 or a hang longer than the client's timeout. `FakePlatform`
+receives signed notices, checks the Dunning-Signature, and fails while its script lasts. Both
+count what they ACCEPTED by dedupe identity (the email id in custom_args; the notice id in the
+body), which is how "delivered exactly once" is measured.
+
+A scripted timeout hangs before accepting and then drops the connection: the message was not
+taken (SendGrid's behaviour on a gateway timeout we cannot know; a fake that accepted and then
+hung would make the at-least-once duplicate of any HTTP client without idempotency keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict, deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class _Server:
+    def __init__(self, handler_cls):
+        self.lock = threading.Lock()
+        handler = type("Handler", (handler_cls,), {"fake": self})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _QuietHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length)
+
+    def _answer(self, status: int, body: bytes = b"", headers: dict | None = None):
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+
+class FakeSendGrid(_Server):
+    """SendGrid v3 mail/send with a failure script: e.g. ["429", "500", "timeout"] then healthy."""
+
+    def __init__(self, api_key: str = "SG.fake-key-for-tests", hang_seconds: float = 17.0):
+        super().__init__(_SendGridHandler)
+        self.api_key = api_key
+        self.hang_seconds = hang_seconds
+        self.script: deque[str] = deque()
+        self.accepted: Counter = Counter()          # email id -> times accepted
+        self.by_identity: Counter = Counter()       # (template, invoice, customer) -> times accepted
+        self.messages: list[dict] = []
+        self.failures: Counter = Counter()
+        self.unauthorized = 0
+
+    def fail_next(self, *outcomes: str) -> None:
+        with self.lock:
+            self.script.extend(outcomes)
+
+    def _next_outcome(self) -> str | None:
+        with self.lock:
+            return self.script.popleft() if self.script else None
+
+    def duplicates(self) -> dict:
+        return {k: n for k, n in self.accepted.items() if n > 1}
+
+
+class _SendGridHandler(_QuietHandler):
+    fake: FakeSendGrid
+
+    def do_POST(self):
+        fake = self.fake
+        body = self._body()
+        if self.path != "/v3/mail/send":
+            return self._answer(404, b'{"errors":[{"message":"not found"}]}')
+        if self.headers.get("Authorization") != f"Bearer {fake.api_key}":
+            with fake.lock:
+                fake.unauthorized += 1
+            return self._answer(401, b'{"errors":[{"message":"unauthorized"}]}')
+        outcome = fake._next_outcome()
+        if outcome is not None:
+            with fake.lock:
+                fake.failures[outcome] += 1
+            if outcome == "timeout":
+                time.sleep(fake.hang_seconds)
+                self.close_connection = True
+                return
+            return self._answer(int(outcome), json.dumps({"errors": [{"message": f"scripted {outcome}"}]}).encode(),
+                                {"Content-Type": "application/json", "Retry-After": "1"})
+        message = json.loads(body)
+        args = message.get("custom_args") or {}
+        headers = message.get("headers") or {}
+        identity = (headers.get("X-Dunning-Template"), headers.get("X-Dunning-Invoice"),
+                    headers.get("X-Dunning-Customer"))
+        with fake.lock:
+            fake.accepted[args.get("email_id")] += 1
+            fake.by_identity[identity] += 1
+            fake.messages.append(message)
+        self._answer(202, b"", {"X-Message-Id": uuid.uuid4().hex})
+
+
+class FakePlatform(_Server):
+    """The platform's notice receiver: verifies the signature, fails while its script lasts."""
+
+    def __init__(self, secret: str = "platform-secret-for-tests"):
+        super().__init__(_PlatformHandler)
+        self.secret = secret
+        self.script: deque[int] = deque()
+        self.accepted: Counter = Counter()                  # notice id -> times accepted
+        self.order: dict[str, list[int]] = defaultdict(list)  # account -> seqs in arrival order
+        self.notices: list[dict] = []
+        self.failures = 0
+        self.bad_signatures = 0
+
+    def fail_next(self, count: int, status: int = 500) -> None:
+        with self.lock:
+            self.script.extend([status] * count)
+
+    def duplicates(self) -> dict:
+        return {k: n for k, n in self.accepted.items() if n > 1}
+
+
+def verify_dunning_signature(body: bytes, header: str | None, secret: str) -> bool:
+    if not header:
+        return False
+    parts = dict(item.split("=", 1) for item in header.split(",") if "=" in item)
+    expected = hmac.new(secret.encode(), f"{parts.get('t')}.".encode() + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, parts.get("v1", ""))
+
+
+class _PlatformHandler(_QuietHandler):
+    fake: FakePlatform
+
+    def do_POST(self):
+        fake = self.fake
+        body = self._body()
+        if not verify_dunning_signature(body, self.headers.get("Dunning-Signature"), fake.secret):
+            with fake.lock:
+                fake.bad_signatures += 1
+            return self._answer(400, b"bad signature")
+        with fake.lock:
+            status = fake.script.popleft() if fake.script else None
+            if status is not None:
+                fake.failures += 1
+        if status is not None:
+            return self._answer(status, b"scripted failure")
+        notice = json.loads(body)
+        with fake.lock:
+            fake.accepted[notice["id"]] += 1
+            fake.notices.append(notice)
+        self._answer(200, b'{"ok":true}', {"Content-Type": "application/json"})

@@ -1,0 +1,81 @@
+"""`make bench` end to end at tiny sizes: the harness starts the real service, measures, cleans up.
+
+Speed is never asserted here (the bench reports it); this checks that every section of the
+results is there and made of real measurements, and that nothing the run started is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from config.settings import PROJECT_ROOT
+from tests.conftest import TEST_DATABASE_URL, _postgres_reachable
+
+pytestmark = pytest.mark.slow
+
+
+def _bench_processes() -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if b"dunning-bench-" in cmd or b"bench.bare_app" in cmd or b"bench.noop_actors" in cmd:
+                found.add(int(entry))
+    return found
+
+
+def test_the_smoke_bench_writes_every_section_and_leaves_no_process_behind(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "REDIS_URL", "BENCH_DATABASE_URL", "BENCH_REDIS_URL")}
+    has_postgres = _postgres_reachable()
+    if has_postgres:
+        env["BENCH_DATABASE_URL"] = TEST_DATABASE_URL
+    before = _bench_processes()
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)], cwd=PROJECT_ROOT,
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    results = json.loads((tmp_path / "latest.json").read_text())
+    assert results["machine"]["cpu_count"] == os.cpu_count()
+    assert results["settings"]["mode"] == "smoke"
+
+    ingest = results["ingest"]
+    assert ingest["bare"]["rps"] > 0 and ingest["webhook"]["rps"] > 0
+    assert ingest["webhook"]["statuses"] == {"200": ingest["webhook"]["requests"]}
+    assert 0 < ingest["ratio"] and ingest["half_peak"]["p99_ms"] > 0
+
+    assert results["noop"]["rate"] > 0
+    e2e = results["e2e"]
+    assert e2e["status"] == "ok", e2e
+    assert e2e["peak"]["payment_failed_emails"] == e2e["peak"]["payment_failed"] > 0
+    assert e2e["half_peak"]["p99_ms"] > 0
+
+    if has_postgres:
+        scaling = results["scaling"]
+        assert scaling["tick"]["small"]["enqueued"] == scaling["tick"]["large"]["enqueued"] == 200
+        assert scaling["tick"]["large"]["open_cases"] == 5000
+        assert scaling["ingest"]["large"]["stored_events"] > scaling["ingest"]["small"]["stored_events"]
+    else:
+        assert "PostgreSQL" in results["scaling"]["skipped"]
+
+    assert results["memory"]["worker_mb"] > 0 and results["memory"]["web_mb"] > 0
+    assert {c["result"] for c in results["checks"].values()} <= {"PASS", "MISS", "n/a"}
+    table = (tmp_path / "latest.md").read_text()
+    assert "| section | figure | measured |" in table and "receipt->email" in table
+    assert "ingest" in done.stdout and ("PASS" in table or "MISS" in table)
+    assert _bench_processes() <= before
+    if has_postgres:
+        import psycopg
+        with psycopg.connect(TEST_DATABASE_URL) as conn:
+            left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                (f"bench_{results['run_tag']}%",)).fetchall()
+        assert left == []

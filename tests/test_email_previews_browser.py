@@ -1,0 +1,120 @@
+"""Email previews in headless Chromium at phone and desktop widths: no overflow, no broken image or link."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+from click.testing import CliRunner
+
+from worker.cli import main
+from worker.email_previews import VARIANTS
+from worker.emails import TEMPLATES
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+WIDTHS = (375, 1024)
+
+# Runs in the page: what a reader would notice.
+INSPECT = """() => ({
+  overflow: document.scrollingElement.scrollWidth - window.innerWidth,
+  brokenImages: [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src),
+  links: [...document.querySelectorAll('a[href]')].map(a => a.href),
+})"""
+
+
+@pytest.fixture(scope="module")
+def previews(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("previews")
+    result = CliRunner().invoke(main, ["emails", "preview", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_preview_writes_every_template_in_every_variant_as_html_and_text(previews):
+    index = (previews / "index.html").read_text()
+    for template in TEMPLATES:
+        for variant in VARIANTS:
+            html = previews / template / f"{variant.name}.html"
+            text = previews / template / f"{variant.name}.txt"
+            assert html.is_file() and text.is_file()
+            assert f'href="{template}/{variant.name}.html"' in index
+            assert f'href="{template}/{variant.name}.txt"' in index
+            assert text.read_text().startswith("Subject: ")
+    assert {v.currency for v in VARIANTS} == {"usd", "jpy"}
+    assert {(v.with_card, v.disrupted) for v in VARIANTS} == {(True, True), (True, False), (False, True),
+                                                              (False, False)}
+
+
+def test_previews_show_the_currency_and_card_they_were_made_for(previews):
+    usd = (previews / "payment-failed" / "usd-card-before-disruption.txt").read_text()
+    jpy = (previews / "payment-failed" / "jpy-no-card-after-disruption.txt").read_text()
+    assert "$42.00" in usd and "4242" in usd
+    assert "¥5,000" in jpy and "4242" not in jpy and "¥5,000.00" not in jpy
+
+
+def test_preview_json_lists_what_it_wrote(tmp_path):
+    result = CliRunner().invoke(main, ["emails", "preview", "--out", str(tmp_path), "--json"])
+    data = json.loads(result.output)
+    assert len(data["emails"]) == len(TEMPLATES) * len(VARIANTS)
+    assert all((tmp_path / e["html"]).is_file() for e in data["emails"])
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_every_preview_fits_phone_and_desktop_widths_with_no_broken_image_or_link(previews):
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium is not installed at /usr/bin/chromium")
+    from playwright.sync_api import sync_playwright
+    pages = [previews / "index.html"] + sorted(previews.glob("*/*.html"))
+    assert len(pages) == 1 + len(TEMPLATES) * len(VARIANTS)
+    problems = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            for width in WIDTHS:
+                page = browser.new_page(viewport={"width": width, "height": 900})
+                # Nothing leaves the machine: remote links are checked for shape, not fetched.
+                page.route("http*://**", lambda route: route.abort())
+                for path in pages:
+                    page.goto(path.as_uri(), wait_until="load")
+                    found = page.evaluate(INSPECT)
+                    name = f"{path.relative_to(previews)} @ {width}px"
+                    if found["overflow"] > 0:
+                        problems.append(f"{name}: overflows horizontally by {found['overflow']} px")
+                    for src in found["brokenImages"]:
+                        problems.append(f"{name}: broken image {src}")
+                    for href in found["links"]:
+                        target = urlparse(href)
+                        if target.scheme == "file":
+                            if not Path(unquote(target.path)).is_file():
+                                problems.append(f"{name}: link to a missing file {href}")
+                        elif target.scheme not in ("https", "mailto"):
+                            problems.append(f"{name}: link that is neither https nor a file: {href}")
+                page.close()
+        finally:
+            browser.close()
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.browser
+def test_the_overflow_check_catches_a_page_wider_than_a_phone(tmp_path):
+    """The check above can fail: a fixed 600 px table overflows a 375 px screen."""
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium is not installed at /usr/bin/chromium")
+    from playwright.sync_api import sync_playwright
+    wide = tmp_path / "wide.html"
+    wide.write_text('<!DOCTYPE html><meta name="viewport" content="width=device-width">'
+                    '<table style="width:600px"><tr><td>x</td></tr></table><img src="missing.png">')
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 375, "height": 900})
+            page.goto(wide.as_uri())
+            found = page.evaluate(INSPECT)
+        finally:
+            browser.close()
+    assert found["overflow"] > 0 and found["brokenImages"]

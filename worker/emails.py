@@ -1,0 +1,104 @@
+"""Email rendering: templates/emails/<name>/{subject.txt, body.txt, body.html} with a shared base.
+
+HTML is autoescaped (names and messages come from Stripe and from customers: hostile until
+proven otherwise); plain text and subjects are not, since they are never parsed as markup.
+StrictUndefined turns a misspelt variable into an error at render time instead of a blank in
+an owner's inbox: the context builder (worker.email_context) defines every optional value,
+as None when unknown. The subject is forced onto one line (a header cannot hold a newline),
+and the CSS of the HTML part is inlined, since many mail clients drop <style> blocks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import css_inline
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from config.settings import PROJECT_ROOT
+
+TEMPLATES_DIR = PROJECT_ROOT / "templates" / "emails"
+TEMPLATES = (
+    "payment-failed",
+    "reminder",
+    "disruption-warning",
+    "final-notice",
+    "service-disrupted",
+    "service-restored",
+    "payment-received",
+    "payment-link",
+    "card-declined-again",
+    "action-required",
+    "card-expiring",
+)
+SUBJECT_MAX = 200
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    text: str
+    html: str
+
+
+@lru_cache(maxsize=4)
+def environment(directory: Path = TEMPLATES_DIR) -> Environment:
+    """The Jinja2 environment: autoescape for .html only, undefined variables are errors."""
+    env = Environment(
+        loader=FileSystemLoader(str(directory)),
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False,
+                                     default=False),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+    env.filters["one_line"] = one_line
+    return env
+
+
+@lru_cache(maxsize=1)
+def _inliner() -> css_inline.CSSInliner:
+    return css_inline.CSSInliner(keep_style_tags=False, keep_at_rules=True,
+                                 load_remote_stylesheets=False)
+
+
+def one_line(value: Any) -> str:
+    """Collapse CR, LF, tabs and runs of spaces into single spaces (for subjects and names)."""
+    return _WHITESPACE.sub(" ", str(value if value is not None else "")).strip()
+
+
+def render_subject(template: str, context: dict[str, Any]) -> str:
+    subject = one_line(environment().get_template(f"{template}/subject.txt").render(context))
+    if len(subject) > SUBJECT_MAX:
+        subject = subject[: SUBJECT_MAX - 1].rstrip() + "…"
+    return subject
+
+
+def render(template: str, context: dict[str, Any]) -> RenderedEmail:
+    """Render the subject (one line), the plain-text part and the HTML part (CSS inlined)."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown email template {template!r}")
+    env = environment()
+    context = {**context, "template": template}
+    subject = render_subject(template, context)
+    context["subject"] = subject
+    text = env.get_template(f"{template}/body.txt").render(context)
+    html = env.get_template(f"{template}/body.html").render(context)
+    return RenderedEmail(subject=subject, text=_tidy_text(text), html=_inliner().inline(html))
+
+
+def _tidy_text(text: str) -> str:
+    """No trailing spaces, at most one blank line in a row, one final newline."""
+    lines = [line.rstrip() for line in text.strip().splitlines()]
+    tidy: list[str] = []
+    for line in lines:
+        if line == "" and tidy and tidy[-1] == "":
+            continue
+        tidy.append(line)
+    return "\n".join(tidy) + "\n"
