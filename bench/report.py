@@ -128,9 +128,10 @@ def build_rows(results: dict) -> tuple[list[Row], dict]:
         if mem.get("web_mb") is not None:
             rows.append(Row("memory", "peak RSS per web process (gunicorn worker)", _n(mem["web_mb"], " MB", 1),
                             _n(mem.get("bare_mb"), " MB bare", 1)))
-        t, r = check("worker_rss_mb", mem.get("worker_mb"))
-        rows.append(Row("memory", "peak RSS per worker process (dramatiq)", _n(mem.get("worker_mb"), " MB", 1),
-                        _n(mem.get("noop_worker_mb"), " MB no-op", 1), target=t + " MB", result=r))
+        if mem.get("worker_mb") is not None:
+            t, r = check("worker_rss_mb", mem.get("worker_mb"))
+            rows.append(Row("memory", "peak RSS per worker process (dramatiq)", _n(mem["worker_mb"], " MB", 1),
+                            _n(mem.get("noop_worker_mb"), " MB no-op", 1), target=t + " MB", result=r))
     return rows, checks
 
 

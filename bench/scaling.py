@@ -36,7 +36,7 @@ def _load_cases(url: str, start: int, stop: int, due: int, now) -> float:
                        %(now)s - interval '2 days', 1, %(now)s + interval '1 day', 'card_declined',
                        CASE WHEN g <= %(due)s THEN 1 ELSE 1 + g %% 4 END,
                        CASE WHEN g <= %(due)s THEN %(now)s - make_interval(secs => g)
-                            ELSE %(now)s + make_interval(secs => 60 + (g * 7919) %% 1209600) END,
+                            ELSE %(now)s + make_interval(secs => 60 + (g::bigint * 7919) %% 1209600) END,
                        0, %(now)s - interval '2 days', 0, %(now)s
                 FROM generate_series(%(lo)s::int, %(hi)s::int) AS g
             """, {"lo": lo, "hi": hi, "due": due, "now": now})

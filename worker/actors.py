@@ -62,7 +62,8 @@ def declare_actors(broker: dramatiq.Broker) -> Actors:
         finally:
             structlog.contextvars.clear_contextvars()
 
-    @dramatiq.actor(broker=broker, queue_name="steps")
+    # Few retries: the scheduler enqueues a due case again on its next pass anyway.
+    @dramatiq.actor(broker=broker, queue_name="steps", max_retries=3)
     def run_case_steps(case_id: str, as_of: str) -> None:
         """Run the steps of one case that are due as of an instant (scheduler or `dunning tick`)."""
         from handlers.steps import run_due_steps
