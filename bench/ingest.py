@@ -2,9 +2,9 @@
 
 Both servers run at once; the load alternates between them in short closed-loop slices (the same
 connections, the same bodies of new payment_failed events), so each sees the same background
-noise of a shared machine. The real webhook then gets an
-open-loop load at half its own peak, where the latency target applies. No worker runs here:
-ingest is the web process alone (messages wait in this run's Redis namespace).
+noise of a shared machine. The real webhook then gets an open-loop load at half its own peak,
+where the latency target applies. No worker runs here: ingest is the web process alone
+(messages wait in this run's Redis namespace, deleted at the end).
 """
 
 from __future__ import annotations

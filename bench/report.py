@@ -47,7 +47,9 @@ def _n(x, unit: str = "", digits: int = 0) -> str:
 
 
 def _ms(x) -> str:
-    return "n/a" if x is None else (f"{x:,.1f} ms" if x < 100 else f"{x:,.0f} ms")
+    if x is None:
+        return "n/a"
+    return f"{x:.2f} ms" if x < 10 else f"{x:,.1f} ms" if x < 100 else f"{x:,.0f} ms"
 
 
 def _err(section: str, data: dict) -> Row | None:
@@ -77,6 +79,10 @@ def build_rows(results: dict) -> tuple[list[Row], dict]:
                         _n(ing["ratio"], digits=2), t, r))
         rows.append(Row("ingest", "p50 / p99 at peak", f"{_ms(ing['webhook']['p50_ms'])} / {_ms(ing['webhook']['p99_ms'])}",
                         f"{_ms(ing['bare']['p50_ms'])} / {_ms(ing['bare']['p99_ms'])} bare"))
+        if ing.get("cpu_ratio") is not None:
+            rows.append(Row("ingest", "web CPU per request (bare / webhook = ratio)",
+                            _n(ing["webhook"]["cpu_ms_per_request"], " ms", 3),
+                            _n(ing["bare"]["cpu_ms_per_request"], " ms bare", 3), _n(ing["cpu_ratio"], digits=2)))
         half = ing["half_peak"]
         t, r = check("ingest_p99_half_ms", half["p99_ms"])
         rows.append(Row("ingest", f"p99 at 50% of peak ({_n(half['rate'], '/s')} open loop)",
@@ -99,7 +105,12 @@ def build_rows(results: dict) -> tuple[list[Row], dict]:
             t, r = check("e2e_ratio", ratio)
             rows.append(Row("e2e", f"events/s webhook->email, 70/20/10 mix ({shape}, {e2e['database']})",
                             _n(peak["rate"], "/s"), _n(noop["rate"], "/s no-op"), _n(ratio, digits=3), t, r))
-            rows.append(Row("e2e", "p50 / p99 receipt->email at peak",
+            if peak.get("worker_cpu_ms_per_event") and noop.get("worker_cpu_ms_per_message"):
+                cpu_ratio = round(noop["worker_cpu_ms_per_message"] / peak["worker_cpu_ms_per_event"], 3)
+                rows.append(Row("e2e", "worker CPU per event (no-op / pipeline = ratio)",
+                                _n(peak["worker_cpu_ms_per_event"], " ms", 2),
+                                _n(noop["worker_cpu_ms_per_message"], " ms no-op", 3), _n(cpu_ratio, digits=3)))
+            rows.append(Row("e2e", "p50 / p99 receipt->email at peak (burst: queueing)",
                             f"{_ms(peak['p50_ms'])} / {_ms(peak['p99_ms'])}",
                             f"{peak['payment_failed_emails']}/{peak['payment_failed']} emails"))
             t, r = check("e2e_p99_half_ms", half["p99_ms"])
@@ -117,6 +128,10 @@ def build_rows(results: dict) -> tuple[list[Row], dict]:
                                    f"{tick['small']['open_cases']:,} open cases",
                         _ms(tick["large"]["median_ms"]), _ms(tick["small"]["median_ms"]),
                         _n(tick["ratio"], digits=2), t, r))
+        if tick.get("due_query_ratio") is not None:
+            rows.append(Row("scaling", "  of which the due query, server-side (EXPLAIN ANALYZE)",
+                            _ms(tick["large"]["due_query_ms"]), _ms(tick["small"]["due_query_ms"]),
+                            _n(tick["due_query_ratio"], digits=2)))
         t, r = check("ingest_scaling", ing2["ratio"])
         rows.append(Row("scaling", f"ingest req/s: {ing2['large']['stored_events']:,} vs "
                                    f"{ing2['small']['stored_events']:,} stored events",

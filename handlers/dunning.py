@@ -115,6 +115,8 @@ def lock_case(ctx: HandlerContext, *, case_id: str | None = None, invoice_id: st
     stmt = select(cases)
     stmt = stmt.where(cases.c.id == case_id) if case_id else stmt.where(cases.c.invoice_id == invoice_id)
     row = ctx.conn.execute(ctx.db.lock(stmt)).mappings().first()
+    if row:
+        bind_case(row)  # every later line of this message names the case, its invoice and customer
     return dict(row) if row else None
 
 

@@ -17,6 +17,7 @@ from handlers.stripe_objects import (
     invoice_payment_intent_id,
     invoice_price_and_product_ids,
     invoice_subscription_id,
+    invoice_subscription_metadata,
     metadata_of,
 )
 from worker.db import dumps
@@ -63,6 +64,20 @@ def ensure_customer(ctx: HandlerContext, customer_id: str, email: str | None, na
                          .values(email=email, name=name))
 
 
+def ensure_subscription(ctx: HandlerContext, subscription_id: str, customer_id: str,
+                        metadata: dict[str, str]) -> None:
+    """Know a subscription (and the metadata the invoice carries) when no subscription event reached us.
+
+    The platform keeps its app id in the subscription's metadata and every platform notice carries
+    it: an invoice is often all we hear of a subscription. Never overwrites (source_created 0:
+    any subscription event wins).
+    """
+    ctx.conn.execute(ctx.db.insert_ignore(ctx.table("subscriptions"), {
+        "id": subscription_id, "customer_id": customer_id, "status": None, "metadata": dumps(metadata),
+        "source_created": 0, "updated_at": ctx.now,
+    }, "id"))
+
+
 def upsert_subscription(ctx: HandlerContext, subscription: dict, created: int) -> None:
     sid = subscription.get("id")
     customer_id = expandable_id(subscription.get("customer"))
@@ -103,15 +118,19 @@ def upsert_invoice(ctx: HandlerContext, invoice: dict, created: int) -> dict | N
     existing = None if inserted else \
         ctx.conn.execute(ctx.db.lock(select(table).where(table.c.id == iid))).mappings().first()
     if existing is not None:
-        if existing["status"] in FINAL_INVOICE_STATUSES and values["status"] not in FINAL_INVOICE_STATUSES:
+        existing_final = existing["status"] in FINAL_INVOICE_STATUSES
+        if existing_final and values["status"] not in FINAL_INVOICE_STATUSES:
             values["status"] = existing["status"]  # paid/void/uncollectible stick
-        if created >= existing["source_created"] or values["status"] != existing["status"]:
+        # A newer fact wins; an older one only when it ends an invoice we still think is open.
+        if created >= existing["source_created"] or (values["status"] != existing["status"] and not existing_final):
             ctx.conn.execute(update(table).where(table.c.id == iid).values(
                 source_created=max(created, existing["source_created"]), updated_at=ctx.now, **values))
     if isinstance(invoice.get("customer"), dict):
         upsert_customer(ctx, invoice["customer"], created)
     else:
         ensure_customer(ctx, customer_id, invoice.get("customer_email"), invoice.get("customer_name"), created)
+    if values["subscription_id"]:
+        ensure_subscription(ctx, values["subscription_id"], customer_id, invoice_subscription_metadata(invoice))
     return ctx.conn.execute(select(table).where(table.c.id == iid)).mappings().first()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
+from sqlalchemy import select
 
 from handlers import accounts, dunning, steps
 from handlers.context import HandlerContext, PermanentEventError, StripeEvent
@@ -109,6 +110,8 @@ def _ending_event(ctx: HandlerContext, event: StripeEvent, status: str):
         log.info("invoice.final_without_case", invoice_id=row["id"], status=row["status"])
         return None
     if not dunning.is_open(case):
+        if case["state"] == dunning.UNCOLLECTIBLE and status == "paid":
+            return _paid_after_write_off(ctx, case, event)
         log.warning("case.event_after_end", case_id=case["id"], state=case["state"], event_type=event.type)
         return "ignored"
     # Paid, void and uncollectible stick: if another final status came first, that one is the end.
@@ -126,6 +129,9 @@ def _open(ctx: HandlerContext, row: dict, invoice: dict, event: StripeEvent, *, 
     if ctx.policy.is_excluded(loads(customer.get("metadata"), {})):
         log.info("case.not_opened", invoice_id=row["id"], reason="customer_excluded_by_policy")
         return "ignored"
+    ended_by = _ENDS[row["status"]] if already_final else None
+    if ended_by is None and _subscription_deleted(ctx, row):
+        ended_by = dunning.SUBSCRIPTION_DELETED  # its customer.subscription.deleted came first
     schedule = ctx.policy.schedule_for(loads(row["price_ids"], []), loads(row["product_ids"], []))
     first_failed_at = from_unix(event.created)
     account_id = accounts.account_id_for(row["subscription_id"], row["customer_id"])
@@ -137,13 +143,14 @@ def _open(ctx: HandlerContext, row: dict, invoice: dict, event: StripeEvent, *, 
         "next_step": 0, "next_step_at": first_failed_at, "last_event_created": event.created,
         **_attempt_facts(invoice),
     }
-    if already_final:
+    if ended_by is not None:
         values.update(next_step=None, next_step_at=None)
     case = dunning.open_case(ctx, values, event_id=event.id)
-    if case is not None and already_final:
-        changes = {"recovered_amount": row["amount_due"]} if row["status"] == "paid" else {}
-        dunning.apply(ctx, case, _ENDS[row["status"]], event_id=None, changes=changes)
-        log.info("case.opened_already_final", case_id=case["id"], invoice_id=row["id"], status=row["status"])
+    if case is not None and ended_by is not None:
+        changes = {"recovered_amount": row["amount_due"]} if ended_by == dunning.INVOICE_PAID else {}
+        dunning.apply(ctx, case, ended_by, event_id=None, changes=changes)
+        log.info("case.opened_already_final", case_id=case["id"], invoice_id=row["id"], status=row["status"],
+                 trigger=ended_by)
         return None
     if case is None:  # another worker opened it in between (its row is committed now): record the attempt
         case = dunning.lock_case(ctx, invoice_id=row["id"])
@@ -152,6 +159,21 @@ def _open(ctx: HandlerContext, row: dict, invoice: dict, event: StripeEvent, *, 
         return None
     steps.run_next_step(ctx, case)  # day 0: the payment-failed email, in this transaction
     return None
+
+
+def _subscription_deleted(ctx: HandlerContext, row: dict) -> bool:
+    """True when the invoice's subscription has ended (customer.subscription.deleted was processed).
+
+    The subscription row (handlers.facts.ensure_subscription made it if unknown) is locked: a
+    concurrent subscription.deleted either commits first (we see `canceled`) or waits for this
+    case to commit and then ends it.
+    """
+    if not row["subscription_id"]:
+        return False
+    subscriptions = ctx.table("subscriptions")
+    status = ctx.conn.execute(ctx.db.lock(select(subscriptions.c.status).where(
+        subscriptions.c.id == row["subscription_id"]))).scalar()
+    return status == "canceled"
 
 
 def _record_attempt(ctx: HandlerContext, case: dict, invoice: dict, event: StripeEvent) -> None:
@@ -215,8 +237,31 @@ def end_case(ctx: HandlerContext, case: dict, trigger: str, event: StripeEvent |
     case = dunning.apply(ctx, case, trigger, event_id=event_id, changes=changes)
     restored = accounts.case_closed(ctx, case, trigger)
     if trigger == dunning.INVOICE_PAID:
-        from worker import outbox
-        outbox.add_case_email(ctx, "payment-received", case["id"], f"case:{case['id']}:payment-received")
-        if restored:
-            outbox.add_case_email(ctx, "service-restored", case["id"], f"case:{case['id']}:service-restored")
+        _thank_owner(ctx, case, restored)
     return None
+
+
+def _paid_after_write_off(ctx: HandlerContext, case: dict, event: StripeEvent):
+    """A written-off invoice paid after all (Stripe lets an uncollectible invoice be paid).
+
+    The case stays `uncollectible` (an end is never left), but the debt is paid now: the
+    disruption it left in place is lifted when no other unpaid invoice of the account remains
+    (service.restored), and the owner is thanked as for any payment.
+    """
+    account = accounts.lock_account(ctx, case)
+    restored = account["status"] == accounts.DISRUPTED and accounts.case_closed(ctx, case, dunning.INVOICE_PAID)
+    log.info("case.paid_after_write_off", case_id=case["id"], event_id=event.id, restored=restored)
+    _thank_owner(ctx, case, restored)
+    return None
+
+
+def _thank_owner(ctx: HandlerContext, case: dict, restored: bool) -> None:
+    """payment-received (and service-restored when this payment lifted the disruption), once each."""
+    from worker import outbox
+    # The case has ended: say what happened to the service (restored, or still disrupted by
+    # another unpaid invoice of the account), not what the case state implies.
+    still_disrupted = accounts.lock_account(ctx, case)["status"] == accounts.DISRUPTED
+    outbox.add_case_email(ctx, "payment-received", case["id"], f"case:{case['id']}:payment-received",
+                          {"service_disrupted": restored or still_disrupted, "service_restored": restored})
+    if restored:
+        outbox.add_case_email(ctx, "service-restored", case["id"], f"case:{case['id']}:service-restored")

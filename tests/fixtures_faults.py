@@ -77,6 +77,15 @@ class FakeSendGrid(_Server):
         self.messages: list[dict] = []
         self.failures: Counter = Counter()
         self.unauthorized = 0
+        self.hold_next = 0                       # hold this many accepted messages before answering
+        self.hold_release = threading.Event()    # ...until this is set
+        self.holding = threading.Event()         # set while a message is held
+
+    def hold(self, count: int = 1) -> None:
+        """Accept the next `count` messages but answer only once `hold_release` is set."""
+        with self.lock:
+            self.hold_next = count
+        self.hold_release.clear()
 
     def fail_next(self, *outcomes: str) -> None:
         with self.lock:
@@ -88,6 +97,14 @@ class FakeSendGrid(_Server):
 
     def duplicates(self) -> dict:
         return {k: n for k, n in self.accepted.items() if n > 1}
+
+    def by_template(self) -> dict[str, int]:
+        """Accepted messages per X-Dunning-Template."""
+        with self.lock:
+            counts: Counter = Counter()
+            for (template, _invoice, _customer), n in self.by_identity.items():
+                counts[template] += n
+            return dict(counts)
 
 
 class _SendGridHandler(_QuietHandler):
@@ -121,6 +138,11 @@ class _SendGridHandler(_QuietHandler):
             fake.accepted[args.get("email_id")] += 1
             fake.by_identity[identity] += 1
             fake.messages.append(message)
+            held = fake.hold_next > 0
+            fake.hold_next -= held
+        if held:  # taken (it will be delivered), the answer is late
+            fake.holding.set()
+            fake.hold_release.wait(60)
         self._answer(202, b"", {"X-Message-Id": uuid.uuid4().hex})
 
 

@@ -594,11 +594,16 @@ def build_service(tmp_path: Path, db: str = "postgres", broker: str = "redis",
     """
     import pytest
 
+    def unavailable(what: str):
+        if os.environ.get("CI") == "true" or os.environ.get("REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{what} is required on CI but is not reachable")
+        pytest.skip(f"{what} is not reachable")
+
     cleanups: list[Callable[[], None]] = []
     valkey = None
     if db == "postgres":
         if not shared_postgres_available():
-            pytest.skip(f"PostgreSQL at {ADMIN_PG_URL} is not reachable")
+            unavailable(f"PostgreSQL at {ADMIN_PG_URL}")
         pg = SharedPostgresDatabase()
         database_url = pg.create()
         cleanups.append(pg.drop)
@@ -609,7 +614,7 @@ def build_service(tmp_path: Path, db: str = "postgres", broker: str = "redis",
         database_url = db
     if broker == "redis":
         if not shared_redis_available():
-            pytest.skip(f"Redis at {SHARED_REDIS_URL} is not reachable")
+            unavailable(f"Redis at {SHARED_REDIS_URL}")
         redis_url = SHARED_REDIS_URL
     elif broker == "embedded":
         valkey = PrivateValkey(tmp_path / "valkey")
@@ -627,6 +632,9 @@ def build_service(tmp_path: Path, db: str = "postgres", broker: str = "redis",
     database = Database(sqlalchemy_url(database_url))
     try:
         database.init_schema()
+    except BaseException:
+        svc.close()  # drops the database / stops the server just made
+        raise
     finally:
         database.dispose()
     return svc

@@ -217,9 +217,10 @@ def test_shuffled_triplicated_events_on_4x8_workers_end_like_one_in_order_run(tm
             assert got["notices"] == expected[index]["notices"], f"{name}: notices differ"
             assert got["events"] == expected[index]["events"], f"{name}: event statuses differ"
             duplicates = sum(n - 1 for n in got["emails"].values() if n > 1)
+            retried = svc.scalar("SELECT COUNT(*) FROM events WHERE attempts > 1")
             print(f"\n{name}: {len(events)} events x3 shuffled; cases {Counter(got['cases'].values())}; "
                   f"emails {sum(got['emails'].values())} (duplicates {duplicates}); "
-                  f"notices {sum(got['notices'].values())}")
+                  f"notices {sum(got['notices'].values())}; events that needed a retry {retried}")
             assert duplicates == 0
     finally:
         svc.close()

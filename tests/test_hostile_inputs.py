@@ -390,7 +390,7 @@ def test_payment_links_refuse_missing_and_wrong_credentials_and_store_nothing(ru
     if not _payment_links_route_exists(client):
         pytest.skip("POST /payment-links is not built yet (issue 5)")
     headers = {} if authorization is None else {"Authorization": authorization}
-    resp = client.simulate_post("/payment-links", json={"invoice_id": "in_hostile_1"}, headers=headers)
+    resp = client.simulate_post("/payment-links", json={"invoice": "in_hostile_1"}, headers=headers)
     assert resp.status_code in (401, 403)
     assert rows(runtime, "payment_links") == []
 
@@ -437,7 +437,9 @@ def test_hostile_requests_over_real_http_get_clear_errors_and_gunicorn_keeps_ser
         for case in picks:
             body = case.body.encode() if isinstance(case.body, str) else case.body
             resp = requests.post(url, data=body, headers=(case.headers or good_sig)(case.body), timeout=30)
-            assert resp.status_code == case.status, (case.name, resp.status_code, resp.text[:300])
+            # gunicorn refuses an over-long header line itself (431) before the app sees it.
+            allowed = {case.status, 431} if case.name == "header over 8 KiB" else {case.status}
+            assert resp.status_code in allowed, (case.name, resp.status_code, resp.text[:300])
         # A lying Content-Length far above the limit is refused before the body is read.
         resp = requests.post(url, data=b"{}", headers={"Content-Length": str(50 * 1024 * 1024),
                                                        "Stripe-Signature": "t=1,v1=00"}, timeout=30)
@@ -448,3 +450,46 @@ def test_hostile_requests_over_real_http_get_clear_errors_and_gunicorn_keeps_ser
         assert ok.status_code == 200 and web.alive()
     finally:
         svc.close()
+
+
+def test_the_unprotected_metrics_page_carries_counts_but_no_ids_or_addresses(runtime, client):
+    """/metrics is open to the scraper by design, so it must not carry personal data or ids."""
+    for i, event in enumerate((failed_event("evt_metrics_1", invoice_id="in_metrics_1"),
+                               failed_event("evt_metrics_2", invoice_id="in_metrics_2", customer="cus_metrics_2"))):
+        body = body_of(event)
+        assert client.simulate_post("/webhooks/stripe", body=body, headers=good_sig(body)).status_code == 200
+    drain(runtime)
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        resp = client.simulate_get("/metrics", headers=headers)
+        assert resp.status_code in (200, 401)
+        if resp.status_code == 200:
+            assert "@" not in resp.text, "no email address"
+            for needle in ("evt_metrics", "in_metrics", "cus_metrics", "cus_hostile", ADMIN_TOKEN, WEBHOOK_SECRET):
+                assert needle not in resp.text
+
+
+@pytest.mark.parametrize("invoice_changes", [
+    {"customer_name": "Ada\u0000Lovelace", "number": "INV-\u0000"},
+    {"amount_due": 10 ** 30, "amount_remaining": 10 ** 30},
+], ids=["nul-characters-in-object-strings", "amount-beyond-bigint"])
+def test_a_payload_that_cannot_fit_the_schema_fails_permanently_with_its_error_kept(any_runtime, invoice_changes):
+    """A NUL (PostgreSQL TEXT refuses it) or an amount beyond BIGINT fails the same way on every try:
+    the event is kept `failed` with its error at once, not retried for an hour, and nothing of it is
+    stored half-way (the handler's transaction is rolled back)."""
+    from handlers.context import PermanentEventError
+    from worker.processing import process_event
+    client = falcon.testing.TestClient(create_app(any_runtime))
+    event = failed_event("evt_unfit", invoice_id="in_unfit", customer="cus_unfit", **invoice_changes)
+    body = body_of(event)
+    assert client.simulate_post("/webhooks/stripe", body=body, headers=good_sig(body)).status_code == 200
+    try:
+        process_event(any_runtime, "evt_unfit")
+    except PermanentEventError:
+        row = rows(any_runtime, "events", id="evt_unfit")[0]
+        assert row["status"] == "failed" and row["last_error"]
+        assert rows(any_runtime, "invoices", id="in_unfit") == [] and rows(any_runtime, "cases") == []
+    else:  # SQLite stores a NUL in TEXT: then the event is simply processed
+        assert rows(any_runtime, "events", id="evt_unfit")[0]["status"] == "processed"
+        assert "amount_due" not in invoice_changes
+    ok = failed_event("evt_after_unfit")
+    assert client.simulate_post("/webhooks/stripe", body=body_of(ok), headers=good_sig(body_of(ok))).status_code == 200

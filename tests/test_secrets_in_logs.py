@@ -139,7 +139,7 @@ def test_a_full_flow_on_real_processes_logs_no_secret_token_or_email_and_stores_
         for auth in (f"Bearer {WRONG_TOKEN}", f"Basic {base64.b64encode(f'ops:{WRONG_TOKEN}'.encode()).decode()}",
                      f"Bearer {ADMIN_TOKEN}"):
             note = "customer asked by phone" if ADMIN_TOKEN in auth else f"for {OWNER_EMAIL}"
-            requests.post(admin, json={"invoice_id": "in_sec1", "note": note},
+            requests.post(admin, json={"invoice": "in_sec1", "note": note},
                           headers={"Authorization": auth}, timeout=10)
         for auth in (f"Basic {base64.b64encode(f'ops:{DASHBOARD_PASSWORD}'.encode()).decode()}",
                      f"Basic {base64.b64encode(f'ops:{WRONG_TOKEN}'.encode()).decode()}"):
@@ -184,7 +184,7 @@ def test_the_same_flow_in_process_logs_nothing_secret_and_stores_no_card_data(ma
     first, paid = flow_events(now)
     for event in first:
         assert post_event(client, event).status_code == 200
-    client.simulate_post("/payment-links", json={"invoice_id": "in_sec1"},
+    client.simulate_post("/payment-links", json={"invoice": "in_sec1"},
                          headers={"Authorization": f"Bearer {WRONG_TOKEN}"})
     post_event(client, first[0], secret="whsec_forger")
     drain(runtime)

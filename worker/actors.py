@@ -40,10 +40,11 @@ def declare_actors(broker: dramatiq.Broker) -> Actors:
     from worker import runtime as rt
     from worker.log_context import case_ids
 
-    def bound(**ids):
+    def bound(lookup: bool = True, **ids):
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(message_id=_message_id(), **ids)
-        structlog.contextvars.bind_contextvars(**case_ids(rt.current(), ids))  # invoice, customer, case
+        if lookup:
+            structlog.contextvars.bind_contextvars(**case_ids(rt.current(), ids))  # invoice, customer, case
 
     @dramatiq.actor(broker=broker, queue_name="events",
                     throws=(PermanentEventError,))  # a malformed payload is not retried
@@ -51,12 +52,7 @@ def declare_actors(broker: dramatiq.Broker) -> Actors:
         """Process one stored Stripe event through its handler."""
         from worker.processing import process_event as run
         runtime = rt.current()
-        events = runtime.db.table("events")
-        bound(event_id=event_id)
-        with runtime.db.engine.connect() as conn:
-            event_type = conn.execute(events.select().with_only_columns(events.c.type)
-                                      .where(events.c.id == event_id)).scalar()
-        structlog.contextvars.bind_contextvars(event_type=event_type)
+        bound(lookup=False, event_id=event_id)  # processing binds type and ids once it loaded the event
         try:
             run(runtime, event_id)
         finally:

@@ -18,7 +18,7 @@ subscription, not excluded by the policy.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import desc, or_, select
@@ -28,6 +28,10 @@ from handlers.context import HandlerContext
 from worker.clock import parse_instant
 
 CURSOR = "card_expiry"
+# A card's recorded_at is its handler's clock, taken before its transaction commits: a card can
+# become visible after a pass that already saw a newer one. Each pass looks this far back again
+# (the email's dedupe key makes a second look harmless).
+LATE_COMMIT_GRACE = timedelta(minutes=10)
 log = structlog.get_logger("worker.card_expiry")
 
 
@@ -64,7 +68,7 @@ def scan_expiring_cards(runtime, now: datetime) -> int:
         if seen_until is not None:
             query = query.where(cards.c.recorded_at <= seen_until)
         if since is not None:
-            query = query.where(cards.c.recorded_at > since)
+            query = query.where(cards.c.recorded_at > since - LATE_COMMIT_GRACE)
         candidates = conn.execute(query).mappings().all() if seen_until is not None else []
 
     queued = 0

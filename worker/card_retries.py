@@ -28,6 +28,7 @@ from sqlalchemy import select, update
 
 from handlers.cards import DUNNING_STATES, known_details
 from handlers.context import HandlerContext
+from handlers.dunning import lock_case
 from handlers.stripe_objects import card_details, dig, expandable_id, invoice_failure, invoice_payment_intent_id
 from worker.clock import utcnow
 from worker.stripe_api import (
@@ -149,6 +150,13 @@ def _declined(runtime, retry, case, decline: Decline) -> str:
                                .values(status="declined", decline_code=decline.decline_code or decline.code,
                                        last_error=message, finished_at=ctx.now)).rowcount
         if not claimed:
+            return "declined"
+        # The case may have ended while the charge was at Stripe (paid, voided, subscription
+        # deleted): the decline stays on the retry row, the ended case and its owner are left alone.
+        current = lock_case(ctx, case_id=case["id"])
+        if current is None or current["state"] not in DUNNING_STATES:
+            log.info("card_retry.declined_after_case_ended", retry_id=retry["id"], case_id=case["id"],
+                     state=current["state"] if current else None)
             return "declined"
         conn.execute(update(cases).where(cases.c.id == case["id"]).values(
             last_failure_code=decline.decline_code or decline.code, last_failure_message=message,

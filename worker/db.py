@@ -63,9 +63,11 @@ class Database:
                                         connect_args={"timeout": 30, "check_same_thread": False})
             _sqlite_setup(self.engine)
         else:
+            # No pre-ping (it was a quarter of the webhook's time): a connection that died
+            # fails one transaction (webhook 503, Stripe retries; actor retries) and
+            # SQLAlchemy then refreshes the whole pool.
             self.engine = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=20,
-                                        pool_pre_ping=True, pool_recycle=1800,
-                                        connect_args={"connect_timeout": 5})
+                                        pool_recycle=1800, connect_args={"connect_timeout": 5})
         self._tables: dict[str, Table] | None = None
 
     # -- schema ---------------------------------------------------------------------------
@@ -100,6 +102,23 @@ class Database:
         """One transaction; commits on success, rolls back on error."""
         try:
             with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            if _is_connection_error(exc):
+                raise DatabaseUnavailable(str(exc.orig).splitlines()[0] if exc.orig else str(exc)) from exc
+            raise
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection whose every statement commits on its own: one round trip for a single
+        INSERT (the webhook's hot path) instead of BEGIN, INSERT, COMMIT. SQLite keeps its
+        ordinary transaction (BEGIN IMMEDIATE serializes writers there)."""
+        if self.is_sqlite:
+            with self.transaction() as conn:
+                yield conn
+            return
+        try:
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 yield conn
         except OperationalError as exc:
             if _is_connection_error(exc):

@@ -46,7 +46,7 @@ BRANDS = {
 KEYS = (
     "owner_name", "customer_id", "invoice_id", "invoice_number", "amount", "amount_paid",
     "currency", "card_brand", "card_last4", "card_description", "card_exp", "failure_message",
-    "attempt_count", "next_payment_attempt", "disrupt_at", "case_state", "service_disrupted",
+    "attempt_count", "next_payment_attempt", "disrupt_at", "case_state", "service_disrupted", "service_restored",
     "hosted_invoice_url", "invoice_pdf", "payment_link_url", "payment_link_expires_at",
     "payment_link_methods", "action_url", "card_update_path", "card_update_steps", "payment_link_hint", "sender_name",
 )

@@ -83,7 +83,7 @@ def store_event(db: Database, envelope: EventEnvelope, *, known_type: bool, sour
         "source": source, "received_at": utcnow(),
         "status": "received" if known_type else "ignored", "attempts": 0,
     }
-    with db.transaction() as conn:
+    with db.autocommit() as conn:  # one statement: stored and committed before the 2xx
         return db.insert_new(conn, table, row, "id")
 
 

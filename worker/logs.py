@@ -86,6 +86,9 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
         if getattr(old, "_dunning", False):
             root.removeHandler(old)
     handler._dunning = True  # type: ignore[attr-defined]
+    for other in root.handlers:  # handlers installed by others (the dramatiq CLI's basicConfig): scrub too
+        if not isinstance(other.formatter, ScrubbingFormatter):
+            other.setFormatter(ScrubbingFormatter(getattr(other.formatter, "_fmt", None)))
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("sendgrid").setLevel(logging.WARNING)

@@ -93,6 +93,7 @@ def _add_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case:
         return None
     invoice = _load(ctx, "invoices", invoice_id)
     card = latest_card(ctx.conn, ctx.table("cards"), customer_id)
+    case = _with_account_disrupt_at(ctx, case)
     context = build_context(case=case, invoice=invoice, customer=customer, card=card,
                             extra=extra, settings=ctx.settings)
     rendered = render(template, context)
@@ -122,6 +123,21 @@ def _add_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case:
     log.info("email.queued", email_id=email_id, template=template, customer_id=customer_id,
              invoice_id=invoice_id, dedupe_key=dedupe_key, recipient=mask_email(recipient))
     return email_id
+
+
+def _with_account_disrupt_at(ctx, case: dict | None) -> dict | None:
+    """The case with the date its account will really be disrupted on.
+
+    case.disrupt_at is fixed when the case is scheduled, but the account's timeline is shared:
+    paying another invoice of the account can move the date later (or an earlier one can win),
+    and the owner must read the date the platform was told, not the one first computed.
+    """
+    if not case or case.get("state") not in ("disruption_scheduled", "disrupted") or not case.get("account_id"):
+        return case
+    account = _load(ctx, "accounts", case["account_id"])
+    if account and account["status"] in ("disruption_scheduled", "disrupted") and account["disrupt_at"]:
+        return {**case, "disrupt_at": account["disrupt_at"]}
+    return case
 
 
 def resolve_recipient(policy, customer: dict | None) -> str | None:

@@ -42,7 +42,7 @@ from sqlalchemy import and_, func, select, update
 from handlers.cards import DUNNING_STATES
 from handlers.context import HandlerContext
 from worker.clock import utcnow
-from worker.db import dumps
+from worker.db import dumps, loads
 from worker.ids import new_id
 from worker.stripe_api import (
     StripeGatewayError,
@@ -171,7 +171,7 @@ def request_links(runtime, body: Any, *, now: datetime | None = None,
     created: list[dict[str, str]] = []
     new_ids: list[str] = []
     with db.transaction() as conn:
-        invoices = _invoices_to_link(db, conn, request)
+        invoices = _invoices_to_link(db, conn, request, runtime.policy)
         links = db.table("payment_links")
         for invoice in invoices:
             request_id = request_id_for(idempotency_key, invoice["id"]) if idempotency_key else new_id("plr")
@@ -201,7 +201,7 @@ def request_links(runtime, body: Any, *, now: datetime | None = None,
     return created
 
 
-def _invoices_to_link(db, conn, request: LinkRequest) -> list[dict]:
+def _invoices_to_link(db, conn, request: LinkRequest, policy) -> list[dict]:
     invoices, cases, customers = db.table("invoices"), db.table("cases"), db.table("customers")
     if request.invoice:
         row = conn.execute(db.lock(select(invoices).where(invoices.c.id == request.invoice))).mappings().first()
@@ -211,6 +211,10 @@ def _invoices_to_link(db, conn, request: LinkRequest) -> list[dict]:
             raise PaymentLinkRefused(400, f"invoice {request.invoice} is already paid")
         if row["status"] != "open":
             raise PaymentLinkRefused(400, f"invoice {request.invoice} is {row['status']}: there is nothing to pay")
+        metadata = conn.execute(select(customers.c.metadata).where(customers.c.id == row["customer_id"])).scalar()
+        if policy.is_excluded(loads(metadata, {})):
+            raise PaymentLinkRefused(400, f"the customer of invoice {request.invoice} is excluded from dunning by "
+                                          f"the policy ([exclude]): no payment link is sent")
         return [dict(row)]
     if conn.execute(select(customers.c.id).where(customers.c.id == request.customer)).first() is None:
         raise PaymentLinkRefused(400, f"unknown customer {request.customer}")

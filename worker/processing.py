@@ -11,11 +11,13 @@ from datetime import timedelta
 
 import structlog
 from sqlalchemy import select, update
+from sqlalchemy.exc import DataError
 
 from handlers.context import HandlerContext, PermanentEventError
 from handlers.registry import handler_for
 from worker.clock import utcnow
 from worker.event_store import load_event
+from worker.log_context import ids_from_event_object
 
 LEASE = timedelta(minutes=5)
 log = structlog.get_logger("worker.processing")
@@ -43,7 +45,11 @@ def process_event(runtime, event_id: str) -> str:
             return status
 
     try:
-        return _run_handler(runtime, event_id)
+        try:
+            return _run_handler(runtime, event_id)
+        except (DataError, OverflowError) as exc:  # the payload does not fit a column: the same every try
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]  # not the SQL and its parameters
+            raise PermanentEventError(f"a value does not fit the schema: {reason}"[:1000]) from exc
     except Exception as exc:
         with db.transaction() as conn:
             conn.execute(update(events).where(events.c.id == event_id, events.c.status == "processing")
@@ -52,6 +58,13 @@ def process_event(runtime, event_id: str) -> str:
         log.warning("event.failed", error=f"{type(exc).__name__}: {exc}"[:500],
                     permanent=isinstance(exc, PermanentEventError))
         raise
+
+
+def bind_event(event) -> None:
+    """Name the event's type and the invoice/customer it concerns on every later log line."""
+    obj = (event.payload.get("data") or {}).get("object")
+    ids = ids_from_event_object(obj) if isinstance(obj, dict) else {}
+    structlog.contextvars.bind_contextvars(event_type=event.type, **ids)
 
 
 def _run_handler(runtime, event_id: str) -> str:
@@ -64,6 +77,7 @@ def _run_handler(runtime, event_id: str) -> str:
         if row["status"] in ("processed", "ignored"):
             return row["status"]
         event = load_event(row)
+        bind_event(event)
         handler = handler_for(event.type)
         ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=event, log=log)
         status = "processed"

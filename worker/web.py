@@ -16,25 +16,11 @@ from handlers.registry import known_types
 from worker import metrics, web_ops
 from worker.db import DatabaseUnavailable
 from worker.event_store import InvalidEvent, parse_envelope, store_event
+from worker.http_util import json_error, read_body
 from worker.signatures import SignatureError, verify_stripe_signature
+from worker.web_admin import PaymentLinks
 
-MAX_BODY_BYTES = 1024 * 1024  # 1 MiB: Stripe's events are far smaller
 log = structlog.get_logger("worker.web")
-
-
-def json_error(resp: falcon.Response, status: str, message: str) -> None:
-    resp.status = status
-    resp.media = {"error": message}
-
-
-def read_body(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The raw body, refusing (413) anything over `limit` before reading it all."""
-    if req.content_length is not None and req.content_length > limit:
-        raise falcon.HTTPContentTooLarge(title="body too large", description=f"limit is {limit} bytes")
-    body = req.bounded_stream.read(limit + 1)
-    if len(body) > limit:
-        raise falcon.HTTPContentTooLarge(title="body too large", description=f"limit is {limit} bytes")
-    return body
 
 
 class StripeWebhook:
@@ -132,7 +118,7 @@ def create_app(runtime) -> falcon.App:
     app.add_route("/webhooks/stripe", StripeWebhook(runtime))
     app.add_route("/healthz", Health())
     app.add_route("/readyz", Ready(runtime))
-    from worker.web_admin import PaymentLinks; app.add_route("/payment-links", PaymentLinks(runtime))  # noqa: E702
+    app.add_route("/payment-links", PaymentLinks(runtime))
     app.add_route("/metrics", web_ops.Metrics(runtime))
     return app
 
@@ -141,4 +127,8 @@ def wsgi_app(runtime=None):
     """The whole web process: the Falcon app, plus mounted WSGI apps (the queue dashboard)."""
     from worker.runtime import setup
     runtime = runtime or setup()
+    try:
+        runtime.db.tables  # reflect the schema at boot, not on the first webhook
+    except DatabaseUnavailable as exc:  # the webhook answers 503 until it is back
+        log.warning("web.database_unavailable_at_start", error=str(exc)[:200])
     return web_ops.mount_operator_apps(create_app(runtime), runtime)

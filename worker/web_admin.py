@@ -18,7 +18,7 @@ import structlog
 from worker.auth import is_authorized
 from worker.db import DatabaseUnavailable
 from worker.payment_links import PaymentLinkRefused, request_links
-from worker.web import json_error, read_body
+from worker.http_util import json_error, read_body
 
 MAX_ADMIN_BODY_BYTES = 16 * 1024
 MAX_IDEMPOTENCY_KEY = 255
