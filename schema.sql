@@ -122,7 +122,7 @@ CREATE TABLE IF NOT EXISTS emails (
     case_id             TEXT,
     invoice_id          TEXT,
     customer_id         TEXT,
-    status              TEXT NOT NULL DEFAULT 'pending',  -- pending | sending | sent | failed
+    status              TEXT NOT NULL DEFAULT 'pending',  -- pending | sending | sent | failed | cancelled
     attempts            INTEGER NOT NULL DEFAULT 0,
     last_error          TEXT,
     next_attempt_at     TIMESTAMP NOT NULL,

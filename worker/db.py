@@ -100,6 +100,8 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """One transaction; commits on success, rolls back on error."""
+        if self.is_sqlite and self._tables is None:
+            self.tables  # reflect first: reflecting inside BEGIN IMMEDIATE would wait on our own lock
         try:
             with self.engine.begin() as conn:
                 yield conn

@@ -267,6 +267,15 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
         if not claimable:
             log.info("email.skipped", email_id=email_id, status=row["status"])
             return row["status"]
+        ended = _case_ended_state(runtime, conn, row)
+        if ended:
+            # A reminder still undelivered when its case ended (SendGrid down for hours, say) must
+            # not reach the owner after the thank-you: "service disrupted" after "payment received".
+            conn.execute(update(emails).where(emails.c.id == email_id, emails.c.status == row["status"])
+                         .values(status="cancelled", lease_until=None,
+                                 last_error=f"not sent: the case ended ({ended}) before delivery"))
+            log.info("email.cancelled", email_id=email_id, case_state=ended)
+            return "cancelled"
         if row["status"] == "sending" and _exhausted(row["attempts"], row["created_at"], now):
             # Interrupted again and again (a worker dying on this very message): stop, visibly.
             conn.execute(update(emails).where(emails.c.id == email_id, emails.c.status == "sending",
@@ -305,6 +314,16 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
             lease_until=None)
     bound.info("email.sent", provider_message_id=message_id)
     return "sent"
+
+
+def _case_ended_state(runtime, conn, row) -> str | None:
+    """The end state of the case of a schedule-step email (dedupe key case:<id>:step:<n>), if ended."""
+    if not row["case_id"] or ":step:" not in (row["dedupe_key"] or ""):
+        return None
+    from handlers.dunning import TERMINAL_STATES
+    cases = runtime.db.table("cases")
+    state = conn.execute(select(cases.c.state).where(cases.c.id == row["case_id"])).scalar()
+    return state if state in TERMINAL_STATES else None
 
 
 def _exhausted(attempts: int, created_at: datetime, now: datetime) -> bool:

@@ -17,7 +17,7 @@ from handlers.context import HandlerContext, PermanentEventError
 from handlers.registry import handler_for
 from worker.clock import utcnow
 from worker.event_store import load_event
-from worker.log_context import ids_from_event_object
+from worker.log_context import bind_in_message, ids_from_event_object
 
 LEASE = timedelta(minutes=5)
 log = structlog.get_logger("worker.processing")
@@ -64,7 +64,7 @@ def bind_event(event) -> None:
     """Name the event's type and the invoice/customer it concerns on every later log line."""
     obj = (event.payload.get("data") or {}).get("object")
     ids = ids_from_event_object(obj) if isinstance(obj, dict) else {}
-    structlog.contextvars.bind_contextvars(event_type=event.type, **ids)
+    bind_in_message(event_type=event.type, **ids)
 
 
 def _run_handler(runtime, event_id: str) -> str:

@@ -39,7 +39,7 @@ class PaymentLinks:
         raw = read_body(req, MAX_ADMIN_BODY_BYTES)
         try:
             body = json.loads(raw.decode("utf-8")) if raw.strip() else None
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deeply
             return json_error(resp, falcon.HTTP_400, "the body is not valid JSON")
         key = (req.get_header("Idempotency-Key") or "").strip() or None
         if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
