@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import requests
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, text
 
 from config.settings import PROJECT_ROOT
 from tests.helpers import ADMIN_TOKEN, WEBHOOK_SECRET, signed_headers

@@ -30,7 +30,7 @@ import pytest
 import requests
 
 from tests.fixtures_faults import FakePlatform, FakeSendGrid
-from tests.helpers import STRIPE_DATA, WEBHOOK_SECRET, signed_headers
+from tests.helpers import STRIPE_DATA, signed_headers
 from tests.proc import PrivatePostgres, ServiceUnderTest, build_service
 
 pytestmark = [pytest.mark.slow]

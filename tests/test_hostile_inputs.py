@@ -493,3 +493,33 @@ def test_a_payload_that_cannot_fit_the_schema_fails_permanently_with_its_error_k
         assert "amount_due" not in invoice_changes
     ok = failed_event("evt_after_unfit")
     assert client.simulate_post("/webhooks/stripe", body=body_of(ok), headers=good_sig(body_of(ok))).status_code == 200
+
+
+ADMIN_BODIES = [
+    ("not JSON", b"invoice=in_1", 400),
+    ("not UTF-8", b'{"invoice": "in_\xff"}', 400),
+    ("a JSON array", b'["in_1"]', 400),
+    ("JSON null", b"null", 400),
+    ("empty", b"", 400),
+    ("deeply nested", b'{"invoice": ' + b"[" * 8000 + b"]" * 8000 + b"}", 400),
+    ("over 16 KiB", b'{"invoice": "in_1", "note": "' + b"n" * 20_000 + b'"}', 413),
+    ("invoice id with SQL metacharacters", json.dumps({"invoice": "in_1' OR '1'='1"}).encode(), 400),
+    ("invoice is a number", b'{"invoice": 12345}', 400),
+    ("unknown field", b'{"invoice": "in_hostile_1", "to": "attacker@evil.example"}', 400),
+    ("note naming a recipient address", json.dumps({"invoice": "in_hostile_1",
+                                                    "note": "send to attacker@evil.example"}).encode(), 400),
+    ("note with CRLF and HTML", json.dumps({"invoice": "in_unknown", "note": "<b>x</b>\r\nBcc: y"}).encode(), 400),
+]
+
+
+@pytest.mark.parametrize("name, body, status", ADMIN_BODIES, ids=[b[0] for b in ADMIN_BODIES])
+def test_an_authorized_payment_link_request_with_a_hostile_body_gets_a_clear_error_and_stores_nothing(
+        runtime, client, name, body, status):
+    if not _payment_links_route_exists(client):
+        pytest.skip("POST /payment-links is not built yet (issue 5)")
+    resp = client.simulate_post("/payment-links", body=body, headers={
+        "Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"})
+    assert resp.status_code == status, resp.text
+    assert isinstance((resp.json or {}).get("error") or (resp.json or {}).get("title"), str)
+    assert rows(runtime, "payment_links") == []
+    assert client.simulate_get("/healthz").status_code == 200

@@ -12,15 +12,13 @@ retries the invoice at once through STRIPE_API_BASE = localstripe), and localstr
 
 from __future__ import annotations
 
-import copy
 import json
-import os
-import signal
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -64,6 +62,7 @@ def localstripe(tmp_path_factory):
         yield url
     finally:
         kill_group(proc)
+        shutil.rmtree(cwd, ignore_errors=True)
 
 
 def stripe_client(url: str):

@@ -7,6 +7,14 @@ what is true.
 
 from __future__ import annotations
 
+import json
+import threading
+from datetime import datetime, timedelta
+
+from sqlalchemy import update
+
+from handlers import subscriptions
+from handlers.context import HandlerContext, StripeEvent
 from tests import fixtures_cards as fc
 from tests.fixtures_dunning import (
     DAY,
@@ -15,7 +23,10 @@ from tests.fixtures_dunning import (
     case_of,
     deliver,
     emails,
+    ended,
+    event,
     failed,
+    invoice,
     notices,
     paid,
     subscription_deleted,
@@ -23,12 +34,17 @@ from tests.fixtures_dunning import (
     tick,
 )
 from tests.fixtures_stripe import (  # noqa: F401  (fixtures)
+    admin_client,
+    bearer,
     fake_stripe,
     open_case,
     stripe_runtime,
 )
 from tests.helpers import rows
+from worker.card_expiry import scan_expiring_cards
 from worker.card_retries import run_retry
+from worker.clock import utcnow
+from worker.email_context import format_day
 
 
 # -- a subscription deleted while a card retry is in flight ------------------------------------
@@ -82,7 +98,6 @@ def test_the_payment_received_email_after_a_disruption_does_not_claim_service_wa
     assert "without interruption" not in received["body_text"]
     assert "restored" in received["body_text"]
     assert "service-restored" in templates(any_runtime)
-    assert at(T0)  # (fixture import kept for the scenarios below)
 
 
 # -- the disruption date an owner reads follows the account's timeline --------------------------
@@ -98,7 +113,6 @@ def test_when_paying_one_invoice_moves_the_disruption_date_the_other_invoices_em
 
     tick(any_runtime, T0 + 14 * DAY + 60)  # b's final notice (its day 12)
     (final,) = emails(any_runtime, template="final-notice", invoice_id="in_b")
-    from worker.email_context import format_day
     assert format_day(at(T0 + 16 * DAY)) in final["body_text"]
     assert format_day(at(T0 + 14 * DAY)) not in final["body_text"]
 
@@ -106,10 +120,6 @@ def test_when_paying_one_invoice_moves_the_disruption_date_the_other_invoices_em
 # -- a payment link for a customer the policy excludes from dunning ----------------------------
 def test_a_payment_link_for_an_invoice_of_a_customer_excluded_by_policy_is_refused_and_nothing_is_sent(
         stripe_runtime, fake_stripe):
-    import json
-
-    from tests.fixtures_stripe import admin_client, bearer
-
     deliver(stripe_runtime, fc.customer_created("cus_owner", metadata={"dunning": "off"}))
     fake_stripe.add_invoice("in_excluded", "cus_owner", 12000, subscription="sub_owner")
     deliver(stripe_runtime, failed("in_excluded", customer="cus_owner", subscription="sub_owner", amount=12000))
@@ -136,12 +146,6 @@ def test_paying_one_of_two_disrupted_invoices_thanks_the_owner_without_claiming_
 
 # -- a card whose transaction commits after a scan that saw a newer card ------------------------
 def test_a_card_committed_after_a_scan_that_saw_a_newer_card_still_gets_its_card_expiring_email(any_runtime):
-    from datetime import datetime, timedelta
-
-    from sqlalchemy import update
-
-    from worker.card_expiry import scan_expiring_cards
-
     now = datetime(2026, 12, 3, 9, 0)
     deliver(any_runtime, fc.customer_created("cus_exp"))
     deliver(any_runtime, fc.subscription("sub_cus_exp", "cus_exp"))
@@ -164,10 +168,6 @@ def test_a_card_committed_after_a_scan_that_saw_a_newer_card_still_gets_its_card
 
 # -- the platform's app id reaches the notice even when no subscription event was received -------
 def test_a_notice_carries_the_subscription_metadata_the_invoice_gave_when_no_subscription_event_came(any_runtime):
-    import json
-
-    from tests.fixtures_dunning import event, invoice
-
     inv = invoice("in_test_1", next_payment_attempt=T0 + 3 * DAY)
     inv["parent"]["subscription_details"]["metadata"] = {"app_id": "app_42"}
     deliver(any_runtime, event("invoice.payment_failed", inv, T0))
@@ -181,8 +181,6 @@ def test_a_notice_carries_the_subscription_metadata_the_invoice_gave_when_no_sub
 
 # -- a written-off invoice that is paid after all ------------------------------------------------
 def test_paying_a_written_off_invoice_restores_the_service_it_disrupted_and_thanks_the_owner(any_runtime):
-    from tests.fixtures_dunning import ended
-
     deliver(any_runtime, failed("in_test_1", created=T0))
     tick(any_runtime, T0 + 15 * DAY)
     deliver(any_runtime, ended("invoice.marked_uncollectible", created=T0 + 20 * DAY))
@@ -200,12 +198,6 @@ def test_paying_a_written_off_invoice_restores_the_service_it_disrupted_and_than
 
 def test_on_postgres_a_failure_racing_the_deletion_of_its_subscription_waits_for_it_and_ends_voided(
         make_runtime):
-    import threading
-
-    from handlers import subscriptions
-    from handlers.context import HandlerContext, StripeEvent
-    from worker.clock import utcnow
-
     runtime = make_runtime(db="postgres")
     runtime.db.tables
     deliver(runtime, fc.subscription("sub_test_1", "cus_test_1", status="past_due"))
@@ -230,8 +222,6 @@ def test_on_postgres_a_failure_racing_the_deletion_of_its_subscription_waits_for
 
 # -- an older final status never overwrites a newer one ----------------------------------------
 def test_an_older_write_off_delivered_after_the_payment_leaves_the_invoice_paid(any_runtime):
-    from tests.fixtures_dunning import ended
-
     deliver(any_runtime, failed("in_test_1", created=T0))
     deliver(any_runtime, paid("in_test_1", created=T0 + 5 * DAY))
     deliver(any_runtime, ended("invoice.marked_uncollectible", created=T0 + 4 * DAY))
