@@ -1,7 +1,8 @@
 """Customer events: the owner of record (email, metadata) and their default payment method.
 
 A customer.updated whose `previous_attributes` show `invoice_settings.default_payment_method` or
-`default_source` changed means the owner chose a new default card: it is recorded, and an unpaid
+`default_source` changed (or, when the sender gives no `previous_attributes`, whose default differs
+from the one we had stored) means the owner chose a new default card: it is recorded, and an unpaid
 invoice in dunning is retried with it at once (handlers/cards.py: one retry per invoice and card).
 """
 
@@ -19,8 +20,10 @@ def created(ctx: HandlerContext, event: StripeEvent):
 
 def updated(ctx: HandlerContext, event: StripeEvent):
     customer = event.object
+    known_before = default_payment_method(ctx, customer["id"]) if customer.get("id") else None
     upsert_customer(ctx, customer, event.created)
-    new_default = changed_default(customer, event.previous_attributes)
+    new_default = changed_default(customer, event.previous_attributes) \
+        or differs_from_known(customer, event.previous_attributes, known_before)
     if not new_default or not customer.get("id"):
         return None
     if default_payment_method(ctx, customer["id"]) != new_default:
@@ -38,6 +41,18 @@ def changed_default(customer: dict, previous: dict) -> str | None:
     if "default_source" in previous and not dig(customer, "invoice_settings", "default_payment_method"):
         return expandable_id(customer.get("default_source"))
     return None
+
+
+def differs_from_known(customer: dict, previous: dict, known_before: str | None) -> str | None:
+    """Without `previous_attributes` (older senders, fakes), compare with the default we had stored.
+
+    Only when we knew a default before: a customer seen for the first time tells us nothing new.
+    """
+    if previous or not known_before:
+        return None
+    current = expandable_id(dig(customer, "invoice_settings", "default_payment_method")) \
+        or expandable_id(customer.get("default_source"))
+    return current if current and current != known_before else None
 
 
 def _default_card_details(customer: dict, payment_method_id: str) -> dict | None:

@@ -224,3 +224,22 @@ def test_a_payment_link_request_whose_message_was_lost_is_sent_again(sqlite_stri
     drain(runtime)
     assert rows(runtime, "payment_links")[0]["status"] == "created"
     assert len(rows(runtime, "emails", template="payment-link")) == 1
+
+
+def test_a_new_default_named_without_previous_attributes_is_still_retried_once(sqlite_stripe_runtime, fake_stripe):
+    """Some senders (localstripe, older API shapes) omit previous_attributes: compare with the stored default."""
+    setup_stripe(fake_stripe)
+    fake_stripe.add_customer("cus_owner", default_payment_method="pm_old")  # what we knew at the failure
+    open_case(sqlite_stripe_runtime, fake_stripe, "in_noprev", amount=12000)
+    client = admin_client(sqlite_stripe_runtime)
+    before = fc.customer_updated("cus_owner", default_pm="pm_old", previous_default=None, change=False,
+                                 created=T0 + DAY)
+    after = fc.customer_updated("cus_owner", default_pm="pm_new", previous_default=None, change=False,
+                                created=T0 + DAY + 5)
+    for evt in (before, after):
+        evt["data"].pop("previous_attributes", None)
+        assert post_event(client, evt).status_code == 200
+        drain(sqlite_stripe_runtime)
+    assert [(r["invoice_id"], r["payment_method_id"]) for r in rows(sqlite_stripe_runtime, "card_retries")] == [
+        ("in_noprev", "pm_new")]
+    assert len(pay_calls(fake_stripe)) == 1

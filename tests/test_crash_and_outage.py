@@ -441,10 +441,6 @@ def test_sendgrid_429_500_and_timeouts_and_a_failing_platform_still_deliver_ever
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(strict=True, reason=(
-    "worker/email_delivery.py: when SendGrid accepts a message but the database is unreachable when "
-    "the outcome is recorded, the row stays `sending`; after its lease the sweeper sends it again. "
-    "Fix proposed: retry recording a successful send (DatabaseUnavailable) for up to the lease."))
 def test_an_email_accepted_by_sendgrid_while_postgresql_goes_down_is_not_sent_twice(tmp_path, fakes):
     reason = PrivatePostgres.reason_unavailable()
     if reason:

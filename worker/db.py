@@ -59,15 +59,16 @@ class Database:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.engine = create_engine(url, echo=echo, poolclass=NullPool,
+            self.engine = create_engine(url, echo=echo, poolclass=NullPool, hide_parameters=True,
                                         connect_args={"timeout": 30, "check_same_thread": False})
             _sqlite_setup(self.engine)
         else:
             # No pre-ping (it was a quarter of the webhook's time): a connection that died
             # fails one transaction (webhook 503, Stripe retries; actor retries) and
             # SQLAlchemy then refreshes the whole pool.
+            # hide_parameters: errors kept in events.last_error never carry payload values (emails).
             self.engine = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=20,
-                                        pool_recycle=1800, connect_args={"connect_timeout": 5})
+                                        pool_recycle=1800, hide_parameters=True, connect_args={"connect_timeout": 5})
         self._tables: dict[str, Table] | None = None
 
     # -- schema ---------------------------------------------------------------------------

@@ -310,8 +310,7 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
     except Exception as exc:
         _retry_later(db, email_id, attempt, row["created_at"], f"{type(exc).__name__}: {exc}", bound)
         raise
-    _finish(db, email_id, attempt, status="sent", sent_at=utcnow(), provider_message_id=message_id,
-            lease_until=None)
+    _record_sent(db, email_id, attempt, message_id, bound)
     bound.info("email.sent", provider_message_id=message_id)
     return "sent"
 
@@ -350,6 +349,32 @@ def _finish(db, email_id: str, attempt: int, **values) -> None:
     with db.transaction() as conn:
         conn.execute(update(emails).where(emails.c.id == email_id, emails.c.status == "sending",
                                           emails.c.attempts == attempt).values(**values))
+
+
+def _record_sent(db, email_id: str, attempt: int, message_id: str | None, bound) -> None:
+    """Record a send the provider accepted, retrying while the database is unreachable.
+
+    The message is out: if this record were lost, the lapsed lease would make the sweeper send it
+    again. So keep trying for (almost) the whole lease before giving up (raising: the row then
+    stays `sending` and, in the worst case, is sent twice: at-least-once, never lost).
+    """
+    import time as _time
+
+    from worker.db import DatabaseUnavailable
+
+    deadline = _time.monotonic() + LEASE.total_seconds() * 0.8
+    delay = 0.5
+    while True:
+        try:
+            _finish(db, email_id, attempt, status="sent", sent_at=utcnow(),
+                    provider_message_id=message_id, lease_until=None)
+            return
+        except DatabaseUnavailable as exc:
+            if _time.monotonic() + delay > deadline:
+                raise
+            bound.warning("email.record_sent_retrying", error=str(exc)[:200], retry_in=delay)
+            _time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def sweep_emails(runtime, now: datetime) -> int:

@@ -39,13 +39,16 @@ def web(host: str, workers: int, threads: int) -> None:
 @click.option("--processes", type=int, default=None, help="default: $WORKER_PROCESSES (2)")
 @click.option("--threads", type=int, default=None, help="default: $WORKER_THREADS (8)")
 def worker(processes: int | None, threads: int | None) -> None:
-    """Run the Dramatiq worker processes for every queue of this service."""
+    """Run the Dramatiq worker processes for every queue of this service (restarted if they die)."""
+    from worker.supervisor import supervise
     runtime = get_runtime()
     settings = runtime.settings
-    args = ["dramatiq", "--processes", str(processes or settings.worker_processes),
-            "--threads", str(threads or settings.worker_threads),
-            "--worker-shutdown-timeout", "30000", "worker.runtime:worker_setup"]
-    os.execvp(os.path.join(os.path.dirname(sys.executable), "dramatiq"), args)
+    # --skip-logging: our own structlog/stdlib set-up (worker.runtime) is the only one, scrubbed.
+    command = [os.path.join(os.path.dirname(sys.executable), "dramatiq"), "--skip-logging",
+               "--processes", str(processes or settings.worker_processes),
+               "--threads", str(threads or settings.worker_threads),
+               "--worker-shutdown-timeout", "30000", "worker.runtime:worker_setup"]
+    sys.exit(supervise(command))
 
 
 @main.command()
