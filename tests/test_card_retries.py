@@ -127,7 +127,7 @@ def test_a_customer_without_an_unpaid_invoice_in_dunning_gets_no_retry(sqlite_st
                                                        created=T0 + 3 * DAY))
     drain(sqlite_stripe_runtime)
     assert rows(sqlite_stripe_runtime, "card_retries") == []
-    assert fake_stripe.requests == []
+    assert [r for r in fake_stripe.requests if not r.path.startswith("/v1/customers/")] == []  # prefetch reads
 
 
 def test_a_card_that_is_not_the_default_or_an_update_without_a_new_number_triggers_no_retry(

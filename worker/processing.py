@@ -16,6 +16,7 @@ from sqlalchemy.exc import DataError
 from handlers.context import HandlerContext, PermanentEventError
 from handlers.registry import handler_for
 from worker.clock import utcnow
+from worker.customer_prefetch import prefetch_for_event
 from worker.event_store import load_event
 from worker.log_context import bind_in_message, ids_from_event_object
 
@@ -46,6 +47,7 @@ def process_event(runtime, event_id: str) -> str:
 
     try:
         try:
+            prefetch_for_event(runtime, event_id)  # Stripe I/O, outside the handler's transaction
             return _run_handler(runtime, event_id)
         except (DataError, OverflowError) as exc:  # the payload does not fit a column: the same every try
             reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]  # not the SQL and its parameters
