@@ -251,8 +251,14 @@ def _paid_after_write_off(ctx: HandlerContext, case: dict, event: StripeEvent):
     account = accounts.lock_account(ctx, case)
     restored = account["status"] == accounts.DISRUPTED and accounts.case_closed(ctx, case, dunning.INVOICE_PAID)
     log.info("case.paid_after_write_off", case_id=case["id"], event_id=event.id, restored=restored)
-    _thank_owner(ctx, case, restored)
+    if _owner_was_dunned(ctx, case):
+        _thank_owner(ctx, case, restored)  # never dunned for it (written off before its failure reached us): no mail
     return None
+
+
+def _owner_was_dunned(ctx: HandlerContext, case: dict) -> bool:
+    emails = ctx.table("emails")
+    return ctx.conn.execute(select(emails.c.id).where(emails.c.case_id == case["id"]).limit(1)).first() is not None
 
 
 def _thank_owner(ctx: HandlerContext, case: dict, restored: bool) -> None:

@@ -149,7 +149,7 @@ def check_invariants(runtime, played: dict) -> None:
             scheduled = False
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sequence=st.lists(facts, min_size=1, max_size=14))
 def test_any_order_of_events_duplicates_and_ticks_keeps_exactly_once_and_ends_final(runtime, sequence):
     played = play(runtime, sequence)
