@@ -10,13 +10,13 @@ import copy
 import json
 
 from tests.fixtures_dunning import T0
-from tests.helpers import STRIPE_DATA, make_event
+from tests.helpers import load_stripe_file, make_event
 
 _count = [0]
 
 
 def _load(rel: str) -> dict:
-    data = json.loads((STRIPE_DATA / rel).read_text())
+    data = load_stripe_file(rel)
     return copy.deepcopy(data)
 
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import dramatiq
 from sqlalchemy import select
 
-from tests.helpers import STRIPE_DATA, make_event, rows
+from tests.helpers import load_stripe_file, make_event, rows
 from worker.clock import from_unix, to_unix
 
 DAY = 86400
@@ -29,7 +29,7 @@ SHAPES = {
 
 def _base_invoice(shape: str) -> dict:
     rel, _ = SHAPES[shape]
-    data = json.loads((STRIPE_DATA / rel).read_text())
+    data = load_stripe_file(rel)
     obj = data["data"]["object"] if "data" in data else data["object"]
     return copy.deepcopy(obj)
 

@@ -60,7 +60,12 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: fl
 
 
 def load_stripe_file(relative: str) -> dict:
-    return json.loads((STRIPE_DATA / relative).read_text())
+    """A payload from ../shared/stripe-data; the test skips cleanly where ../shared is absent."""
+    path = STRIPE_DATA / relative
+    if not path.is_file():
+        import pytest
+        pytest.skip(f"../shared/stripe-data is absent ({relative})", allow_module_level=True)
+    return json.loads(path.read_text())
 
 
 def make_event(event_type: str, obj: dict, *, event_id: str, created: int,
