@@ -7,7 +7,6 @@ about: ids, the customer, the brand, last four, expiry and fingerprint.
 from __future__ import annotations
 
 import copy
-import json
 
 from tests.fixtures_dunning import T0
 from tests.helpers import load_stripe_file, make_event

@@ -6,7 +6,6 @@ import time
 from datetime import timedelta
 
 import falcon.testing
-import pytest
 
 from config.settings import load_settings
 from handlers import registry

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
 
 from tests.helpers import drain, post_event, rows
 

@@ -49,7 +49,6 @@ from handlers.facts import upsert_customer
 from handlers.registry import handler_for
 from handlers.stripe_objects import metadata_of
 from worker.clock import utcnow
-from worker.event_store import load_event
 from worker.log_context import ids_from_event_object
 from worker.logs import mask_email
 from worker.stripe_api import StripeGateway, StripeRejected
@@ -61,16 +60,6 @@ PREFETCH_TIMEOUT_SECONDS = (3.0, 8.0)  # connect, read
 PREFETCH_NETWORK_RETRIES = 1
 
 _warned_without_key = threading.Event()
-
-
-def prefetch_for_event(runtime, event_id: str) -> str:
-    """Load the stored event and make sure its customer is known (see ensure_customer_known)."""
-    events = runtime.db.table("events")
-    with runtime.db.engine.connect() as conn:
-        row = conn.execute(select(events).where(events.c.id == event_id)).mappings().first()
-    if row is None:
-        return "no_event"  # the handler's own lookup reports it
-    return ensure_customer_known(runtime, load_event(row))
 
 
 def ensure_customer_known(runtime, event: StripeEvent) -> str:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DataError
 from handlers.context import HandlerContext, PermanentEventError
 from handlers.registry import handler_for
 from worker.clock import utcnow
-from worker.customer_prefetch import prefetch_for_event
+from worker.customer_prefetch import ensure_customer_known
 from worker.event_store import load_event
 from worker.log_context import bind_in_message, ids_from_event_object
 
@@ -37,8 +37,9 @@ def process_event(runtime, event_id: str) -> str:
             update(events)
             .where(events.c.id == event_id, events.c.status.in_(("received", "processing", "failed")))
             .values(status="processing", attempts=events.c.attempts + 1, lease_until=utcnow() + LEASE)
-        ).rowcount
-        if not claimed:
+            .returning(*events.c)
+        ).mappings().first()
+        if claimed is None:
             status = conn.execute(select(events.c.status).where(events.c.id == event_id)).scalar()
             if status is None:
                 raise EventNotFound(f"event {event_id} is not stored")
@@ -47,7 +48,7 @@ def process_event(runtime, event_id: str) -> str:
 
     try:
         try:
-            prefetch_for_event(runtime, event_id)  # Stripe I/O, outside the handler's transaction
+            ensure_customer_known(runtime, load_event(claimed))  # Stripe I/O, outside the handler's transaction
             return _run_handler(runtime, event_id)
         except (DataError, OverflowError) as exc:  # the payload does not fit a column: the same every try
             reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]  # not the SQL and its parameters
