@@ -31,6 +31,7 @@ import requests
 from sqlalchemy import create_engine, text
 
 from config.settings import PROJECT_ROOT
+from tests.conftest import _postgres_reachable, _redis_reachable  # the same probes, the same URLs
 from tests.helpers import ADMIN_TOKEN, WEBHOOK_SECRET, signed_headers
 
 BIN = Path(sys.executable).parent
@@ -203,26 +204,6 @@ class SharedPostgresDatabase:
             pass
         finally:
             engine.dispose()
-
-
-def shared_postgres_available() -> bool:
-    try:
-        engine = create_engine(sqlalchemy_url(ADMIN_PG_URL), connect_args={"connect_timeout": 2})
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        engine.dispose()
-        return True
-    except Exception:
-        return False
-
-
-def shared_redis_available() -> bool:
-    import redis
-    try:
-        redis.Redis.from_url(SHARED_REDIS_URL, socket_connect_timeout=2).ping()
-        return True
-    except Exception:
-        return False
 
 
 class PrivatePostgres:
@@ -602,7 +583,7 @@ def build_service(tmp_path: Path, db: str = "postgres", broker: str = "redis",
     cleanups: list[Callable[[], None]] = []
     valkey = None
     if db == "postgres":
-        if not shared_postgres_available():
+        if not _postgres_reachable():
             unavailable(f"PostgreSQL at {ADMIN_PG_URL}")
         pg = SharedPostgresDatabase()
         database_url = pg.create()
@@ -613,7 +594,7 @@ def build_service(tmp_path: Path, db: str = "postgres", broker: str = "redis",
     else:
         database_url = db
     if broker == "redis":
-        if not shared_redis_available():
+        if not _redis_reachable():
             unavailable(f"Redis at {SHARED_REDIS_URL}")
         redis_url = SHARED_REDIS_URL
     elif broker == "embedded":
