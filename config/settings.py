@@ -36,7 +36,9 @@ class Settings:
     notice_outbox_dir: Path = PROJECT_ROOT / "var" / "notices"
     port: int = 8000
     platform_webhook_url: str | None = None
-    platform_webhook_secret: str | None = None
+    platform_webhook_secret: str | None = None  # the first of platform_webhook_secrets
+    platform_webhook_secrets: tuple[str, ...] = ()  # every notice is signed with each (rotation)
+    platform_api_token: str | None = None  # bearer token of the read-only GET /platform/... API
     dunning_policy: Path = PROJECT_ROOT / "config" / "policy.toml"
     dashboard_user: str | None = None
     dashboard_password: str | None = None
@@ -89,6 +91,22 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | N
     return value.rstrip("/")
 
 
+MIN_PLATFORM_TOKEN = 24
+
+
+def _platform_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
+    """PLATFORM_WEBHOOK_SECRET: one or more comma-separated secrets; `whsec_` ones must be base64."""
+    from worker.standard_webhooks import BadSecret, secret_key
+    raw = _optional(env, "PLATFORM_WEBHOOK_SECRET") or ""
+    secrets = tuple(s.strip() for s in raw.split(",") if s.strip())
+    for position, secret in enumerate(secrets, 1):
+        try:
+            secret_key(secret)
+        except BadSecret as exc:
+            raise ConfigError(f"PLATFORM_WEBHOOK_SECRET (secret {position}): {exc}") from None
+    return secrets
+
+
 def normalise_database_url(url: str) -> str:
     """Pick the psycopg 3 driver for plain postgres URLs (Heroku-style postgres:// too)."""
     for prefix in ("postgres://", "postgresql://"):
@@ -111,9 +129,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("STRIPE_WEBHOOK_SECRET is required but not set")
 
     platform_url = _url(env, "PLATFORM_WEBHOOK_URL", ("http", "https"))
-    platform_secret = _optional(env, "PLATFORM_WEBHOOK_SECRET")
-    if platform_url and not platform_secret:
+    platform_secrets = _platform_secrets(env)
+    if platform_url and not platform_secrets:
         raise ConfigError("PLATFORM_WEBHOOK_SECRET is required when PLATFORM_WEBHOOK_URL is set")
+    admin_token = _require(env, "ADMIN_TOKEN")
+    platform_token = _optional(env, "PLATFORM_API_TOKEN")
+    if platform_token is not None and len(platform_token) < MIN_PLATFORM_TOKEN:
+        raise ConfigError(f"PLATFORM_API_TOKEN must be at least {MIN_PLATFORM_TOKEN} characters")
+    if platform_token is not None and platform_token == admin_token:
+        raise ConfigError("PLATFORM_API_TOKEN must differ from ADMIN_TOKEN (it must not grant admin access)")
 
     sendgrid_key = _optional(env, "SENDGRID_API_KEY")
     email_from = _optional(env, "EMAIL_FROM")
@@ -137,7 +161,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_url=normalise_database_url(database_url),
         redis_url=_url(env, "REDIS_URL", ("redis", "rediss", "unix")),
         stripe_webhook_secrets=secrets,
-        admin_token=_require(env, "ADMIN_TOKEN"),
+        admin_token=admin_token,
         stripe_api_key=_optional(env, "STRIPE_API_KEY"),
         stripe_api_base=_url(env, "STRIPE_API_BASE", ("http", "https")),
         sendgrid_api_key=sendgrid_key,
@@ -147,7 +171,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         notice_outbox_dir=notices,
         port=_int(env, "PORT", 8000, 1, 65535),
         platform_webhook_url=platform_url,
-        platform_webhook_secret=platform_secret,
+        platform_webhook_secret=platform_secrets[0] if platform_secrets else None,
+        platform_webhook_secrets=platform_secrets,
+        platform_api_token=platform_token,
         dunning_policy=policy,
         dashboard_user=_optional(env, "DASHBOARD_USER"),
         dashboard_password=_optional(env, "DASHBOARD_PASSWORD"),

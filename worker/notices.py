@@ -1,9 +1,12 @@
 """Deliver platform notices, signed, once each, strictly in order per account.
 
 A `platform_notices` row holds the exact JSON body, fixed when the notice was decided
-(worker.outbox.add_notice); every try POSTs those same bytes to PLATFORM_WEBHOOK_URL with a
-fresh `Dunning-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">` (Stripe's scheme), so
-the platform verifies with known code and dedupes on the body's `id`.
+(worker.outbox.add_notice); every try POSTs those same bytes to PLATFORM_WEBHOOK_URL, freshly
+signed twice: the Standard Webhooks headers (`webhook-id` = the notice id, `webhook-timestamp`,
+`webhook-signature: v1,<base64>`; worker.standard_webhooks), which any platform verifies with a
+maintained library, and `Dunning-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`
+(Stripe's scheme) for the receivers written before. With several PLATFORM_WEBHOOK_SECRETs each
+header carries one signature per secret (rotation). The platform dedupes on the body's `id`.
 
 Order: only the head of an account (its lowest `seq` still pending) is ever tried; delivery
 stops at the first failure, so `service.restored` can never overtake the `service.disrupted`
@@ -22,6 +25,7 @@ import http.client
 import json
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 from datetime import datetime, timedelta
@@ -30,8 +34,9 @@ from pathlib import Path
 import structlog
 from sqlalchemy import and_, func, or_, select, update
 
+from worker import standard_webhooks
 from worker.clock import utcnow
-from worker.signatures import sign
+from worker.signatures import sign_all
 
 log = structlog.get_logger("worker.notices")
 
@@ -67,13 +72,24 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _opener = urllib.request.build_opener(_NoRedirect)
 
 
-def post_notice(url: str, body: str, secret: str, timeout: float = TIMEOUT) -> int:
-    """POST the stored body with a fresh signature; return the 2xx status or raise DeliveryFailed."""
+def signed_headers(notice_id: str, body: str, secrets: tuple[str, ...] | list[str],
+                   timestamp: int | None = None) -> dict[str, str]:
+    """Both signature schemes for one try, on one timestamp (none without a secret)."""
+    if not secrets:
+        return {}
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    return {**standard_webhooks.headers(notice_id, body, secrets, timestamp),
+            SIGNATURE_HEADER: sign_all(body, secrets, timestamp)}
+
+
+def post_notice(url: str, notice_id: str, body: str, secrets: tuple[str, ...] | list[str],
+                timeout: float = TIMEOUT) -> int:
+    """POST the stored body with fresh signatures; return the 2xx status or raise DeliveryFailed."""
     data = body.encode("utf-8")
     request = urllib.request.Request(url, data=data, method="POST", headers={
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
-        SIGNATURE_HEADER: sign(body, secret),
+        **signed_headers(notice_id, body, secrets),
     })
     try:
         with _opener.open(request, timeout=timeout) as response:
@@ -90,7 +106,7 @@ def post_notice(url: str, body: str, secret: str, timeout: float = TIMEOUT) -> i
     return status
 
 
-def write_notice_file(directory: Path, row, secret: str | None) -> Path:
+def write_notice_file(directory: Path, row, secrets: tuple[str, ...] | list[str]) -> Path:
     """`<id>.json`: the signed notice as the platform would get it, written atomically."""
     directory = Path(directory)
     target = directory / f"{row['id']}.json"
@@ -99,8 +115,8 @@ def write_notice_file(directory: Path, row, secret: str | None) -> Path:
         "type": row["type"],
         "account_id": row["account_id"],
         "seq": row["seq"],
-        "headers": {"Content-Type": "application/json",
-                    SIGNATURE_HEADER: sign(row["body"], secret) if secret else None},
+        "headers": {"Content-Type": "application/json", SIGNATURE_HEADER: None,
+                    **signed_headers(row["id"], row["body"], secrets)},
         "body": row["body"],  # the exact signed bytes, as a string
     }
     tmp = directory / f".{row['id']}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -121,9 +137,10 @@ def _transmit(runtime, row) -> str:
     """Deliver one notice by the configured route; return a short description of the success."""
     settings = runtime.settings
     if settings.platform_webhook_url:
-        status = post_notice(settings.platform_webhook_url, row["body"], settings.platform_webhook_secret)
+        status = post_notice(settings.platform_webhook_url, row["id"], row["body"],
+                             settings.platform_webhook_secrets)
         return f"HTTP {status}"
-    path = write_notice_file(settings.notice_outbox_dir, row, settings.platform_webhook_secret)
+    path = write_notice_file(settings.notice_outbox_dir, row, settings.platform_webhook_secrets)
     return f"file {path.name}"
 
 

@@ -52,6 +52,12 @@ def verify_stripe_signature(payload: str, header: str | None, secrets: tuple[str
 
 def sign(payload: str, secret: str, timestamp: int | None = None) -> str:
     """The header value for `payload`: used for platform notices and by the tests."""
+    return sign_all(payload, (secret,), timestamp)
+
+
+def sign_all(payload: str, secrets: tuple[str, ...] | list[str], timestamp: int | None = None) -> str:
+    """`t=<unix>,v1=<hex>,v1=<hex>...`: one v1 per secret (the whole secret string is the key, as
+    Stripe does), so a receiver holding any one of several rotated secrets verifies it."""
     timestamp = int(time.time()) if timestamp is None else timestamp
-    mac = hmac.new(secret.encode(), f"{timestamp}.{payload}".encode(), hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
+    macs = [hmac.new(s.encode(), f"{timestamp}.{payload}".encode(), hashlib.sha256).hexdigest() for s in secrets]
+    return ",".join([f"t={timestamp}", *(f"v1={mac}" for mac in macs)])

@@ -13,7 +13,7 @@ import falcon
 import structlog
 
 from handlers.registry import known_types
-from worker import metrics, web_ops
+from worker import metrics, openapi, web_ops, web_platform
 from worker.db import DatabaseUnavailable
 from worker.event_store import InvalidEvent, parse_envelope, store_event
 from worker.http_util import json_error, read_body
@@ -120,6 +120,8 @@ def create_app(runtime) -> falcon.App:
     app.add_route("/readyz", Ready(runtime))
     app.add_route("/payment-links", PaymentLinks(runtime))
     app.add_route("/metrics", web_ops.Metrics(runtime))
+    app.add_route("/openapi.json", openapi.Document())
+    web_platform.add_routes(app, runtime)
     return app
 
 
