@@ -19,7 +19,7 @@ from worker.clock import to_unix, utcnow
 from worker.notices import MIN_ATTEMPTS, SIGNATURE_HEADER, deliver_account_notices, sweep_notices
 from worker.signatures import SignatureError, verify_stripe_signature
 
-SECRET = "whsec_platform_secret_for_tests"
+SECRET = "whsec_cGxhdGZvcm0tc2VjcmV0LWtleS1mb3ItdGhlLXRlc3Rz"  # whsec_<base64>, as Standard Webhooks writes it
 TYPES = ("service.disruption_scheduled", "service.disrupted", "service.restored")
 DISRUPT_AT = datetime(2026, 12, 14)
 

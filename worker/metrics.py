@@ -262,12 +262,18 @@ class DomainCollector:
                                               "status (pending, sent, failed).", labels=["type", "status"])
             delivered = CounterMetricFamily("dunning_platform_notices_delivered", "Platform notices "
                                             "delivered, by type.", labels=["type"])
+            notice_failed = GaugeMetricFamily("dunning_platform_notices_failed", "Platform notices that gave "
+                                              "up after the retry window, by type (redeliver them with "
+                                              "`dunning notices redeliver --failed`).", labels=["type"])
             for ntype, status, n in grouped(notices, notices.c.type, notices.c.status):
                 notice_states.add_metric([ntype, status], n)
                 if status == "sent":
                     delivered.add_metric([ntype], n)
+                elif status == "failed":
+                    notice_failed.add_metric([ntype], n)
             yield notice_states
             yield delivered
+            yield notice_failed
 
             links = t["payment_links"]
             created = CounterMetricFamily("dunning_payment_links_created", "Payment links created at "

@@ -21,6 +21,13 @@ def collect_stats(db) -> dict:
                    notices.c.last_error, notices.c.next_attempt_at)
             .where(notices.c.status == "pending").order_by(notices.c.created_at).limit(50)
         ).mappings().all()
+        failed = conn.execute(
+            select(notices.c.id, notices.c.type, notices.c.account_id, notices.c.seq, notices.c.attempts,
+                   notices.c.last_error)
+            .where(notices.c.status == "failed").order_by(notices.c.account_id, notices.c.seq).limit(50)
+        ).mappings().all()
+        failed_count = conn.execute(select(func.count()).select_from(notices)
+                                    .where(notices.c.status == "failed")).scalar_one()
         emails = t["emails"]
         failing_emails = conn.execute(
             select(emails.c.id, emails.c.template, emails.c.attempts, emails.c.last_error)
@@ -36,4 +43,7 @@ def collect_stats(db) -> dict:
                 {**dict(row), "next_attempt_at": isoformat(row["next_attempt_at"])} for row in pending
             ],
             "failing_emails": [dict(row) for row in failing_emails],
+            # gave up after the retry window: `dunning notices redeliver --failed` pushes them again
+            "notices_failed": int(failed_count),
+            "failed_notices": [dict(row) for row in failed],
         }
