@@ -34,19 +34,20 @@ def document() -> dict:
     return json.loads(openapi.PATH.read_text())
 
 
-@pytest.fixture
-def contract_runtime(make_runtime):
-    runtime = make_runtime(PLATFORM_API_TOKEN=PLATFORM_TOKEN)
-    seed_case(runtime)  # "sub_test_1", the account id the document's examples name
-    with runtime.db.transaction() as conn:
-        accounts = runtime.db.table("accounts")
-        conn.execute(accounts.update().where(accounts.c.id == "sub_test_1").values(notice_seq=0))
-    from worker.notices import deliver_account_notices  # noqa: F401  (the runtime's actors exist)
+def seed_contract_data(runtime) -> None:
+    """The account the document's examples name, with one notice: 200 answers get checked too."""  # "sub_test_1", the account id the document's examples name
     from tests.fixtures_delivery import in_handler
     from worker import outbox
+    seed_case(runtime)
     in_handler(runtime, lambda ctx: outbox.add_notice(
         ctx, "service.disruption_scheduled", "sub_test_1", "notice:sub_test_1:openapi", case_id="dc_test_1",
         invoice_id="in_test_1", customer_id="cus_test_1", subscription_id="sub_test_1", disrupt_at=None))
+
+
+@pytest.fixture
+def contract_runtime(make_runtime):
+    runtime = make_runtime(PLATFORM_API_TOKEN=PLATFORM_TOKEN)
+    seed_contract_data(runtime)
     return runtime
 
 
@@ -181,3 +182,18 @@ def test_schemathesis_catches_a_platform_route_that_ignores_its_token(contract_r
         run_schemathesis(schema, max_examples=5)
     found = getattr(raised.value, "exceptions", (raised.value,))
     assert any(isinstance(e, IgnoredAuth) for e in found), raised.value
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_failure_against_the_real_web_process(tmp_path, make_runtime):
+    """The same run over HTTP against `dunning web` (gunicorn) on PostgreSQL and Redis."""
+    from tests.proc import build_service
+    svc = build_service(tmp_path, db="postgres", broker="redis", PLATFORM_API_TOKEN=PLATFORM_TOKEN)
+    try:
+        seed_contract_data(make_runtime(DATABASE_URL=svc.database_url, PLATFORM_API_TOKEN=PLATFORM_TOKEN))
+        svc.start_web(workers=1, threads=4)
+        schema = schemathesis.openapi.from_url(f"{svc.base_url}/openapi.json")
+        ran = run_schemathesis(schema)
+        assert len(ran) == len(document()["paths"]) - 1, ran
+    finally:
+        svc.close()
