@@ -412,3 +412,20 @@ def test_signing_follows_the_specification_byte_for_byte():
     body = '{"test": 2432232314}'
     assert standard_webhooks.signature(msg_id, timestamp, body, secret) == \
         "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_the_platform_token_opens_neither_the_dashboard_nor_the_admin_api_of_the_whole_web_app(make_runtime):
+    """The whole WSGI app of the web process (Falcon + the mounted dashboard), on a real broker."""
+    from werkzeug.test import Client
+
+    from tests.conftest import _redis_reachable
+    from worker.web import wsgi_app
+    runtime = make_runtime(broker="redis" if _redis_reachable() else "embedded", PLATFORM_API_TOKEN=PLATFORM_TOKEN)
+    app = Client(wsgi_app(runtime))
+    as_platform = {"Authorization": f"Bearer {PLATFORM_TOKEN}"}
+    assert app.get("/dashboard/", headers=as_platform).status_code == 401
+    basic = "Basic " + base64.b64encode(f"platform:{PLATFORM_TOKEN}".encode()).decode()
+    assert app.get("/dashboard/", headers={"Authorization": basic}).status_code == 401
+    assert app.post("/payment-links", json={"invoice": "in_x"}, headers=as_platform).status_code == 401
+    assert app.get("/platform/accounts", headers=as_platform).status_code == 200
+    assert app.get("/dashboard/", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 200
