@@ -114,12 +114,18 @@ def test_every_notice_of_a_full_run_verifies_with_standardwebhooks_under_either_
                                                      "service.restored"]
     assert announced == ["service.disruption_scheduled", "service.disrupted", "service.restored"]
     assert len(platform.requests) == 3
+    from jsonschema import Draft202012Validator
+
+    from worker.openapi import PATH
+    components = json.loads(PATH.read_text())["components"]
+    notice_schema = Draft202012Validator({"$ref": "#/components/schemas/Notice", "components": components})
 
     for request in platform.requests:
         raw = request["raw"]
         headers = {k.lower(): v for k, v in request["headers"].items()}  # HTTP names are case-blind
         body = json.loads(raw)
         assert headers["webhook-id"] == body["id"]
+        notice_schema.validate(body)  # the body the OpenAPI document's webhooks section describes
         assert len(headers["webhook-signature"].split(" ")) == 2  # one signature per secret
         for verifier in (Webhook(NEW_SECRET), Webhook(OLD_SECRET.encode())):
             assert verifier.verify(raw, headers) == body
