@@ -13,7 +13,7 @@ import falcon
 import structlog
 
 from handlers.registry import known_types
-from worker import metrics, web_ops
+from worker import console_web, metrics, web_ops
 from worker.db import DatabaseUnavailable
 from worker.event_store import InvalidEvent, parse_envelope, store_event
 from worker.http_util import json_error, read_body
@@ -120,6 +120,7 @@ def create_app(runtime) -> falcon.App:
     app.add_route("/readyz", Ready(runtime))
     app.add_route("/payment-links", PaymentLinks(runtime))
     app.add_route("/metrics", web_ops.Metrics(runtime))
+    console_web.add_routes(app, runtime)  # /console: the support and operations console
     return app
 
 
