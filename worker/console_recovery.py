@@ -136,12 +136,16 @@ def _median_days(histogram: list[tuple[int, int]]) -> float | None:
     total = sum(n for _, n in histogram)
     if not total:
         return None
-    middle, seen = (total + 1) / 2, 0
-    for hours, n in sorted(histogram):
-        seen += n
-        if seen >= middle:
-            return round(hours / 24.0, 1)
-    return None
+
+    def kth(k: int) -> int:  # the k-th smallest value, 1-indexed
+        seen = 0
+        for hours, n in sorted(histogram):
+            seen += n
+            if seen >= k:
+                return hours
+        return sorted(histogram)[-1][0]
+    middle = (kth((total + 1) // 2) + kth(total // 2 + 1)) / 2
+    return round(middle / 24.0, 1)
 
 
 def snapshot(runtime, *, refresh: bool = False, now: datetime | None = None) -> dict:
