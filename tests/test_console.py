@@ -374,6 +374,13 @@ def test_the_recovery_snapshot_is_reused_until_stale(runtime):
     assert snapshot(runtime, now=now + timedelta(seconds=5)) == first
     fresh = snapshot(runtime, now=now + SNAPSHOT_TTL + timedelta(seconds=1))
     assert fresh != first and fresh["windows"]["7"]["currencies"]["usd"]["opened"] == 1
+    # The page shows a stale snapshot at once and recomputes it in the background.
+    from worker import console_recovery
+    later = now + SNAPSHOT_TTL * 3
+    assert snapshot(runtime, now=later, background=True) == fresh
+    with console_recovery._refreshing:  # the background refresh has finished
+        pass
+    assert snapshot(runtime, now=utcnow())["computed_at"] not in (first["computed_at"], fresh["computed_at"])
     asked = now + timedelta(seconds=10)  # a refresh on request recomputes however fresh the snapshot is
     assert snapshot(runtime, refresh=True, now=asked)["computed_at"] == asked.replace(microsecond=0).isoformat() + "Z"
 

@@ -181,7 +181,7 @@ class Recovery:
         self.runtime, self.pages = runtime, pages
 
     def on_get(self, req, resp):
-        view = snapshot(self.runtime)
+        view = snapshot(self.runtime, background=True)
         window = req.get_param("window") or "30"
         if window not in view["windows"]:
             window = "30"
