@@ -105,6 +105,9 @@ def test_sign_in_find_a_case_read_its_story_and_send_a_payment_link(console, fak
             assert page.locator("table.events tbody tr").count() == 2
             assert page.locator("article.email").count() == 1
             assert page.locator("article.email iframe[sandbox='']").count() == 1
+            page.click("article.email summary")  # the rendered email, in its sandboxed frame
+            preview = next(f for f in page.frames if f.url == "about:srcdoc")
+            assert "$120.00" in preview.evaluate("() => document.body.innerText")
 
             # A form post without the CSRF token (same browser, same cookies): 403.
             forged = context.request.post(base + "/console/cases/in_browser42/payment-link",
