@@ -264,6 +264,21 @@ def test_a_payment_link_from_the_case_page_follows_the_api_rules_and_is_recorded
     assert len(rows(runtime, "console_actions")) == 5
 
 
+def test_an_agent_signed_in_with_an_email_address_can_still_send_a_payment_link(linked_runtime, fake_stripe):  # noqa: F811
+    import base64
+    runtime = linked_runtime
+    open_case(runtime, fake_stripe, "in_agent", amount=12000)
+    agent = {"Authorization": "Basic " + base64.b64encode(f"ann@support.example:{ADMIN_TOKEN}".encode()).decode()}
+    b = Browser(runtime, agent)
+    assert b.post("/console/cases/in_agent/payment-link", {"reason": "asked on the phone"}).status_code == 303
+    (link,) = rows(runtime, "payment_links")
+    assert link["requested_by"] == "ann at support.example"
+    assert rows(runtime, "console_actions")[0]["actor"] == "ann@support.example"
+    many = "&".join(f"f{i}=x" for i in range(50))
+    assert b.client.simulate_post("/console/cases/in_agent/payment-link", body=many, cookies=b.cookies, headers={
+        **agent, "Content-Type": "application/x-www-form-urlencoded"}).status_code == 403
+
+
 def test_replaying_a_failed_event_of_the_case(runtime):
     open_failed(runtime, "in_replay")
     (event,) = rows(runtime, "events")

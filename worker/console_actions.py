@@ -60,7 +60,10 @@ def send_payment_link(runtime, invoice_id: str, *, actor: str, reason: str) -> s
     from worker.payment_links import PaymentLinkRefused, request_links
     reason = check_reason(reason)
     try:
-        created = request_links(runtime, {"invoice": invoice_id, "requested_by": actor[:200], "note": reason})
+        # requested_by names the agent, never a recipient: an agent signed in as ann@corp reads "ann at corp"
+        # (request_links refuses anything shaped like an address, the reason included).
+        created = request_links(runtime, {"invoice": invoice_id, "requested_by": actor.replace("@", " at ")[:200],
+                                          "note": reason})
     except PaymentLinkRefused as exc:
         raise ActionRefused(exc.status, exc.message) from None
     request_id = created[0]["id"]

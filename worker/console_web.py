@@ -114,7 +114,10 @@ def _read_form(req) -> dict[str, str]:
     if not (req.content_type or "").startswith("application/x-www-form-urlencoded"):
         return {}
     raw = read_body(req, MAX_FORM_BYTES).decode("utf-8", "replace")
-    return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True, max_num_fields=20).items()}
+    try:
+        return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True, max_num_fields=20).items()}
+    except ValueError:  # too many fields: no form of ours, so no CSRF token either (403)
+        return {}
 
 
 class Pages:
