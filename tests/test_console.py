@@ -347,8 +347,8 @@ def test_recovery_view_counts_rates_steps_medians_and_what_followed_emails(any_r
     runtime = any_runtime
     now = utcnow().replace(microsecond=0)
     specs = [  # invoice, currency, state, opened days ago, days to recover
-        ("in_r1", "usd", "recovered", 2, 1), ("in_r2", "usd", "recovered", 20, 4), ("in_r3", "usd", "uncollectible", 3, None),
-        ("in_r4", "usd", "failing", 1, None), ("in_r5", "eur", "recovered", 60, 8), ("in_r6", "eur", "voided", 50, None),
+        ("in_r1", "usd", "recovered", 2, 1), ("in_r2", "usd", "recovered", 20, 4.02), ("in_r3", "usd", "uncollectible", 3, None),
+        ("in_r4", "usd", "failing", 6.6, None), ("in_r5", "eur", "recovered", 60, 8), ("in_r6", "eur", "voided", 50, None),
         ("in_r7", "usd", "recovered", 200, 1),  # outside every window
     ]
     for i, (inv, currency, state, ago, days) in enumerate(specs):

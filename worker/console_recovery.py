@@ -37,45 +37,49 @@ def _hours(db, start: str, end: str) -> str:
     return f"(EXTRACT(EPOCH FROM ({end} - {start})) / 3600.0)"
 
 
-def _window_case(column: str) -> str:
-    """0 for the last 7 days, 1 for 7-30, 2 for 30-90 (bound as :w7, :w30)."""
-    return f"CASE WHEN {column} >= :w7 THEN 0 WHEN {column} >= :w30 THEN 1 ELSE 2 END"
+def _whole(db, expression: str) -> str:
+    """The integer part of a non-negative number (PostgreSQL's CAST rounds; SQLite's truncates)."""
+    return f"CAST({expression} AS INTEGER)" if db.is_sqlite else f"CAST(FLOOR({expression}) AS INTEGER)"
 
 
-def _week_case(column: str) -> str:
-    """0 for the current week (last 7 days), up to WEEKS-1 (bound as :wk1 ...)."""
-    whens = " ".join(f"WHEN {column} >= :wk{i} THEN {i}" for i in range(WEEKS))
-    return f"CASE {whens} ELSE {WEEKS} END"
+def _days_ago(db, column: str) -> str:
+    """Whole days between `column` and :now: one small integer to group by (windows and weeks follow)."""
+    return _whole(db, f"({_hours(db, column, ':now')} / 24.0)")
+
+
+def _window(days_ago: int) -> int:
+    """0 for the last 7 days, 1 for 7-30, 2 for 30-90."""
+    return 0 if days_ago < 7 else 1 if days_ago < 30 else 2
 
 
 def compute(runtime, now: datetime | None = None) -> dict:
     db = runtime.db
     now = now or utcnow()
-    params = {"since": now - timedelta(days=max(WINDOWS)), "w7": now - timedelta(days=7),
-              "w30": now - timedelta(days=30)}
-    params.update({f"wk{i}": now - timedelta(days=7 * (i + 1)) for i in range(WEEKS)})
+    params = {"since": now - timedelta(days=max(WINDOWS)), "now": now}
+    opened_ago = _days_ago(db, "opened_at")
     cohort_sql = text(f"""
-        SELECT currency, state, {_window_case('opened_at')} AS w, {_week_case('opened_at')} AS wk,
-               COUNT(*) AS n, SUM(COALESCE(recovered_amount, amount_due)) AS amount
+        SELECT currency, state, {opened_ago} AS d, COUNT(*) AS n, SUM(COALESCE(recovered_amount, amount_due)) AS amount
         FROM cases WHERE opened_at >= :since
-        GROUP BY currency, state, {_window_case('opened_at')}, {_week_case('opened_at')}""")
-    hours = _hours(db, "first_failed_at", "closed_at")
+        GROUP BY currency, state, {opened_ago}""")
+    hours = _whole(db, _hours(db, "first_failed_at", "closed_at"))
     recovered_sql = text(f"""
-        SELECT currency, schedule, {_window_case('opened_at')} AS w, CAST({hours} AS INTEGER) AS h, COUNT(*) AS n
+        SELECT currency, schedule, {opened_ago} AS d, {hours} AS h, COUNT(*) AS n
         FROM cases WHERE opened_at >= :since AND state = 'recovered' AND closed_at IS NOT NULL
-        GROUP BY currency, schedule, {_window_case('opened_at')}, CAST({hours} AS INTEGER)""")
+        GROUP BY currency, schedule, {opened_ago}, {hours}""")
     paid_within = f"{_hours(db, 'e.sent_at', 'c.closed_at')} BETWEEN 0 AND 72"
+    sent_ago = _days_ago(db, "e.sent_at")
     emails_sql = text(f"""
-        SELECT e.template, {_window_case('e.sent_at')} AS w, COUNT(*) AS n,
+        SELECT e.template, {sent_ago} AS d, COUNT(*) AS n,
                SUM(CASE WHEN c.state = 'recovered' AND c.closed_at IS NOT NULL AND {paid_within}
                         THEN 1 ELSE 0 END) AS paid
         FROM emails e LEFT JOIN cases c ON c.id = e.case_id
         WHERE e.status = 'sent' AND e.sent_at >= :since
-        GROUP BY e.template, {_window_case('e.sent_at')}""")
+        GROUP BY e.template, {sent_ago}""")
     with db.engine.connect() as conn:
-        cohort = conn.execute(cohort_sql, params).mappings().all()
-        recovered = conn.execute(recovered_sql, params).mappings().all()
-        emails = conn.execute(emails_sql, params).mappings().all()
+        cohort = [{**r, "w": _window(int(r["d"])), "wk": int(r["d"]) // 7}
+                  for r in conn.execute(cohort_sql, params).mappings()]
+        recovered = [{**r, "w": _window(int(r["d"]))} for r in conn.execute(recovered_sql, params).mappings()]
+        emails = [{**r, "w": _window(int(r["d"]))} for r in conn.execute(emails_sql, params).mappings()]
 
     windows = {}
     for index, days in enumerate(WINDOWS):
@@ -112,7 +116,8 @@ def compute(runtime, now: datetime | None = None) -> dict:
             t["paid_3d"] += int(row["paid"] or 0)
         windows[str(days)] = {"currencies": dict(sorted(per_currency.items())),
                               "templates": dict(sorted(templates.items()))}
-    weeks = [{"week": i, "starts": isoformat(params[f"wk{i}"]), "failed": 0, "recovered": 0} for i in range(WEEKS)]
+    weeks = [{"week": i, "starts": isoformat(now - timedelta(days=7 * (i + 1))), "failed": 0, "recovered": 0}
+             for i in range(WEEKS)]
     for row in cohort:
         if row["wk"] < WEEKS:
             weeks[row["wk"]]["failed"] += row["n"]
