@@ -17,7 +17,8 @@ CREATE TABLE IF NOT EXISTS events (
     last_error      TEXT,
     enqueued_at     TIMESTAMP,                  -- last time a message for it went to the broker
     lease_until     TIMESTAMP,                  -- while processing: after this the reconciler may retry
-    processed_at    TIMESTAMP
+    processed_at    TIMESTAMP,
+    object_id       TEXT                        -- data.object.id (in_..., cus_...): a case's events by index
 );
 CREATE INDEX IF NOT EXISTS events_status_received ON events (status, received_at);
 CREATE INDEX IF NOT EXISTS events_type ON events (type);
@@ -90,7 +91,8 @@ CREATE TABLE IF NOT EXISTS cases (
     closed_at               TIMESTAMP,
     recovered_amount        BIGINT,
     version                 INTEGER NOT NULL DEFAULT 0,  -- guarded updates: WHERE version = :seen
-    updated_at              TIMESTAMP NOT NULL
+    updated_at              TIMESTAMP NOT NULL,
+    owner_unreachable       INTEGER NOT NULL DEFAULT 0   -- 1 = the owner has no deliverable address; disruption held
 );
 CREATE INDEX IF NOT EXISTS cases_due ON cases (next_step_at) WHERE next_step_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS cases_customer ON cases (customer_id);
@@ -231,4 +233,42 @@ CREATE TABLE IF NOT EXISTS cursors (
     name        TEXT PRIMARY KEY,
     value       TEXT,
     updated_at  TIMESTAMP NOT NULL
+);
+
+-- The operators' console (/console): what it needs to find a case fast at 1M cases, and its audit trail.
+CREATE INDEX IF NOT EXISTS events_object ON events (object_id, created);
+CREATE INDEX IF NOT EXISTS customers_email ON customers (email);
+CREATE INDEX IF NOT EXISTS invoices_number ON invoices (number);
+CREATE INDEX IF NOT EXISTS cases_subscription ON cases (subscription_id);
+-- Keyset paging: (sort key, id) per sort order, with and without the state filter.
+CREATE INDEX IF NOT EXISTS cases_opened_page ON cases (opened_at, id);
+CREATE INDEX IF NOT EXISTS cases_state_opened_page ON cases (state, opened_at, id);
+CREATE INDEX IF NOT EXISTS cases_amount_page ON cases (amount_due, id);
+CREATE INDEX IF NOT EXISTS cases_state_amount_page ON cases (state, amount_due, id);
+CREATE INDEX IF NOT EXISTS cases_disrupt_page ON cases (disrupt_at, id) WHERE disrupt_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS cases_unreachable_page ON cases (opened_at, id) WHERE owner_unreachable = 1;
+CREATE INDEX IF NOT EXISTS emails_invoice ON emails (invoice_id);
+CREATE INDEX IF NOT EXISTS platform_notices_case ON platform_notices (case_id);
+CREATE INDEX IF NOT EXISTS platform_notices_invoice ON platform_notices (invoice_id);
+CREATE INDEX IF NOT EXISTS card_retries_invoice ON card_retries (invoice_id);
+
+-- Every action taken from the console: who, when, what, on which case, and why.
+CREATE TABLE IF NOT EXISTS console_actions (
+    id          TEXT PRIMARY KEY,               -- ca_...
+    at          TIMESTAMP NOT NULL,
+    actor       TEXT NOT NULL,                  -- the signed-in user, the basic-auth user, or 'admin-token'
+    action      TEXT NOT NULL,                  -- payment-link | replay-event | retry-email | retry-notice
+    case_id     TEXT,
+    invoice_id  TEXT NOT NULL,
+    target      TEXT,                           -- the event, email, notice or link request acted on
+    reason      TEXT NOT NULL,
+    outcome     TEXT
+);
+CREATE INDEX IF NOT EXISTS console_actions_invoice ON console_actions (invoice_id, at);
+
+-- Precomputed console views (the recovery view): one JSON body per name, recomputed when stale.
+CREATE TABLE IF NOT EXISTS console_snapshots (
+    name        TEXT PRIMARY KEY,
+    computed_at TIMESTAMP NOT NULL,
+    body        TEXT NOT NULL
 );

@@ -79,3 +79,23 @@ def test_the_smoke_bench_writes_every_section_and_leaves_no_process_behind(tmp_p
             left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
                                 (f"bench_{results['run_tag']}%",)).fetchall()
         assert left == []
+
+
+def test_the_console_bench_measures_every_page_on_a_scratch_database_and_drops_it(tmp_path, postgres_url):
+    """`python -m bench.console` at a tiny size: every figure is a real timing, the database is gone after."""
+    import psycopg
+    out = tmp_path / "console.json"
+    env = {**{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BENCH_DATABASE_URL")},
+           "BENCH_DATABASE_URL": TEST_DATABASE_URL}
+    result = subprocess.run([sys.executable, "-m", "bench.console", "--cases", "300", "--repeats", "2",
+                             "--out", str(out)], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert (data["cases"], data["events"]) == (300, 900)
+    assert {"case page", "search: owner email", "list: owner unreachable",
+            "recovery view: GET /console (snapshot)"} <= set(data["figures"])
+    assert all(f["median_ms"] > 0 and f["n"] >= 1 for f in data["figures"].values())
+    with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as conn:
+        left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'bench_console_%'").fetchall()
+    assert not [name for (name,) in left if name.split("_")[2] in result.stderr]

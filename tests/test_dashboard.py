@@ -152,3 +152,10 @@ def test_dashboard_in_a_browser_lists_queues_matching_redis_and_requeues_a_dead_
         consumer.ack(again)
     finally:
         consumer.close()
+
+
+def test_dashboard_and_console_link_to_each_other(server):
+    status, _, page = get(server + "/dashboard/", f"Bearer {ADMIN_TOKEN}")
+    assert status == 200 and '<a href="/console">Console</a>' in page
+    status, _, page = get(server + "/console", f"Bearer {ADMIN_TOKEN}")
+    assert status == 200 and '<a href="/dashboard/">Queues</a>' in page

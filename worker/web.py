@@ -13,7 +13,7 @@ import falcon
 import structlog
 
 from handlers.registry import known_types
-from worker import metrics, openapi, web_ops, web_platform
+from worker import console_web, metrics, openapi, web_ops, web_platform
 from worker.db import DatabaseUnavailable
 from worker.event_store import InvalidEvent, parse_envelope, store_event
 from worker.http_util import json_error, read_body
@@ -122,6 +122,7 @@ def create_app(runtime) -> falcon.App:
     app.add_route("/metrics", web_ops.Metrics(runtime))
     app.add_route("/openapi.json", openapi.Document())
     web_platform.add_routes(app, runtime)
+    console_web.add_routes(app, runtime)  # /console: the support and operations console
     return app
 
 

@@ -53,6 +53,35 @@ class RequireAdmin:
         return [body]
 
 
+class LinkToConsole:
+    """WSGI middleware: adds a "Console" item to the queue dashboard's navigation (its HTML pages only)."""
+
+    ITEM = b'<li class="nav__items__item"><a href="/console">Console</a></li>'
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        captured = {}
+
+        def capture(status, headers, exc_info=None):
+            captured["status"], captured["headers"] = status, headers
+            return lambda _data: None  # the dashboard returns its body; it does not write()
+
+        result = self.app(environ, capture)
+        if result is None or "status" not in captured:  # a path the dashboard has no route for
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found\n"]
+        body = b"".join(part.encode() if isinstance(part, str) else part for part in result)
+        headers = captured["headers"]
+        if any(k.lower() == "content-type" and v.startswith("text/html") for k, v in headers):
+            body = body.replace(b"</ul>", self.ITEM + b"</ul>", 1)
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            headers.append(("Content-Length", str(len(body))))
+        start_response(captured["status"], headers)
+        return [body]
+
+
 def dashboard_app(runtime):
     """The Dramatiq dashboard for this service's broker, behind admin auth.
 
@@ -64,7 +93,8 @@ def dashboard_app(runtime):
     if not isinstance(runtime.broker, RedisBroker):
         return None
     from dramatiq_dashboard import DashboardApp
-    return RequireAdmin(DashboardApp(broker=runtime.broker, prefix=DASHBOARD_PREFIX), runtime.settings)
+    return RequireAdmin(LinkToConsole(DashboardApp(broker=runtime.broker, prefix=DASHBOARD_PREFIX)),
+                        runtime.settings)
 
 
 def mount_operator_apps(app, runtime):
