@@ -16,7 +16,9 @@ from sqlalchemy.exc import DataError
 from handlers.context import HandlerContext, PermanentEventError
 from handlers.registry import handler_for
 from worker.clock import utcnow
+from worker.customer_data import is_stripped
 from worker.customer_prefetch import ensure_customer_known
+from worker.erasure import after_handler
 from worker.event_store import load_event
 from worker.log_context import bind_in_message, ids_from_event_object
 
@@ -63,6 +65,12 @@ def process_event(runtime, event_id: str) -> str:
         raise
 
 
+def event_customer_id(event) -> str | None:
+    """The customer an event is about (the object's own id for a customer, else its `customer`)."""
+    obj = (event.payload.get("data") or {}).get("object")
+    return ids_from_event_object(obj).get("customer_id") if isinstance(obj, dict) else None
+
+
 def bind_event(event) -> None:
     """Name the event's type and the invoice/customer it concerns on every later log line."""
     obj = (event.payload.get("data") or {}).get("object")
@@ -79,6 +87,12 @@ def _run_handler(runtime, event_id: str) -> str:
             raise EventNotFound(f"event {event_id} is not stored")
         if row["status"] in ("processed", "ignored"):
             return row["status"]
+        if is_stripped(row["payload"]):  # erased or pruned before it was (re)processed: nothing to act on
+            status = "processed" if row["processed_at"] else "ignored"
+            conn.execute(update(events).where(events.c.id == event_id).values(
+                status=status, lease_until=None, last_error=None if row["processed_at"] else "payload removed"))
+            log.info("event.payload_removed", status=status)
+            return status
         event = load_event(row)
         bind_event(event)
         handler = handler_for(event.type)
@@ -90,6 +104,8 @@ def _run_handler(runtime, event_id: str) -> str:
             result = handler(ctx, event)
             if result == "ignored":
                 status = "ignored"
+        # An erased customer stays erased: scrub what the handler wrote and strip this payload (same transaction).
+        after_handler(ctx, event, event_customer_id(event))
         conn.execute(update(events).where(events.c.id == event_id).values(
             status=status, processed_at=utcnow(), last_error=None, lease_until=None))
     log.info("event.processed", status=status)

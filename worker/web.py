@@ -19,6 +19,7 @@ from worker.event_store import InvalidEvent, parse_envelope, store_event
 from worker.http_util import json_error, read_body
 from worker.signatures import SignatureError, verify_stripe_signature
 from worker.web_admin import PaymentLinks
+from worker.web_privacy import CustomerErase
 
 log = structlog.get_logger("worker.web")
 
@@ -119,6 +120,7 @@ def create_app(runtime) -> falcon.App:
     app.add_route("/healthz", Health())
     app.add_route("/readyz", Ready(runtime))
     app.add_route("/payment-links", PaymentLinks(runtime))
+    app.add_route("/customers/{customer_id}/erase", CustomerErase(runtime))
     app.add_route("/metrics", web_ops.Metrics(runtime))
     return app
 
