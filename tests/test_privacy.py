@@ -160,6 +160,15 @@ def assert_no_personal_data(runtime) -> None:
     assert OTHER_EMAIL in dump and OTHER_NAME in dump
 
 
+def settle_sqlite_file(runtime) -> None:
+    """SQLite: checkpoint the WAL into the file (as a long-running database has) and check that the
+    raw-bytes scan sees the values there, so finding none afterwards means they were overwritten."""
+    if runtime.db.is_sqlite:
+        from worker.erasure import flush_sqlite
+        flush_sqlite(runtime.db)
+        assert EMAIL.encode() in sqlite_file_bytes(runtime)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def priv_runtime(make_runtime, request):
     with FakeStripeServer() as fake:
@@ -177,6 +186,7 @@ def test_customer_deleted_from_stripe_leaves_none_of_the_customers_values_in_a_l
     history(runtime, fake)
     before = case_counts()
     assert EMAIL in logical_dump(runtime)  # the dump does show them before
+    settle_sqlite_file(runtime)
 
     gone = customer_object("cus_priv", EMAIL, NAME)
     gone["deleted"] = False  # Stripe's customer.deleted carries the whole customer as it was
@@ -212,6 +222,7 @@ def test_erase_acts_at_once_and_a_later_payment_failed_leaves_nothing_and_sends_
     assert case["state"] == "failing"
     emails_before = len(rows(runtime, "emails", customer_id="cus_priv"))
     total_cases = sum(case_counts().values())
+    settle_sqlite_file(runtime)
 
     out = run("customers", "erase", "cus_priv", "--reason", f"GDPR art. 17, asked by {EMAIL}", "--json")
     result = json.loads(out)
