@@ -196,6 +196,9 @@ def test_customer_deleted_from_stripe_leaves_none_of_the_customers_values_in_a_l
 
     assert_no_personal_data(runtime)
     assert case_counts() == before
+    outbox = Path(runtime.settings.email_outbox_dir)
+    assert [f for f in outbox.glob("*.eml") if OTHER_EMAIL in f.read_text()]  # the other owner's mail stays
+    assert not [f for f in outbox.glob("*.eml") if EMAIL in f.read_text()]  # the local copies went too
     (record,) = rows(runtime, "erasures")
     assert (record["customer_id"], record["requested_by"], record["event_id"]) == (
         "cus_priv", "stripe", "evt_cus_priv_deleted")

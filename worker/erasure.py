@@ -67,6 +67,7 @@ def erase_in(ctx: HandlerContext, customer_id: str, *, requested_by: str, reason
     first = db.insert_new(conn, tables["erasures"], record, "customer_id")
     closed = close_open_cases(ctx, customer_id, event_id)
     touched = scrub(conn, tables, customer_id, include_events=True)
+    _remove_local_copies(ctx, customer_id)
     stored = conn.execute(select(tables["erasures"]).where(tables["erasures"].c.customer_id == customer_id)
                           ).mappings().first()
     log.info("customer.erased", customer_id=customer_id, first=first, event_id=event_id, cases_closed=closed,
@@ -80,9 +81,23 @@ def erase_customer(runtime, customer_id: str, *, requested_by: str, reason: str)
     with runtime.db.transaction() as conn:
         ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=None, log=log)
         result = erase_in(ctx, customer_id, requested_by=requested_by, reason=reason)
-    ctx.run_after_commit()
-    flush_sqlite(runtime.db)
+    ctx.run_after_commit()  # local copies removed, SQLite's WAL flushed
     return result
+
+
+def _remove_local_copies(ctx: HandlerContext, customer_id: str) -> None:
+    """After commit: the `.eml` and notice `.json` files written without SendGrid / a platform URL."""
+    emails, notices = ctx.table("emails"), ctx.table("platform_notices")
+    files = [ctx.settings.email_outbox_dir / f"{i}.eml" for i in ctx.conn.execute(
+        select(emails.c.id).where(emails.c.customer_id == customer_id)).scalars()]
+    files += [ctx.settings.notice_outbox_dir / f"{i}.json" for i in ctx.conn.execute(
+        select(notices.c.id).where(notices.c.customer_id == customer_id)).scalars()]
+
+    def remove() -> None:
+        for path in files:
+            path.unlink(missing_ok=True)
+    ctx.after_commit(remove)
+    ctx.after_commit(lambda: flush_sqlite(ctx.db))
 
 
 def close_open_cases(ctx: HandlerContext, customer_id: str, event_id: str | None) -> int:

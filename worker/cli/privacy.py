@@ -72,12 +72,15 @@ def data_prune(at: str | None, dry_run: bool, as_json: bool) -> None:
     except (ValueError, TypeError):
         click.echo(f"error: --at: {at!r} is not an ISO-8601 instant (e.g. 2026-12-01T00:00:00Z)", err=True)
         sys.exit(2)
+    import time
     runtime = get_runtime(broker=False)
+    began = time.monotonic()
     try:
         counts = prune(runtime, now, dry_run=dry_run)
     except PruneBusy as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     verb = "would remove" if dry_run else "removed"
-    emit({"at": now.isoformat() + "Z", "dry_run": dry_run, "removed": counts}, as_json,
+    emit({"at": now.isoformat() + "Z", "dry_run": dry_run, "removed": counts,
+          "seconds": round(time.monotonic() - began, 3)}, as_json,
          lambda d: [click.echo(f"{name:16} {verb} {n}") for name, n in d["removed"].items()])
