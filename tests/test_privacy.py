@@ -247,6 +247,13 @@ def test_erase_acts_at_once_and_a_later_payment_failed_leaves_nothing_and_sends_
                                        event_id="evt_cu_late", created=T0 + 6 * DAY + 5)) == "processed"
     outbox = Path(runtime.settings.email_outbox_dir)
     files_before = set(outbox.glob("*.eml"))
+    # An event type no handler processes (stored as ignored) about the erased customer: stored stripped.
+    charge = {"id": "ch_priv_late", "object": "charge", "customer": "cus_priv", "receipt_email": EMAIL,
+              "billing_details": {"name": NAME, "email": EMAIL, "phone": PHONE, "address": ADDRESS}}
+    assert post_event(admin_client(runtime), make_event("charge.failed", charge, event_id="evt_charge_late",
+                                                        created=T0 + 6 * DAY + 9)).status_code == 200
+    (ignored,) = rows(runtime, "events", id="evt_charge_late")
+    assert ignored["status"] == "ignored" and is_stripped(ignored["payload"])
     tick(runtime, T0 + 12 * DAY)
     drain(runtime)
     assert len(rows(runtime, "emails", customer_id="cus_priv")) == emails_before  # no email, ever
@@ -494,3 +501,30 @@ def test_a_failure_to_recovery_flow_logs_no_email_name_phone_or_address_at_any_l
     assert sum(1 for line in lines if line.startswith("{")) > 20  # the flow did log (JSON lines)
     leaks = [(n, line[:200]) for line in lines for n in NEEDLES + [OTHER_EMAIL, OTHER_NAME] if n in line]
     assert not leaks, leaks
+
+
+def test_the_scheduler_runs_the_prune_in_the_background_once_a_day_on_one_host(any_runtime):
+    import threading
+
+    from worker.retention import DailyPrune
+    events = any_runtime.db.table("events")
+    old = utcnow() - timedelta(days=500)
+
+    def old_event(event_id: str) -> None:
+        with any_runtime.db.transaction() as conn:
+            conn.execute(events.insert().values(id=event_id, type="invoice.paid", created=T0, livemode=False,
+                                                payload="{}", source="webhook", received_at=old,
+                                                status="processed", attempts=1, processed_at=old))
+    old_event("evt_daily_1")
+    now = utcnow()
+    host_a, host_b = DailyPrune(any_runtime, threading.Event()), DailyPrune(any_runtime, threading.Event())
+    assert host_a.maybe_start(now)
+    host_a.thread.join(60)
+    assert not rows(any_runtime, "events", id="evt_daily_1")
+    old_event("evt_daily_2")
+    assert not host_b.maybe_start(now + timedelta(minutes=5))  # another host, same day: claimed already
+    assert not host_a.maybe_start(now + timedelta(minutes=10))
+    assert rows(any_runtime, "events", id="evt_daily_2")
+    assert host_b.maybe_start(now + timedelta(days=1))  # the next day, whoever comes first
+    host_b.thread.join(60)
+    assert not rows(any_runtime, "events", id="evt_daily_2")

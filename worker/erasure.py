@@ -163,6 +163,26 @@ def after_handler(ctx: HandlerContext, event, customer_id: str | None) -> bool:
     return True
 
 
+def strip_if_erased(db, envelope):
+    """For an event no handler will process (an ignored type): its payload stripped before it is
+    stored when it is about an erased customer (the webhook calls this for those only)."""
+    import dataclasses
+    import json
+
+    from worker.log_context import ids_from_event_object
+    try:
+        obj = (json.loads(envelope.raw).get("data") or {}).get("object")
+    except ValueError:
+        return envelope
+    customer_id = ids_from_event_object(obj).get("customer_id") if isinstance(obj, dict) else None
+    if not customer_id:
+        return envelope
+    with db.engine.connect() as conn:
+        if not is_erased(conn, db.tables, customer_id):
+            return envelope
+    return dataclasses.replace(envelope, raw=cd.stripped_payload(envelope.raw, "erasure"))
+
+
 def flush_sqlite(db) -> None:
     """SQLite: move the WAL into the file and truncate it, so old page images do not linger there.
 

@@ -15,6 +15,7 @@ import structlog
 from handlers.registry import known_types
 from worker import metrics, web_ops
 from worker.db import DatabaseUnavailable
+from worker.erasure import strip_if_erased
 from worker.event_store import InvalidEvent, parse_envelope, store_event
 from worker.http_util import json_error, read_body
 from worker.signatures import SignatureError, verify_stripe_signature
@@ -52,6 +53,8 @@ class StripeWebhook:
 
         known = envelope.type in self.known
         try:
+            if not known:  # never processed: an erased customer's data must not be stored at all
+                envelope = strip_if_erased(self.runtime.db, envelope)
             is_new = store_event(self.runtime.db, envelope, known_type=known)
         except DatabaseUnavailable as exc:
             log.error("webhook.database_unavailable", event_id=envelope.id, error=str(exc)[:300])
