@@ -59,7 +59,9 @@ def erase_in(ctx: HandlerContext, customer_id: str, *, requested_by: str, reason
     conn, db = ctx.conn, ctx.db
     tables = db.tables
     customers = tables["customers"]
-    known = conn.execute(select(customers.c.id).where(customers.c.id == customer_id)).first() is not None
+    # Locked first: an event of this customer being processed holds the row FOR SHARE (after_handler)
+    # until it commits, so every row it wrote is visible to the scrub below; a later one waits for us.
+    known = conn.execute(db.lock(select(customers.c.id).where(customers.c.id == customer_id))).first() is not None
     if not known and not is_erased(conn, tables, customer_id):
         raise UnknownCustomer(f"no customer {customer_id} is known")
     record = {"customer_id": customer_id, "erased_at": ctx.now, "requested_by": requested_by[:200],
@@ -142,6 +144,20 @@ def scrub(conn, tables, customer_id: str, *, include_events: bool) -> dict[str, 
                 count += 1
         touched[name] = count
     return touched
+
+
+def hold_customer(conn, db, customer_id: str | None) -> None:
+    """The first lock of an event's transaction: its customer's row FOR SHARE (PostgreSQL).
+
+    erase_in takes the row FOR UPDATE first too, so an erasure and an event of the same customer
+    are serialized with the same lock order (customer, then event, cases, rows): the erasure sees
+    everything the event wrote, or the event sees the erasure (after_handler). SQLite serializes
+    every writer already.
+    """
+    if not customer_id or db.is_sqlite:
+        return
+    customers = db.tables["customers"]
+    conn.execute(select(customers.c.id).where(customers.c.id == customer_id).with_for_update(read=True))
 
 
 def after_handler(ctx: HandlerContext, event, customer_id: str | None) -> bool:

@@ -18,7 +18,7 @@ from handlers.registry import handler_for
 from worker.clock import utcnow
 from worker.customer_data import is_stripped
 from worker.customer_prefetch import ensure_customer_known
-from worker.erasure import after_handler
+from worker.erasure import after_handler, hold_customer
 from worker.event_store import load_event
 from worker.log_context import bind_in_message, ids_from_event_object
 
@@ -50,8 +50,9 @@ def process_event(runtime, event_id: str) -> str:
 
     try:
         try:
-            ensure_customer_known(runtime, load_event(claimed))  # Stripe I/O, outside the handler's transaction
-            return _run_handler(runtime, event_id)
+            claimed_event = load_event(claimed)
+            ensure_customer_known(runtime, claimed_event)  # Stripe I/O, outside the handler's transaction
+            return _run_handler(runtime, event_id, event_customer_id(claimed_event))
         except (DataError, OverflowError) as exc:  # the payload does not fit a column: the same every try
             reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]  # not the SQL and its parameters
             raise PermanentEventError(f"a value does not fit the schema: {reason}"[:1000]) from exc
@@ -78,10 +79,11 @@ def bind_event(event) -> None:
     bind_in_message(event_type=event.type, **ids)
 
 
-def _run_handler(runtime, event_id: str) -> str:
+def _run_handler(runtime, event_id: str, customer_id: str | None = None) -> str:
     db = runtime.db
     events = db.table("events")
     with db.transaction() as conn:
+        hold_customer(conn, db, customer_id)  # before any other lock: see worker/erasure.py
         row = conn.execute(db.lock(select(events).where(events.c.id == event_id))).mappings().first()
         if row is None:
             raise EventNotFound(f"event {event_id} is not stored")

@@ -46,6 +46,7 @@ TERMINAL = ("recovered", "uncollectible", "voided")
 UNDELIVERED = ("pending", "sending")
 FINISHED_EMAIL = ("sent", "failed", "cancelled")
 DONE_EVENT = ("processed", "ignored")
+RESCRUB_DAYS = 3  # erasures this recent are scrubbed again: a row a concurrent job wrote meanwhile
 
 
 class PruneBusy(RuntimeError):
@@ -103,6 +104,7 @@ class Pruner:
             if self.should_stop():
                 break
             step(self.now - timedelta(days=cutoff))
+        self.recent_erasures(self.now - timedelta(days=RESCRUB_DAYS))
         if not self.dry_run:
             from worker.erasure import flush_sqlite
             flush_sqlite(self.db)
@@ -241,6 +243,20 @@ class Pruner:
             if len(ids) < self.batch:
                 return
             self._breathe()
+
+    def recent_erasures(self, since: datetime) -> None:
+        """Scrub recently erased customers again (a payment-link job or a step that committed a row
+        just after the erasure read the table leaves it addressed but never sent: this clears it)."""
+        from worker.erasure import scrub
+        erasures = self.t["erasures"]
+        self.counts.setdefault("erasures.rescrubbed", 0)
+        with self.db.engine.connect() as conn:
+            ids = list(conn.execute(select(erasures.c.customer_id).where(erasures.c.erased_at >= since)).scalars())
+        for customer_id in ids:
+            if self.dry_run or self.should_stop():
+                break
+            with self.db.transaction() as conn:
+                self._add("erasures.rescrubbed", sum(scrub(conn, self.t, customer_id, include_events=False).values()))
 
     def superseded_cards(self, cutoff: datetime) -> None:
         cards = self.t["cards"]
