@@ -2,8 +2,10 @@
 
 Measured in one run on one database: rows removed per second while `dunning data prune` deletes
 PRUNE_EVENTS processed events older than [retention] event_days (batches of at most 1,000 rows
-per transaction), and the webhook's p99 in an open loop at PRUNE_RATE requests/s during the
-prune against the same open loop just before it (target: at most 2x). The webhook's own events
+per transaction, working at most half the time: worker/retention.py DUTY), and the webhook's p99
+in an open loop during the prune against the same open loop just before it (target: at most 2x).
+The open loop runs at half of the webhook's peak measured just before (as the ingest section),
+or at BENCH_PRUNE_RATE requests/s. The webhook's own events
 are new (received, never processed: never pruned). PostgreSQL rows are made by generate_series;
 on SQLite (no BENCH_DATABASE_URL) by executemany, which is slower to load but the same prune.
 Size: `--prune-events N` (or BENCH_PRUNE_EVENTS); default 1,000,000, 20,000 with --quick/--smoke.
@@ -77,12 +79,17 @@ def measure_prune(run) -> dict:
     web, port = run.start_web("web-prune", env)
     try:
         run.load("prune-warmup", port=port, mode="closed", duration=cfg.warmup, id_prefix=f"pw{run.tag}", **common)
-        without = run.load("prune-baseline", port=port, mode="open", rate=cfg.prune_rate, duration=cfg.duration,
+        rate = cfg.prune_rate
+        if not rate:  # as the ingest section: half of this web's own peak, measured now on this machine
+            peak = run.load("prune-peak", port=port, mode="closed", duration=max(2.0, cfg.duration / 2),
+                            id_prefix=f"pp{run.tag}", **common)
+            rate = max(1.0, round(peak["rps"] * 0.5, 1))
+        without = run.load("prune-baseline", port=port, mode="open", rate=rate, duration=cfg.duration,
                            id_prefix=f"pb{run.tag}", **common)
         prune = subprocess.Popen([str(BIN / "dunning"), "data", "prune", "--json"], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(1.0)  # its start-up (imports, reflection) is not the prune
-        during = run.load("prune-during", port=port, mode="open", rate=cfg.prune_rate, duration=cfg.duration,
+        during = run.load("prune-during", port=port, mode="open", rate=rate, duration=cfg.duration,
                           id_prefix=f"pd{run.tag}", **common)
         still_running = prune.poll() is None
         out, err = prune.communicate(timeout=3600)
@@ -97,5 +104,5 @@ def measure_prune(run) -> dict:
     keep = ("rps", "p50_ms", "p99_ms", "requests", "statuses")
     return {"database": run.database_kind, "events": n, "load_s": round(loaded_s, 1), "removed": removed,
             "prune_s": seconds, "rows_per_s": round(removed / seconds) if seconds else None,
-            "rate": cfg.prune_rate, "prune_outlasted_load": still_running,
+            "rate": rate, "prune_outlasted_load": still_running,
             "without": {k: without[k] for k in keep}, "during": {k: during[k] for k in keep}, "p99_ratio": ratio}

@@ -46,6 +46,7 @@ TERMINAL = ("recovered", "uncollectible", "voided")
 UNDELIVERED = ("pending", "sending")
 FINISHED_EMAIL = ("sent", "failed", "cancelled")
 DONE_EVENT = ("processed", "ignored")
+DUTY = 0.5  # share of the time a prune works; it rests the rest (see Pruner._breathe)
 RESCRUB_DAYS = 3  # erasures this recent are scrubbed again: a row a concurrent job wrote meanwhile
 
 
@@ -85,8 +86,9 @@ class Pruner:
     """One prune run as of `now`; `counts` says what was (or, dry, would be) removed per table."""
 
     def __init__(self, runtime, now: datetime, *, dry_run: bool = False, batch: int = BATCH,
-                 pause: float = 0.0, should_stop: Callable[[], bool] = lambda: False):
-        self.db, self.now, self.dry_run = runtime.db, now, dry_run
+                 pause: float = 0.0, duty: float = DUTY, should_stop: Callable[[], bool] = lambda: False):
+        self.db, self.now, self.dry_run, self.duty = runtime.db, now, dry_run, duty
+        self._since = time.monotonic()
         self.batch, self.pause, self.should_stop = min(batch, BATCH), pause, should_stop
         self.retention = runtime.policy.retention
         self.t = self.db.tables
@@ -116,8 +118,16 @@ class Pruner:
         self.counts[name] = self.counts.get(name, 0) + n
 
     def _breathe(self) -> None:
-        if self.pause:
-            time.sleep(self.pause)
+        """Between two batches: rest as long as the last stretch of work took, over `duty`.
+
+        At DUTY 0.5 the prune holds the database (and a core) at most half the time, whatever the
+        machine's speed or load: webhooks and steps find it free between batches.
+        """
+        now = time.monotonic()
+        worked = now - getattr(self, "_since", now)
+        rest = worked * (1 - self.duty) / self.duty if 0 < self.duty < 1 else 0.0
+        time.sleep(min(rest, 5.0) + self.pause)
+        self._since = time.monotonic()
 
     def _delete_where(self, name: str, where) -> None:
         """Delete every row of `name` matching `where`, at most `batch` rows per transaction."""
@@ -175,33 +185,41 @@ class Pruner:
             if len(page) < CASE_PAGE:
                 return
 
-    def _event_pages(self, cutoff: datetime, extra, with_payload: bool) -> Iterator[list]:
-        """Pages of done events received and processed before `cutoff`, in (received_at, id) order."""
+    def _event_pages(self, cutoff: datetime, extra, with_payload: bool, cursor_on: bool) -> Iterator[list]:
+        """Pages of done events received and processed before `cutoff`, oldest first.
+
+        One status at a time: `status = s ORDER BY received_at` walks the (status, received_at)
+        index in order and stops after a page; `status IN (...)` would sort every candidate row for
+        every page. Deleting needs no cursor (deleted rows are gone); updating pages on
+        (received_at, id).
+        """
         events = self.t["events"]
         cols = [events.c.id, events.c.received_at] + ([events.c.payload] if with_payload else [])
-        cursor: tuple | None = None
-        while not self.should_stop():
-            stmt = (select(*cols)
-                    .where(events.c.status.in_(DONE_EVENT), events.c.received_at < cutoff,
-                           func.coalesce(events.c.processed_at, events.c.received_at) < cutoff, extra)
-                    .order_by(events.c.received_at, events.c.id).limit(self.batch))
-            if cursor:
-                stmt = stmt.where(or_(events.c.received_at > cursor[0],
-                                      and_(events.c.received_at == cursor[0], events.c.id > cursor[1])))
-            with self.db.engine.connect() as conn:
-                page = conn.execute(stmt).all()
-            if not page:
-                return
-            cursor = (page[-1].received_at, page[-1].id)
-            yield page
-            if len(page) < self.batch:
-                return
-            self._breathe()
+        for status in DONE_EVENT:
+            cursor: tuple | None = None
+            while not self.should_stop():
+                stmt = (select(*cols)
+                        .where(events.c.status == status, events.c.received_at < cutoff,
+                               func.coalesce(events.c.processed_at, events.c.received_at) < cutoff, extra)
+                        .order_by(events.c.received_at, events.c.id).limit(self.batch))
+                if cursor:
+                    stmt = stmt.where(events.c.received_at >= cursor[0],
+                                      or_(events.c.received_at > cursor[0], events.c.id > cursor[1]))
+                with self.db.engine.connect() as conn:
+                    page = conn.execute(stmt).all()
+                if not page:
+                    break
+                if cursor_on:
+                    cursor = (page[-1].received_at, page[-1].id)
+                yield page
+                if len(page) < self.batch:
+                    break
+                self._breathe()
 
     def old_events(self, cutoff: datetime) -> None:
         events = self.t["events"]
         self.counts.setdefault("events", 0)
-        for page in self._event_pages(cutoff, true(), with_payload=False):
+        for page in self._event_pages(cutoff, true(), with_payload=False, cursor_on=self.dry_run):
             if not self.dry_run:
                 with self.db.transaction() as conn:
                     conn.execute(events.delete().where(events.c.id.in_([r.id for r in page]),
@@ -215,7 +233,7 @@ class Pruner:
         done = or_(*[events.c.status == s for s in DONE_EVENT])  # no IN: an executemany cannot expand it
         stmt = (update(events).where(events.c.id == bindparam("_id"), done)
                 .values(payload=bindparam("_payload")))
-        for page in self._event_pages(cutoff, not_stripped, with_payload=True):
+        for page in self._event_pages(cutoff, not_stripped, with_payload=True, cursor_on=True):
             if not self.dry_run:
                 with self.db.transaction() as conn:
                     conn.execute(stmt, [{"_id": r.id, "_payload": stripped_payload(r.payload, "retention")}
@@ -268,11 +286,11 @@ class Pruner:
         self._delete_where("cards", and_(cards.c.recorded_at < cutoff, superseded))
 
 
-def prune(runtime, now: datetime, *, dry_run: bool = False, pause: float = 0.0,
+def prune(runtime, now: datetime, *, dry_run: bool = False, pause: float = 0.0, duty: float = DUTY,
           should_stop: Callable[[], bool] = lambda: False) -> dict[str, int]:
     """One prune as of `now` under the lock; raises PruneBusy when another one runs."""
     with prune_lock(runtime.db):
-        return Pruner(runtime, now, dry_run=dry_run, pause=pause, should_stop=should_stop).run()
+        return Pruner(runtime, now, dry_run=dry_run, pause=pause, duty=duty, should_stop=should_stop).run()
 
 
 class DailyPrune:
@@ -282,7 +300,7 @@ class DailyPrune:
     steps, outbox sweeps) must go on meanwhile.
     """
 
-    def __init__(self, runtime, stop: threading.Event, pause: float = 0.005):
+    def __init__(self, runtime, stop: threading.Event, pause: float = 0.0):
         self.runtime, self.stop, self.pause = runtime, stop, pause
         self.thread: threading.Thread | None = None
 
