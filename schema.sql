@@ -272,3 +272,13 @@ CREATE TABLE IF NOT EXISTS console_snapshots (
     computed_at TIMESTAMP NOT NULL,
     body        TEXT NOT NULL
 );
+
+-- Every erasure of a customer's personal data (dunning customers erase, POST /customers/{id}/erase,
+-- or Stripe's customer.deleted): who or what asked, when, why. Never any personal data itself.
+CREATE TABLE IF NOT EXISTS erasures (
+    customer_id     TEXT PRIMARY KEY,           -- cus_...: one record per customer, the first request
+    erased_at       TIMESTAMP NOT NULL,
+    requested_by    TEXT NOT NULL,              -- cli:<user>, api:<requested_by>, or event
+    event_id        TEXT,                       -- the customer.deleted event, when Stripe asked
+    reason          TEXT NOT NULL               -- addresses masked before storing
+);

@@ -8,6 +8,7 @@ table of ratios against baselines measured in the same run:
               broker with the same processes and threads; p99 receipt->email at 50% of peak
   3. scaling  scheduler tick and webhook ingest with SMALL vs LARGE rows in PostgreSQL
   4. memory   peak RSS of the web and worker processes
+  5. prune    `dunning data prune` deleting PRUNE_EVENTS old events: rows/s, webhook p99 during vs before
 
 Services: PostgreSQL and Redis when BENCH_DATABASE_URL / BENCH_REDIS_URL (or DATABASE_URL /
 REDIS_URL) are set, else SQLite and the embedded Redis-compatible server in a temp dir. Given a
@@ -36,7 +37,7 @@ from bench.report import TARGETS, as_markdown, as_text, build_rows, memory_summa
 from bench.setup import BenchConfig, BenchRun
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("ingest", "e2e", "scaling")
+SECTIONS = ("ingest", "e2e", "scaling", "prune")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -49,6 +50,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the run's temp dir (process logs)")
     parser.add_argument("--profile", action="store_true",
                         help="sample web and workers with py-spy during the peak phases (slows them)")
+    parser.add_argument("--prune-events", type=int, default=None,
+                        help="old events the prune section deletes (default 1,000,000; 20,000 quick/smoke)")
     return parser.parse_args(argv)
 
 
@@ -94,6 +97,9 @@ def run_bench(cfg: BenchConfig, only: set[str], keep: bool, profile_dir: Path | 
             _section(results, "e2e", measure_e2e, run, fake)
         if "scaling" in only:
             _section(results, "scaling", measure_scaling, run)
+        if "prune" in only:
+            from bench.prune import measure_prune
+            _section(results, "prune", measure_prune, run)
         results["services"]["database"] = run.database_kind
         results["memory"] = memory_summary(results)
         if run.profiles:
@@ -123,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     cfg = BenchConfig.for_mode(mode, dict(os.environ))
+    if args.prune_events:
+        cfg.prune_events = args.prune_events
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(SECTIONS)
     if unknown:

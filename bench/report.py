@@ -17,6 +17,7 @@ TARGETS = {
     "tick_scaling": ("<=", 1.5),
     "ingest_scaling": ("<=", 1.5),
     "worker_rss_mb": ("<", 200.0),
+    "prune_p99_ratio": ("<=", 2.0),
 }
 
 
@@ -137,6 +138,17 @@ def build_rows(results: dict) -> tuple[list[Row], dict]:
                                    f"{ing2['small']['stored_events']:,} stored events",
                         _n(ing2["large"]["rps"], "/s"), _n(ing2["small"]["rps"], "/s"),
                         _n(ing2["ratio"], digits=2), t, r))
+
+    pr = results.get("prune", {})
+    if (row := _err("prune", pr)) is not None:
+        rows.append(row)
+    elif pr:
+        rows.append(Row("prune", f"rows removed/s pruning {pr['events']:,} events ({pr['database']}, batches of 1,000)",
+                        _n(pr["rows_per_s"], "/s"), f"{_n(pr['removed'])} in {_n(pr['prune_s'], ' s', 1)}"))
+        t, r = check("prune_p99_ratio", pr["p99_ratio"])
+        rows.append(Row("prune", f"webhook p99 during the prune vs without ({_n(pr['rate'], '/s')} open loop)",
+                        _ms(pr["during"]["p99_ms"]), _ms(pr["without"]["p99_ms"]) + " without",
+                        _n(pr["p99_ratio"], digits=2), t, r))
 
     mem = results.get("memory", {})
     if mem:

@@ -41,6 +41,8 @@ class BenchConfig:
     scale_large: int = 1_000_000
     due_steps: int = 1_000
     tick_repeats: int = 9
+    prune_events: int = 1_000_000  # old events the prune section deletes (--prune-events)
+    prune_rate: float = 0.0  # webhook requests/s before and during the prune; 0: half the measured peak
     database_url: str | None = None  # a PostgreSQL server (a scratch database is made on it)
     redis_url: str | None = None
     log_level: str = "INFO"
@@ -52,13 +54,17 @@ class BenchConfig:
         if mode == "quick":
             cfg.duration, cfg.e2e_events, cfg.noop_messages = 3.0, 500, 2000
             cfg.scale_small, cfg.scale_large = 10_000, 100_000
+            cfg.prune_events = 20_000
         elif mode == "smoke":
             cfg.duration, cfg.warmup, cfg.e2e_events, cfg.noop_messages = 1.5, 0.3, 60, 300
             cfg.scale_small, cfg.scale_large, cfg.due_steps, cfg.tick_repeats = 2_000, 5_000, 200, 1
             cfg.email_timeout, cfg.rounds = 20.0, 2
+            cfg.prune_events = 20_000
         cfg.scale_large = int(env.get("BENCH_LARGE") or cfg.scale_large)
         cfg.scale_small = int(env.get("BENCH_SMALL") or cfg.scale_small)
         cfg.duration = float(env.get("BENCH_DURATION") or cfg.duration)
+        cfg.prune_events = int(env.get("BENCH_PRUNE_EVENTS") or cfg.prune_events)
+        cfg.prune_rate = float(env.get("BENCH_PRUNE_RATE") or cfg.prune_rate)
         cfg.concurrency = int(env.get("BENCH_CONCURRENCY") or cfg.concurrency)
         cfg.worker_processes = int(env.get("WORKER_PROCESSES") or cfg.worker_processes)
         cfg.worker_threads = int(env.get("WORKER_THREADS") or cfg.worker_threads)

@@ -45,9 +45,10 @@ MARKED_UNCOLLECTIBLE = "marked_uncollectible"      # invoice.marked_uncollectibl
 SUBSCRIPTION_DELETED = "subscription_deleted"      # customer.subscription.deleted
 DISRUPTION_WARNING_DUE = "disruption_warning_due"  # timer: the schedule_disruption step is due
 DISRUPTION_DATE_PASSED = "disruption_date_passed"  # timer: the disrupt step is due, still unpaid
+CUSTOMER_DELETED = "customer_deleted"              # customer.deleted, or an erasure (worker/erasure.py)
 
 TRIGGERS = (PAYMENT_FAILED, INVOICE_PAID, INVOICE_VOIDED, MARKED_UNCOLLECTIBLE, SUBSCRIPTION_DELETED,
-            DISRUPTION_WARNING_DUE, DISRUPTION_DATE_PASSED)
+            DISRUPTION_WARNING_DUE, DISRUPTION_DATE_PASSED, CUSTOMER_DELETED)
 OPENED = "opened"  # the trigger recorded when a case is created (from_state NULL -> failing)
 
 # -- THE transition table: (state, trigger) -> next state. A pair not listed is invalid. --------
@@ -58,6 +59,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (FAILING, INVOICE_VOIDED): VOIDED,
     (FAILING, MARKED_UNCOLLECTIBLE): UNCOLLECTIBLE,
     (FAILING, SUBSCRIPTION_DELETED): VOIDED,
+    (FAILING, CUSTOMER_DELETED): VOIDED,
 
     (DISRUPTION_SCHEDULED, PAYMENT_FAILED): DISRUPTION_SCHEDULED,
     (DISRUPTION_SCHEDULED, DISRUPTION_DATE_PASSED): DISRUPTED,
@@ -65,12 +67,14 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (DISRUPTION_SCHEDULED, INVOICE_VOIDED): VOIDED,
     (DISRUPTION_SCHEDULED, MARKED_UNCOLLECTIBLE): UNCOLLECTIBLE,
     (DISRUPTION_SCHEDULED, SUBSCRIPTION_DELETED): VOIDED,
+    (DISRUPTION_SCHEDULED, CUSTOMER_DELETED): VOIDED,
 
     (DISRUPTED, PAYMENT_FAILED): DISRUPTED,
     (DISRUPTED, INVOICE_PAID): RECOVERED,
     (DISRUPTED, INVOICE_VOIDED): VOIDED,
     (DISRUPTED, MARKED_UNCOLLECTIBLE): UNCOLLECTIBLE,
     (DISRUPTED, SUBSCRIPTION_DELETED): VOIDED,
+    (DISRUPTED, CUSTOMER_DELETED): VOIDED,
     # recovered, uncollectible and voided are ends: no trigger leaves them.
 }
 

@@ -58,11 +58,25 @@ class PaymentLinkPolicy:
 
 
 @dataclass(frozen=True)
+class RetentionPolicy:
+    """[retention]: how many days each kind of record is kept (worker/retention.py applies it)."""
+
+    event_payload_days: int = 35    # an event's raw body, after it was processed
+    event_days: int = 400           # its id, type, object id, created and status
+    email_content_days: int = 35    # a delivered email's subject, bodies and recipient
+    closed_case_days: int = 400     # a closed case and all its rows, after it closed
+
+
+RETENTION_KEYS = tuple(RetentionPolicy.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
 class Policy:
     recipient_source: str
     exclude_customer_metadata: dict[str, str]
     schedules: dict[str, Schedule]
     payment_links: PaymentLinkPolicy
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -143,7 +157,25 @@ def parse_policy(raw: dict[str, Any], path: Path | None = None) -> Policy:
         expires_after_hours=int(links.get("expires_after_hours", 72)),
     )
     return Policy(recipient_source=source, exclude_customer_metadata={str(k): str(v) for k, v in exclude.items()},
-                  schedules=schedules, payment_links=payment_links, path=path, raw=raw)
+                  schedules=schedules, payment_links=payment_links, retention=_parse_retention(raw, where),
+                  path=path, raw=raw)
+
+
+def _parse_retention(raw: dict[str, Any], where: str) -> RetentionPolicy:
+    """[retention]: every value a positive whole number of days; an unknown key is a typo."""
+    body = raw.get("retention") or {}
+    if not isinstance(body, dict):
+        raise PolicyError(f"{where}: [retention] must be a table of <what>_days = <days>")
+    unknown = sorted(set(body) - set(RETENTION_KEYS))
+    if unknown:
+        raise PolicyError(f"{where}: [retention] unknown key {unknown[0]!r} (known: {', '.join(RETENTION_KEYS)})")
+    for key, value in body.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise PolicyError(f"{where}: [retention] {key} must be a positive whole number of days, got {value!r}")
+    retention = RetentionPolicy(**body)
+    if retention.event_payload_days > retention.event_days:
+        raise PolicyError(f"{where}: [retention] event_payload_days must not exceed event_days")
+    return retention
 
 
 def _parse_schedule(name: str, body: dict[str, Any], where: str) -> Schedule:

@@ -41,7 +41,7 @@ def test_the_smoke_bench_writes_every_section_and_leaves_no_process_behind(tmp_p
         env["BENCH_DATABASE_URL"] = TEST_DATABASE_URL
     before = _bench_processes()
     done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)], cwd=PROJECT_ROOT,
-                          env=env, capture_output=True, text=True, timeout=240)
+                          env=env, capture_output=True, text=True, timeout=360)
     assert done.returncode == 0, done.stderr[-3000:]
 
     results = json.loads((tmp_path / "latest.json").read_text())
@@ -58,6 +58,10 @@ def test_the_smoke_bench_writes_every_section_and_leaves_no_process_behind(tmp_p
     assert e2e["status"] == "ok", e2e
     assert e2e["peak"]["payment_failed_emails"] == e2e["peak"]["payment_failed"] > 0
     assert e2e["half_peak"]["p99_ms"] > 0
+
+    prune = results["prune"]
+    assert prune["removed"] == prune["events"] > 0 and prune["rows_per_s"] > 0
+    assert prune["without"]["p99_ms"] > 0 and prune["during"]["p99_ms"] > 0 and prune["p99_ratio"] > 0
 
     if has_postgres:
         scaling = results["scaling"]

@@ -116,11 +116,14 @@ def _customer_named_by(event: StripeEvent) -> str | None:
 
 def _is_known(runtime, customer_id: str) -> bool:
     """True when a customer event or an earlier fetch wrote the row (not just an invoice)."""
+    from worker.erasure import is_erased
+
     customers = runtime.db.table("customers")
     with runtime.db.engine.connect() as conn:
         source_created = conn.execute(select(customers.c.source_created)
                                       .where(customers.c.id == customer_id)).scalar()
-    return bool(source_created)
+        # An erased customer is never fetched again: that would bring its email and metadata back.
+        return bool(source_created) or is_erased(conn, runtime.db.tables, customer_id)
 
 
 def _key_livemode(key: str) -> bool | None:

@@ -267,6 +267,13 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
         if not claimable:
             log.info("email.skipped", email_id=email_id, status=row["status"])
             return row["status"]
+        from worker.erasure import is_erased
+        if not row["recipient"] or is_erased(conn, db.tables, row["customer_id"]):
+            # Customer-facing mail never goes to an erased customer, whatever was queued before.
+            conn.execute(update(emails).where(emails.c.id == email_id, emails.c.status == row["status"])
+                         .values(status="cancelled", lease_until=None, last_error="not sent: customer erased"))
+            log.info("email.cancelled_erased_customer", email_id=email_id)
+            return "cancelled"
         ended = _case_ended_state(runtime, conn, row)
         if ended:
             # A reminder still undelivered when its case ended (SendGrid down for hours, say) must

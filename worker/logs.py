@@ -1,7 +1,9 @@
 """structlog set up once per process: JSON lines in production, readable console under `make run`.
 
 Secrets never reach a log line: known secret values are replaced by '***' and email addresses
-are masked (a***@example.com) by a processor that sees every event dict.
+(whole, or already masked as a***@example.com) become '[email]' by a processor that sees every
+event dict. Logs carry ids, never personal data: no address, name, phone or postal address at any
+level (tests/test_privacy.py scans a whole failure-to-recovery flow for distinctive values).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any, Iterable
 import structlog
 
 EMAIL_RE = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
+# Any address-shaped token, masked or not: the domain alone can name a person (ada@lovelace.example).
+LOG_EMAIL_RE = re.compile(r"[^\s@\"'<>(),;:=]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
 BEARER_RE = re.compile(r"(?i)(bearer\s+|basic\s+)[A-Za-z0-9._~+/=\-]+")
 _SECRETS: list[str] = []
 
@@ -37,7 +41,7 @@ def scrub(text: str) -> str:
         if secret in text:
             text = text.replace(secret, "***")
     text = BEARER_RE.sub(lambda m: m.group(1) + "***", text)
-    return EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+    return LOG_EMAIL_RE.sub("[email]", text)
 
 
 def _scrub_value(value: Any) -> Any:

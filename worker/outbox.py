@@ -84,6 +84,11 @@ def _add_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case:
     from worker.email_context import build_context, latest_card
     from worker.emails import render
 
+    from worker.erasure import is_erased
+
+    if is_erased(ctx.conn, ctx.db.tables, customer_id):
+        log.info("email.refused_erased_customer", template=template, customer_id=customer_id, dedupe_key=dedupe_key)
+        return None
     customer = _load(ctx, "customers", customer_id)
     recipient = resolve_recipient(ctx.policy, customer)
     if recipient is None:

@@ -202,11 +202,15 @@ def request_links(runtime, body: Any, *, now: datetime | None = None,
 
 
 def _invoices_to_link(db, conn, request: LinkRequest, policy) -> list[dict]:
+    from worker.erasure import is_erased
+
     invoices, cases, customers = db.table("invoices"), db.table("cases"), db.table("customers")
     if request.invoice:
         row = conn.execute(db.lock(select(invoices).where(invoices.c.id == request.invoice))).mappings().first()
         if row is None:
             raise PaymentLinkRefused(400, f"unknown invoice {request.invoice}")
+        if is_erased(conn, db.tables, row["customer_id"]):
+            raise PaymentLinkRefused(400, f"the customer of invoice {request.invoice} was erased: no payment link")
         if row["status"] == "paid":
             raise PaymentLinkRefused(400, f"invoice {request.invoice} is already paid")
         if row["status"] != "open":
@@ -218,6 +222,8 @@ def _invoices_to_link(db, conn, request: LinkRequest, policy) -> list[dict]:
         return [dict(row)]
     if conn.execute(select(customers.c.id).where(customers.c.id == request.customer)).first() is None:
         raise PaymentLinkRefused(400, f"unknown customer {request.customer}")
+    if is_erased(conn, db.tables, request.customer):
+        raise PaymentLinkRefused(400, f"customer {request.customer} was erased: no payment link")
     rows = conn.execute(db.lock(
         select(invoices).select_from(invoices.join(cases, cases.c.invoice_id == invoices.c.id))
         .where(and_(invoices.c.customer_id == request.customer, invoices.c.status == "open",
@@ -246,6 +252,10 @@ def create_link(runtime, request_id: str) -> str:
         return "unknown"
     if row["status"] != "requested":
         return row["status"]
+    from worker.erasure import is_erased
+    with runtime.db.engine.connect() as conn:
+        if is_erased(conn, runtime.db.tables, row["customer_id"]):
+            return _fail(runtime, request_id, "the customer was erased: no link is made")
 
     try:
         gw = gateway(runtime)

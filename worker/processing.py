@@ -16,7 +16,9 @@ from sqlalchemy.exc import DataError
 from handlers.context import HandlerContext, PermanentEventError
 from handlers.registry import handler_for
 from worker.clock import utcnow
+from worker.customer_data import is_stripped
 from worker.customer_prefetch import ensure_customer_known
+from worker.erasure import after_handler, hold_customer
 from worker.event_store import load_event
 from worker.log_context import bind_in_message, ids_from_event_object
 
@@ -48,8 +50,9 @@ def process_event(runtime, event_id: str) -> str:
 
     try:
         try:
-            ensure_customer_known(runtime, load_event(claimed))  # Stripe I/O, outside the handler's transaction
-            return _run_handler(runtime, event_id)
+            claimed_event = load_event(claimed)
+            ensure_customer_known(runtime, claimed_event)  # Stripe I/O, outside the handler's transaction
+            return _run_handler(runtime, event_id, event_customer_id(claimed_event))
         except (DataError, OverflowError) as exc:  # the payload does not fit a column: the same every try
             reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]  # not the SQL and its parameters
             raise PermanentEventError(f"a value does not fit the schema: {reason}"[:1000]) from exc
@@ -63,6 +66,12 @@ def process_event(runtime, event_id: str) -> str:
         raise
 
 
+def event_customer_id(event) -> str | None:
+    """The customer an event is about (the object's own id for a customer, else its `customer`)."""
+    obj = (event.payload.get("data") or {}).get("object")
+    return ids_from_event_object(obj).get("customer_id") if isinstance(obj, dict) else None
+
+
 def bind_event(event) -> None:
     """Name the event's type and the invoice/customer it concerns on every later log line."""
     obj = (event.payload.get("data") or {}).get("object")
@@ -70,15 +79,22 @@ def bind_event(event) -> None:
     bind_in_message(event_type=event.type, **ids)
 
 
-def _run_handler(runtime, event_id: str) -> str:
+def _run_handler(runtime, event_id: str, customer_id: str | None = None) -> str:
     db = runtime.db
     events = db.table("events")
     with db.transaction() as conn:
+        hold_customer(conn, db, customer_id)  # before any other lock: see worker/erasure.py
         row = conn.execute(db.lock(select(events).where(events.c.id == event_id))).mappings().first()
         if row is None:
             raise EventNotFound(f"event {event_id} is not stored")
         if row["status"] in ("processed", "ignored"):
             return row["status"]
+        if is_stripped(row["payload"]):  # erased or pruned before it was (re)processed: nothing to act on
+            status = "processed" if row["processed_at"] else "ignored"
+            conn.execute(update(events).where(events.c.id == event_id).values(
+                status=status, lease_until=None, last_error=None if row["processed_at"] else "payload removed"))
+            log.info("event.payload_removed", status=status)
+            return status
         event = load_event(row)
         bind_event(event)
         handler = handler_for(event.type)
@@ -90,6 +106,8 @@ def _run_handler(runtime, event_id: str) -> str:
             result = handler(ctx, event)
             if result == "ignored":
                 status = "ignored"
+        # An erased customer stays erased: scrub what the handler wrote and strip this payload (same transaction).
+        after_handler(ctx, event, event_customer_id(event))
         conn.execute(update(events).where(events.c.id == event_id).values(
             status=status, processed_at=utcnow(), last_error=None, lease_until=None))
     log.info("event.processed", status=status)

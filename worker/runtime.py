@@ -67,6 +67,7 @@ def setup(settings: Settings | None = None, broker: dramatiq.Broker | None = Non
     dramatiq.set_broker(broker)
     from worker.actors import declare_actors
     runtime = Runtime(settings=settings, db=Database(settings.database_url), broker=broker)
+    runtime.policy  # checked at start: a bad policy file (e.g. a [retention] typo) stops start-up here
     runtime.actors = declare_actors(broker)
     _current = runtime
     return runtime

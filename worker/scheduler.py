@@ -43,9 +43,13 @@ def run_forever(runtime, interval: float) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    from worker.retention import DailyPrune
+    daily_prune = DailyPrune(runtime, stop)  # [retention], once a UTC day, on one host only
     log.info("scheduler.started", interval=interval)
     while not stop.is_set():
-        done = run_pass(runtime, utcnow())
+        now = utcnow()
+        done = run_pass(runtime, now)
+        daily_prune.maybe_start(now)
         if any(v for v in done.values()):
             log.info("scheduler.pass", **done)
         stop.wait(interval)

@@ -15,10 +15,12 @@ import structlog
 from handlers.registry import known_types
 from worker import console_web, metrics, openapi, web_ops, web_platform
 from worker.db import DatabaseUnavailable
+from worker.erasure import strip_if_erased
 from worker.event_store import InvalidEvent, parse_envelope, store_event
 from worker.http_util import json_error, read_body
 from worker.signatures import SignatureError, verify_stripe_signature
 from worker.web_admin import PaymentLinks
+from worker.web_privacy import CustomerErase
 
 log = structlog.get_logger("worker.web")
 
@@ -51,6 +53,8 @@ class StripeWebhook:
 
         known = envelope.type in self.known
         try:
+            if not known:  # never processed: an erased customer's data must not be stored at all
+                envelope = strip_if_erased(self.runtime.db, envelope)
             is_new = store_event(self.runtime.db, envelope, known_type=known)
         except DatabaseUnavailable as exc:
             log.error("webhook.database_unavailable", event_id=envelope.id, error=str(exc)[:300])
@@ -119,6 +123,7 @@ def create_app(runtime) -> falcon.App:
     app.add_route("/healthz", Health())
     app.add_route("/readyz", Ready(runtime))
     app.add_route("/payment-links", PaymentLinks(runtime))
+    app.add_route("/customers/{customer_id}/erase", CustomerErase(runtime))
     app.add_route("/metrics", web_ops.Metrics(runtime))
     app.add_route("/openapi.json", openapi.Document())
     web_platform.add_routes(app, runtime)

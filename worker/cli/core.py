@@ -18,6 +18,8 @@ def run() -> None:
     from worker.launcher import run_all
     try:
         settings = load_settings()
+        from handlers.policy import load_policy
+        load_policy(settings.dunning_policy)  # a bad policy stops start-up here, before any process starts
     except Exception as exc:
         click.echo(f"configuration error: {exc}", err=True)
         sys.exit(2)
