@@ -37,6 +37,7 @@ ERASED: dict[str, dict[str, Any]] = {
     "card_retries": {},
     "events": {"payload": lambda row: stripped_payload(row, "erasure")},
     "erasures": {},
+    "console_actions": {"reason": "[erased]"},  # a support agent's free text may name the owner
 }
 
 # Columns kept by an erasure: no personal data (ids, amounts, currencies, states, times, counts).
@@ -48,7 +49,7 @@ KEPT: dict[str, tuple[str, ...]] = {
     "cases": ("id", "invoice_id", "customer_id", "subscription_id", "account_id", "state", "schedule", "currency",
               "amount_due", "first_failed_at", "attempt_count", "next_payment_attempt", "last_failure_code",
               "next_step", "next_step_at", "disrupt_at", "last_event_created", "opened_at", "closed_at",
-              "recovered_amount", "version", "updated_at"),
+              "recovered_amount", "version", "updated_at", "owner_unreachable"),
     "case_transitions": ("id", "case_id", "from_state", "to_state", "trigger", "event_id", "step", "at"),
     "emails": ("id", "dedupe_key", "template", "case_id", "invoice_id", "customer_id", "attempts",
                "next_attempt_at", "lease_until", "provider_message_id", "created_at", "sent_at"),
@@ -63,9 +64,10 @@ KEPT: dict[str, tuple[str, ...]] = {
               "recorded_at"),
     "card_retries": ("id", "dedupe_key", "invoice_id", "case_id", "customer_id", "payment_method_id", "status",
                      "decline_code", "last_error", "created_at", "finished_at", "enqueued_at"),
-    "events": ("id", "type", "api_version", "created", "livemode", "source", "received_at", "status", "attempts",
+    "events": ("id", "type", "object_id", "api_version", "created", "livemode", "source", "received_at", "status", "attempts",
                "last_error", "enqueued_at", "lease_until", "processed_at"),
     "erasures": ("customer_id", "erased_at", "requested_by", "event_id", "reason"),
+    "console_actions": ("id", "at", "actor", "action", "case_id", "invoice_id", "target", "outcome"),
 }
 
 LINK_COLUMNS = ("customer_id", "invoice_id", "case_id")
