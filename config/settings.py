@@ -48,9 +48,9 @@ class Settings:
     scheduler_interval: float = 15.0  # seconds between scheduler passes
     queue_namespace: str = "dunning"
     web_read_timeout: float = 10.0  # seconds to receive a whole request (worker/web_server.py)
-    metrics_token: str | None = None  # GET /metrics needs `Bearer <METRICS_TOKEN>` when set
-    metrics_port: int | None = None  # /metrics served on its own port (loopback by default) when set
+    metrics_token: str | None = None  # GET /metrics needs `Bearer <METRICS_TOKEN>`; unset: loopback only
     metrics_refresh_seconds: float = 30.0  # the domain figures' snapshot is at most this old
+    billing_page_url: str | None = None  # BILLING_PAGE_URL: an https page emails may link to
     metrics_amounts: bool = False  # METRICS_AMOUNTS=1 publishes recovered amounts (business figures)
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -183,7 +183,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     outbox = Path(_optional(env, "EMAIL_OUTBOX_DIR") or var_dir / "outbox")
     notices = Path(_optional(env, "NOTICE_OUTBOX_DIR") or var_dir / "notices")
 
-    metrics_port = _int(env, "METRICS_PORT", 0, 0, 65535) or None
     settings = Settings(
         database_url=normalise_database_url(database_url),
         redis_url=_url(env, "REDIS_URL", ("redis", "rediss", "unix")),
@@ -211,11 +210,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         queue_namespace=_optional(env, "QUEUE_NAMESPACE") or "dunning",
         web_read_timeout=float(_int(env, "WEB_READ_TIMEOUT", 10, 1, 300)),
         metrics_token=_secret("METRICS_TOKEN", _optional(env, "METRICS_TOKEN")),
-        metrics_port=metrics_port,
-        metrics_refresh_seconds=float(_int(env, "METRICS_REFRESH_SECONDS", 30, 1, 3600)),
+        metrics_refresh_seconds=float(_int(env, "METRICS_REFRESH_SECONDS", 30, 0, 3600)),  # 0: no cache
+        billing_page_url=_url(env, "BILLING_PAGE_URL", ("https",)),
         metrics_amounts=(_optional(env, "METRICS_AMOUNTS") or "0").lower() in ("1", "true", "yes"),
     )
-    if metrics_port is not None and metrics_port == settings.port:
-        raise ConfigError(f"METRICS_PORT must differ from PORT ({metrics_port})")
     check_bind(settings, env.get("HOST", "").strip() or "0.0.0.0")
     return settings
