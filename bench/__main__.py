@@ -8,6 +8,9 @@ table of ratios against baselines measured in the same run:
               broker with the same processes and threads; p99 receipt->email at 50% of peak
   3. scaling  scheduler tick and webhook ingest with SMALL vs LARGE rows in PostgreSQL
   4. memory   peak RSS of the web and worker processes
+  5. front    100 stalled connections for 60 s while 500 signed events arrive at 20/s (/healthz
+              polled throughout) vs the same events without the attack; /metrics scrape time and
+              webhook p99 with 16 scrapers over LARGE stored events (bench/frontdoor.py)
 
 Services: PostgreSQL and Redis when BENCH_DATABASE_URL / BENCH_REDIS_URL (or DATABASE_URL /
 REDIS_URL) are set, else SQLite and the embedded Redis-compatible server in a temp dir. Given a
@@ -36,7 +39,7 @@ from bench.report import TARGETS, as_markdown, as_text, build_rows, memory_summa
 from bench.setup import BenchConfig, BenchRun
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("ingest", "e2e", "scaling")
+SECTIONS = ("ingest", "e2e", "scaling", "front")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -69,6 +72,7 @@ def _section(results: dict, name: str, fn, *args) -> None:
 
 def run_bench(cfg: BenchConfig, only: set[str], keep: bool, profile_dir: Path | None = None) -> dict:
     from bench.e2e import measure_e2e, measure_noop
+    from bench.frontdoor import measure_front
     from bench.ingest import measure_ingest
     from bench.scaling import measure_scaling
     from bench.sendgrid_fake import SendGridFake
@@ -94,6 +98,8 @@ def run_bench(cfg: BenchConfig, only: set[str], keep: bool, profile_dir: Path | 
             _section(results, "e2e", measure_e2e, run, fake)
         if "scaling" in only:
             _section(results, "scaling", measure_scaling, run)
+        if "front" in only:
+            _section(results, "front", measure_front, run)
         results["services"]["database"] = run.database_kind
         results["memory"] = memory_summary(results)
         if run.profiles:

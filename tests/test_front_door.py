@@ -376,3 +376,116 @@ def test_email_links_point_only_at_stripe_and_the_billing_page(tmp_path, url, ke
     context = build_context(invoice={"id": "in_1", "hosted_invoice_url": url}, settings=settings)
     assert (context["hosted_invoice_url"] == url) is kept
     assert (context["action_url"] == url) is kept
+
+
+def _makefile_defaults() -> dict[str, str]:
+    from config.settings import PROJECT_ROOT
+    found = {}
+    for line in (PROJECT_ROOT / "Makefile").read_text().splitlines():
+        if line.startswith("export ") and "?=" in line:
+            name, value = line[len("export "):].split("?=", 1)
+            found[name.strip()] = value.strip()
+    return found
+
+
+def test_make_run_defaults_start_on_loopback_and_are_refused_elsewhere(tmp_path):
+    from config.settings import DEVELOPMENT_SECRETS, MIN_SECRET_LENGTH
+    defaults = _makefile_defaults()
+    dev = {k: defaults[k] for k in ("STRIPE_WEBHOOK_SECRET", "ADMIN_TOKEN")}
+    assert defaults["HOST"] == "127.0.0.1"
+    assert all(len(v) >= MIN_SECRET_LENGTH and v in DEVELOPMENT_SECRETS for v in dev.values())
+    assert load_settings(base_env(tmp_path, HOST=defaults["HOST"], **dev)).admin_token == dev["ADMIN_TOKEN"]
+
+
+@pytest.mark.parametrize("args, env, variable", [
+    (["--host", "0.0.0.0"], {}, "STRIPE_WEBHOOK_SECRET"),
+    ([], {"HOST": "0.0.0.0"}, "STRIPE_WEBHOOK_SECRET"),
+    (["--host", "127.0.0.1"], {"ADMIN_TOKEN": "short"}, "ADMIN_TOKEN"),
+])
+def test_the_real_web_command_refuses_to_start_with_one_line(tmp_path, args, env, variable):
+    import subprocess
+    import sys
+    from pathlib import Path
+    defaults = _makefile_defaults()
+    environ = {**base_env(tmp_path), "STRIPE_WEBHOOK_SECRET": defaults["STRIPE_WEBHOOK_SECRET"],
+               "ADMIN_TOKEN": defaults["ADMIN_TOKEN"], "REDIS_URL": "redis://127.0.0.1:1/0", "PORT": "1",
+               "PATH": str(Path(sys.executable).parent), **env}
+    done = subprocess.run([str(Path(sys.executable).parent / "dunning"), "web", *args], env=environ,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"configuration error: {variable}"), done.stderr
+
+
+# -- against the real web process (slow suite) ---------------------------------------------------
+
+@pytest.fixture
+def pg_service(tmp_path):
+    from tests.proc import build_service
+    svc = build_service(tmp_path, db="postgres", broker="redis")
+    yield svc
+    svc.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_hundred_stalled_connections_for_a_minute_starve_nothing(pg_service):
+    """The acceptance run: 100 stalled connections held for 60 s (reopened as the server closes
+    them) while 500 signed events arrive at 20/s and /healthz is polled; loopback only."""
+    from bench.frontdoor import stalled_scenario
+    svc = pg_service
+    web = svc.start_web(workers=2, threads=8, WEB_READ_TIMEOUT="10")
+    result = stalled_scenario("127.0.0.1", svc.port, WEBHOOK_SECRET, stalled=100, hold_s=60.0, events=500,
+                              rate=20.0, read_timeout=10.0, prefix="slowtest")
+    events, health, stalled = result["events"], result["healthz"], result["stalled"]
+    assert events["statuses"] == {"200": 500}, result
+    assert events["p99_ms"] < 1000, result
+    assert health["failures"] == 0 and health["polls"] >= 150, result
+    assert stalled["late"] == 0 and stalled["closed_by_server"] >= 100, result
+    assert stalled["max_close_s"] <= 15.0, result
+    assert svc.scalar("SELECT COUNT(*) FROM events WHERE id LIKE 'evt_slowtest_%'") == 500
+    assert web.alive() and "Traceback" not in web.log()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_over_real_http_a_chunked_event_is_stored_and_processed_and_2_mib_chunked_is_413(pg_service):
+    import socket
+    svc = pg_service
+    web = svc.start_web(workers=1, threads=4)
+    svc.start_worker(processes=1, threads=2)
+    body = json.dumps(_event("evt_front_chunked_http")).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in _signed(body.decode()).items())
+
+    def chunked(payload: bytes, size: int = 300) -> bytes:
+        parts = [f"{len(payload[i:i + size]):x}\r\n".encode() + payload[i:i + size] + b"\r\n"
+                 for i in range(0, len(payload), size)]
+        return b"".join(parts) + b"0\r\n\r\n"
+
+    def send(raw: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", svc.port), timeout=30) as sock:
+            try:
+                sock.sendall(raw)
+            except OSError:
+                pass  # the server may answer 413 and close before the whole body is sent
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                answer += data
+            return answer
+
+    answer = send(f"POST /webhooks/stripe HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n{head}\r\n".encode()
+                  + chunked(body))
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    svc.wait_for(lambda: svc.scalar("SELECT status FROM events WHERE id = 'evt_front_chunked_http'") == "processed",
+                 timeout=60)
+    answer = send(b"POST /webhooks/stripe HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  + chunked(b"x" * (2 * 1024 * 1024), 65536))
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    answer = send(b"POST /payment-links HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+                  + f"Authorization: Bearer {ADMIN_TOKEN}\r\n\r\n".encode() + chunked(b'{"invoice": "' + b"x" * 20_000 + b'"}'))
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert svc.scalar("SELECT COUNT(*) FROM events") == 1
+    assert web.alive() and "Traceback" not in web.log()

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hmac
 import re
+import threading
+import time
 from urllib.parse import parse_qsl
 
 import falcon
@@ -26,6 +28,7 @@ from worker.auth import is_authorized
 from worker.http_util import json_error
 
 DASHBOARD_PREFIX = "/dashboard"
+RENDER_CACHE_SECONDS = 1.0
 log = structlog.get_logger("worker.web_ops")
 
 
@@ -39,6 +42,8 @@ class Metrics:
                                                amounts=getattr(settings, "metrics_amounts", False))
         if self.snapshot.refresh_seconds > 0:
             self.snapshot.start()  # the first figures are ready before the first scrape
+        self._rendered: tuple[float, bytes, str] | None = None
+        self._render_lock = threading.Lock()
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         token = getattr(self.runtime.settings, "metrics_token", None)
@@ -51,9 +56,22 @@ class Metrics:
                 return json_error(resp, falcon.HTTP_401, "missing or wrong metrics token (METRICS_TOKEN)")
         elif not is_loopback(req.remote_addr or ""):
             return json_error(resp, falcon.HTTP_403, "set METRICS_TOKEN to scrape /metrics from another host")
-        body, content_type = metrics.render(self.runtime, self.snapshot)
+        body, content_type = self._render()
         resp.content_type = content_type
         resp.data = body
+
+
+    def _render(self) -> tuple[bytes, str]:
+        """The exposition, rendered at most once per RENDER_CACHE_SECONDS: a burst of scrapers
+        costs one render (with the snapshot off, as in tests, every scrape renders)."""
+        if self.snapshot.refresh_seconds <= 0:
+            return metrics.render(self.runtime, self.snapshot)
+        with self._render_lock:
+            now = time.monotonic()
+            if self._rendered is None or now - self._rendered[0] >= RENDER_CACHE_SECONDS:
+                body, content_type = metrics.render(self.runtime, self.snapshot)
+                self._rendered = (now, body, content_type)
+            return self._rendered[1], self._rendered[2]
 
 
 class RequireAdmin:
