@@ -241,7 +241,9 @@ class BufferingThreadWorker(ThreadWorker):
         super().murder_pending()
         now = time.monotonic()
         for conn, idle_deadline in list(self.reading.items()):
-            if conn.deadline is not None and now >= conn.deadline:
+            if conn.deadline is None and not self.alive:
+                self._drop(conn)  # stopping: a connection that sent nothing is not waited for
+            elif conn.deadline is not None and now >= conn.deadline:
                 self._refuse(conn, "408 Request Timeout",
                              f"request not received within {self.read_timeout:g} s")
             elif conn.deadline is None and now >= idle_deadline:
