@@ -41,7 +41,7 @@ def test_the_smoke_bench_writes_every_section_and_leaves_no_process_behind(tmp_p
         env["BENCH_DATABASE_URL"] = TEST_DATABASE_URL
     before = _bench_processes()
     done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)], cwd=PROJECT_ROOT,
-                          env=env, capture_output=True, text=True, timeout=240)
+                          env=env, capture_output=True, text=True, timeout=360)
     assert done.returncode == 0, done.stderr[-3000:]
 
     results = json.loads((tmp_path / "latest.json").read_text())
@@ -66,6 +66,10 @@ def test_the_smoke_bench_writes_every_section_and_leaves_no_process_behind(tmp_p
         assert scaling["ingest"]["large"]["stored_events"] > scaling["ingest"]["small"]["stored_events"]
     else:
         assert "PostgreSQL" in results["scaling"]["skipped"]
+
+    front = results["front"]  # issue 13: the stalled-connection scenario, at smoke size
+    assert front["attack"]["events"]["statuses"] == {"200": front["events"]}, front
+    assert front["attack"]["stalled"]["closed_by_server"] > 0 and front["attack"]["healthz"]["polls"] > 0
 
     assert results["memory"]["worker_mb"] > 0 and results["memory"]["web_mb"] > 0
     assert {c["result"] for c in results["checks"].values()} <= {"PASS", "MISS", "n/a"}

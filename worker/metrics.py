@@ -364,6 +364,7 @@ class DomainSnapshot:
         self._started_at: float | None = None  # monotonic start of the last refresh
         self._taken_at: float | None = None  # monotonic end of the last finished refresh
         self._running = False
+        self._took: float | None = None  # seconds the last refresh took
 
     def describe(self):
         return []
@@ -381,13 +382,14 @@ class DomainSnapshot:
         threading.Thread(target=self._refresh, name="metrics-snapshot", daemon=True).start()
 
     def _refresh(self) -> None:
+        began = time.monotonic()
         try:
             families = list(self.collector.collect())
         finally:
             with self._lock:
                 self._running = False
         with self._lock:
-            self._families, self._taken_at = families, time.monotonic()
+            self._families, self._taken_at, self._took = families, time.monotonic(), time.monotonic() - began
 
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
@@ -396,8 +398,11 @@ class DomainSnapshot:
             return
         self.start()
         with self._lock:
-            families, taken = list(self._families), self._taken_at
+            families, taken, took = list(self._families), self._taken_at, self._took
         yield from families
+        yield GaugeMetricFamily("dunning_metrics_snapshot_refresh_seconds", "How long the last refresh of the "
+                                "domain figures took (its queries run at most once per METRICS_REFRESH_SECONDS).",
+                                value=-1.0 if took is None else took)
         yield GaugeMetricFamily("dunning_metrics_snapshot_age_seconds", "Age of the domain figures "
                                 "(refreshed in the background every METRICS_REFRESH_SECONDS; -1 before "
                                 "the first refresh).", value=-1.0 if taken is None else time.monotonic() - taken)
