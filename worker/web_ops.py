@@ -60,7 +60,6 @@ class Metrics:
         resp.content_type = content_type
         resp.data = body
 
-
     def _render(self) -> tuple[bytes, str]:
         """The exposition, rendered at most once per RENDER_CACHE_SECONDS: a burst of scrapers
         costs one render (with the snapshot off, as in tests, every scrape renders)."""
