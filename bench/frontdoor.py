@@ -187,18 +187,40 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
+def _attack_in_process(host: str, port: int, count: int, hold_s: float, deadline_s: float, out_path: str) -> None:
+    attack = StalledConnections(host, port, count, hold_s)
+    attack.run()
+    with open(out_path, "w") as f:
+        json.dump(attack.summary(deadline_s), f)
+
+
 def stalled_scenario(host: str, port: int, secret: str, *, stalled: int = 100, hold_s: float = 60.0,
                      events: int = 500, rate: float = 20.0, read_timeout: float = 10.0, prefix: str = "front") -> dict:
-    """The attack with the posting and health polling running through it."""
-    attack = StalledConnections(host, port, stalled, hold_s)
-    attack.start()
-    time.sleep(min(2.0, hold_s / 10))  # the stalled connections are in place first
-    health = HealthPoller(host, port, until=time.monotonic() + hold_s - 2.0)
-    health.start()
-    posted = post_events(host, port, secret, events, rate, prefix)
-    attack.join(hold_s + 30)
-    health.join(30)
-    return {"events": posted, "healthz": health.summary(), "stalled": attack.summary(read_timeout + 5.0)}
+    """The attack (in its own process, so that its loop does not share the posting threads' GIL)
+    with the posting and health polling running through it."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    out = tempfile.NamedTemporaryFile(prefix="stalled-", suffix=".json", delete=False)
+    out.close()
+    attacker = subprocess.Popen([sys.executable, "-m", "bench.frontdoor", "stall", host, str(port), str(stalled),
+                                 str(hold_s), str(read_timeout + 5.0), out.name])
+    try:
+        time.sleep(min(2.0, hold_s / 10))  # the stalled connections are in place first
+        health = HealthPoller(host, port, until=time.monotonic() + hold_s - 2.0)
+        health.start()
+        posted = post_events(host, port, secret, events, rate, prefix)
+        attacker.wait(hold_s + 60)
+        health.join(30)
+        with open(out.name) as f:
+            summary = json.load(f)
+    finally:
+        if attacker.poll() is None:
+            attacker.kill()
+            attacker.wait(5)
+        os.unlink(out.name)
+    return {"events": posted, "healthz": health.summary(), "stalled": summary}
 
 
 # -- /metrics ----------------------------------------------------------------------------------
@@ -378,5 +400,8 @@ def measure_front(run) -> dict:
 
 if __name__ == "__main__":
     import sys
-    if len(sys.argv) == 7 and sys.argv[1] == "scrape":
+    if len(sys.argv) == 8 and sys.argv[1] == "stall":
+        _attack_in_process(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]),
+                           sys.argv[7])
+    elif len(sys.argv) == 7 and sys.argv[1] == "scrape":
         _scrape_forever(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6])
