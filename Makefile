@@ -5,8 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 # Development defaults for `make run` only; set real values in the environment to override.
+# The service refuses these values unless HOST is a loopback address.
 export STRIPE_WEBHOOK_SECRET ?= whsec_local_development_secret
-export ADMIN_TOKEN ?= local-admin-token
+export ADMIN_TOKEN ?= local-development-admin-token
 export LOG_FORMAT ?= console
 export HOST ?= 127.0.0.1
 

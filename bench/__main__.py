@@ -9,6 +9,9 @@ table of ratios against baselines measured in the same run:
   3. scaling  scheduler tick and webhook ingest with SMALL vs LARGE rows in PostgreSQL
   4. memory   peak RSS of the web and worker processes
   5. prune    `dunning data prune` deleting PRUNE_EVENTS old events: rows/s, webhook p99 during vs before
+  6. front    100 stalled connections for 60 s while 500 signed events arrive at 20/s (/healthz
+              polled throughout) vs the same events without the attack; /metrics scrape time and
+              webhook p99 with 16 scrapers over LARGE stored events (bench/frontdoor.py)
 
 Services: PostgreSQL and Redis when BENCH_DATABASE_URL / BENCH_REDIS_URL (or DATABASE_URL /
 REDIS_URL) are set, else SQLite and the embedded Redis-compatible server in a temp dir. Given a
@@ -37,7 +40,7 @@ from bench.report import TARGETS, as_markdown, as_text, build_rows, memory_summa
 from bench.setup import BenchConfig, BenchRun
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("ingest", "e2e", "scaling", "prune")
+SECTIONS = ("ingest", "e2e", "scaling", "prune", "front")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -72,6 +75,7 @@ def _section(results: dict, name: str, fn, *args) -> None:
 
 def run_bench(cfg: BenchConfig, only: set[str], keep: bool, profile_dir: Path | None = None) -> dict:
     from bench.e2e import measure_e2e, measure_noop
+    from bench.frontdoor import measure_front
     from bench.ingest import measure_ingest
     from bench.scaling import measure_scaling
     from bench.sendgrid_fake import SendGridFake
@@ -100,6 +104,8 @@ def run_bench(cfg: BenchConfig, only: set[str], keep: bool, profile_dir: Path | 
         if "prune" in only:
             from bench.prune import measure_prune
             _section(results, "prune", measure_prune, run)
+        if "front" in only:
+            _section(results, "front", measure_front, run)
         results["services"]["database"] = run.database_kind
         results["memory"] = memory_summary(results)
         if run.profiles:

@@ -18,6 +18,12 @@ TARGETS = {
     "ingest_scaling": ("<=", 1.5),
     "worker_rss_mb": ("<", 200.0),
     "prune_p99_ratio": ("<=", 2.0),
+    "front_ok": (">=", 1.0),  # share of events answered 200 under the stalled-connection attack
+    "front_p99_ms": ("<", 1000.0),
+    "front_late_closes": ("<=", 0.0),  # stalled connections not closed within WEB_READ_TIMEOUT + 5 s
+    "front_healthz_failures": ("<=", 0.0),
+    "metrics_scrape_ms": ("<", 50.0),
+    "metrics_p99_ratio": ("<", 1.1),
 }
 
 
@@ -149,6 +155,11 @@ def build_rows(results: dict) -> tuple[list[Row], dict]:
         rows.append(Row("prune", f"webhook p99 during the prune vs without ({_n(pr['rate'], '/s')} open loop)",
                         _ms(pr["during"]["p99_ms"]), _ms(pr["without"]["p99_ms"]) + " without",
                         _n(pr["p99_ratio"], digits=2), t, r))
+    fr = results.get("front", {})
+    if (row := _err("front", fr)) is not None:
+        rows.append(row)
+    elif fr:
+        _front_rows(fr, rows, check)
 
     mem = results.get("memory", {})
     if mem:
@@ -160,6 +171,41 @@ def build_rows(results: dict) -> tuple[list[Row], dict]:
             rows.append(Row("memory", "peak RSS per worker process (dramatiq)", _n(mem["worker_mb"], " MB", 1),
                             _n(mem.get("noop_worker_mb"), " MB no-op", 1), target=t + " MB", result=r))
     return rows, checks
+
+
+def _front_rows(fr: dict, rows: list[Row], check) -> None:
+    attack, base = fr["attack"], fr["baseline"]
+    ev, st, hz = attack["events"], attack["stalled"], attack["healthz"]
+    t, r = check("front_ok", round(ev["ok"] / ev["events"], 3) if ev["events"] else None)
+    rows.append(Row("front", f"events answered 200 under {st['held']} stalled connections ({fr['hold_s']:g} s)",
+                    f"{ev['ok']}/{ev['events']}", f"{base['ok']}/{base['events']} no attack", target=t, result=r))
+    t, r = check("front_p99_ms", ev["p99_ms"])
+    rows.append(Row("front", f"event p50 / p99 at {ev['rate']:g}/s under attack",
+                    f"{_ms(ev['p50_ms'])} / {_ms(ev['p99_ms'])}", f"{_ms(base['p50_ms'])} / {_ms(base['p99_ms'])} no attack",
+                    _n(fr.get("p99_ratio"), digits=2), t.replace("1000", "1000 ms"), r))
+    t, r = check("front_healthz_failures", hz["failures"])
+    rows.append(Row("front", "/healthz polls failed during the attack (max latency)",
+                    f"{hz['failures']}/{hz['polls']} ({_ms(hz['max_ms'])})", target=t, result=r))
+    t, r = check("front_late_closes", st["late"])
+    rows.append(Row("front", f"stalled connections closed later than {st['deadline_s']:g} s (max close)",
+                    f"{st['late']}/{st['opened']} (max {st['max_close_s']} s)",
+                    f"WEB_READ_TIMEOUT {fr['read_timeout_s']} s", target=t, result=r))
+    m = fr.get("metrics", {})
+    if "skipped" in m:
+        rows.append(Row("front", "metrics", "skipped", m["skipped"][:90], result="SKIP"))
+    elif m:
+        t, r = check("metrics_scrape_ms", m["scrape_p50_ms"])
+        rows.append(Row("front", f"/metrics scrape with {fr['metrics_rows']:,} events (p50, max)",
+                        f"{_ms(m['scrape_p50_ms'])} (max {_ms(m['scrape_max_ms'])})",
+                        f"one refresh: {_ms(m.get('refresh_ms'))} per 30 s", target=t.replace("50", "50 ms"), result=r))
+        t, r = check("metrics_p99_ratio", m["p99_ratio"])
+        rows.append(Row("front", f"webhook p99 at {m['rate']:g}/s with 16 scrapers (1/s each) vs none",
+                        _ms(m["webhook_p99_ms_with_16_scrapers"]), _ms(m["webhook_p99_ms_without"]),
+                        _n(m["p99_ratio"], digits=2), t, r))
+        if m.get("p99_ratio_16_vs_1") is not None:
+            rows.append(Row("front", "  the same, 16 scrapers vs 1 (the refresh is paid by any scraper)",
+                            _ms(m["webhook_p99_ms_with_16_scrapers"]), _ms(m["webhook_p99_ms_with_1_scraper"]),
+                            _n(m["p99_ratio_16_vs_1"], digits=2)))
 
 
 HEADERS = ("section", "figure", "measured", "baseline", "ratio", "target", "result")

@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.services import (BIN, Proc, ScratchDatabase, free_port, postgres_reachable, purge_namespace,
                             wait_http_ok)
 
-WEBHOOK_SECRET = "whsec_bench_only_secret"
+WEBHOOK_SECRET = "whsec_bench_only_signing_secret"
 ADMIN_TOKEN = "bench-admin-token-not-secret"
 
 

@@ -49,6 +49,11 @@ class Settings:
     worker_threads: int = 8
     scheduler_interval: float = 15.0  # seconds between scheduler passes
     queue_namespace: str = "dunning"
+    web_read_timeout: float = 10.0  # seconds to receive a whole request (worker/web_server.py)
+    metrics_token: str | None = None  # GET /metrics needs `Bearer <METRICS_TOKEN>`; unset: loopback only
+    metrics_refresh_seconds: float = 30.0  # the domain figures' snapshot is at most this old
+    billing_page_url: str | None = None  # BILLING_PAGE_URL: an https page emails may link to
+    metrics_amounts: bool = False  # METRICS_AMOUNTS=1 publishes recovered amounts (business figures)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -61,6 +66,48 @@ def _require(env: Mapping[str, str], name: str) -> str:
     if not value:
         raise ConfigError(f"{name} is required but not set")
     return value
+
+
+MIN_SECRET_LENGTH = 24
+# The development values `make run` sets (Makefile): accepted only on a loopback address.
+DEVELOPMENT_SECRETS = frozenset({"whsec_local_development_secret", "local-development-admin-token",
+                                 "local-admin-token"})
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def _secret(name: str, value: str | None) -> str | None:
+    """Refuse a secret or token too short to resist guessing (one line naming the variable)."""
+    if value is not None and len(value) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"{name} must be at least {MIN_SECRET_LENGTH} characters long, got {len(value)}")
+    return value
+
+
+def redact_url(value: str) -> str:
+    """The URL with any password replaced by ***: safe for an error message or a log line."""
+    try:
+        parsed = urlparse(value)
+        if parsed.password:
+            netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+            return parsed._replace(netloc=netloc).geturl()
+    except ValueError:
+        return "<unparseable URL>"
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    host = (host or "").strip()
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def check_bind(settings: "Settings", host: str) -> None:
+    """Refuse the development secrets on any address but loopback (ConfigError naming the variable)."""
+    if is_loopback(host):
+        return
+    for name, values in (("STRIPE_WEBHOOK_SECRET", settings.stripe_webhook_secrets),
+                         ("ADMIN_TOKEN", (settings.admin_token,))):
+        if any(v in DEVELOPMENT_SECRETS for v in values):
+            raise ConfigError(f"{name} is a development value (make run); set your own to serve on "
+                              f"HOST={host} (development values are accepted only on 127.0.0.1)")
 
 
 def _optional(env: Mapping[str, str], name: str) -> str | None:
@@ -87,11 +134,10 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | N
         return None
     parsed = urlparse(value)
     if parsed.scheme not in schemes or not (parsed.netloc or parsed.path):
-        raise ConfigError(f"{name} must be a {'/'.join(schemes)} URL, got {value!r}")
+        raise ConfigError(f"{name} must be a {'/'.join(schemes)} URL, got {redact_url(value)!r}")
     return value.rstrip("/")
 
 
-MIN_PLATFORM_TOKEN = 24
 
 
 def _platform_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -122,20 +168,23 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     database_url = _optional(env, "DATABASE_URL") or f"sqlite:///{var_dir / 'dunning.sqlite3'}"
     if not database_url.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgres", "postgresql"):
-        raise ConfigError(f"DATABASE_URL must be a postgresql:// or sqlite:// URL, got {database_url!r}")
+        raise ConfigError("DATABASE_URL must be a postgresql:// or sqlite:// URL, "
+                          f"got {redact_url(database_url)!r}")
 
     secrets = tuple(s.strip() for s in _require(env, "STRIPE_WEBHOOK_SECRET").split(",") if s.strip())
     if not secrets:
         raise ConfigError("STRIPE_WEBHOOK_SECRET is required but not set")
+    for secret in secrets:
+        _secret("STRIPE_WEBHOOK_SECRET", secret)
 
     platform_url = _url(env, "PLATFORM_WEBHOOK_URL", ("http", "https"))
     platform_secrets = _platform_secrets(env)
+    for secret in platform_secrets:
+        _secret("PLATFORM_WEBHOOK_SECRET", secret)
     if platform_url and not platform_secrets:
         raise ConfigError("PLATFORM_WEBHOOK_SECRET is required when PLATFORM_WEBHOOK_URL is set")
-    admin_token = _require(env, "ADMIN_TOKEN")
-    platform_token = _optional(env, "PLATFORM_API_TOKEN")
-    if platform_token is not None and len(platform_token) < MIN_PLATFORM_TOKEN:
-        raise ConfigError(f"PLATFORM_API_TOKEN must be at least {MIN_PLATFORM_TOKEN} characters")
+    admin_token = _secret("ADMIN_TOKEN", _require(env, "ADMIN_TOKEN"))
+    platform_token = _secret("PLATFORM_API_TOKEN", _optional(env, "PLATFORM_API_TOKEN"))
     if platform_token is not None and platform_token == admin_token:
         raise ConfigError("PLATFORM_API_TOKEN must differ from ADMIN_TOKEN (it must not grant admin access)")
 
@@ -157,7 +206,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     outbox = Path(_optional(env, "EMAIL_OUTBOX_DIR") or var_dir / "outbox")
     notices = Path(_optional(env, "NOTICE_OUTBOX_DIR") or var_dir / "notices")
 
-    return Settings(
+    settings = Settings(
         database_url=normalise_database_url(database_url),
         redis_url=_url(env, "REDIS_URL", ("redis", "rediss", "unix")),
         stripe_webhook_secrets=secrets,
@@ -176,7 +225,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         platform_api_token=platform_token,
         dunning_policy=policy,
         dashboard_user=_optional(env, "DASHBOARD_USER"),
-        dashboard_password=_optional(env, "DASHBOARD_PASSWORD"),
+        dashboard_password=_secret("DASHBOARD_PASSWORD", _optional(env, "DASHBOARD_PASSWORD")),
         log_format=log_format,
         log_level=(_optional(env, "LOG_LEVEL") or "INFO").upper(),
         var_dir=var_dir,
@@ -184,4 +233,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         worker_threads=_int(env, "WORKER_THREADS", 8, 1, 256),
         scheduler_interval=float(_int(env, "SCHEDULER_INTERVAL", 15, 1, 3600)),
         queue_namespace=_optional(env, "QUEUE_NAMESPACE") or "dunning",
+        web_read_timeout=float(_int(env, "WEB_READ_TIMEOUT", 10, 1, 300)),
+        metrics_token=_secret("METRICS_TOKEN", _optional(env, "METRICS_TOKEN")),
+        metrics_refresh_seconds=float(_int(env, "METRICS_REFRESH_SECONDS", 30, 0, 3600)),  # 0: no cache
+        billing_page_url=_url(env, "BILLING_PAGE_URL", ("https",)),
+        metrics_amounts=(_optional(env, "METRICS_AMOUNTS") or "0").lower() in ("1", "true", "yes"),
     )
+    check_bind(settings, env.get("HOST", "").strip() or "0.0.0.0")
+    return settings

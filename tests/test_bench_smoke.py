@@ -71,6 +71,10 @@ def test_the_smoke_bench_writes_every_section_and_leaves_no_process_behind(tmp_p
     else:
         assert "PostgreSQL" in results["scaling"]["skipped"]
 
+    front = results["front"]  # issue 13: the stalled-connection scenario, at smoke size
+    assert front["attack"]["events"]["statuses"] == {"200": front["events"]}, front
+    assert front["attack"]["stalled"]["closed_by_server"] > 0 and front["attack"]["healthz"]["polls"] > 0
+
     assert results["memory"]["worker_mb"] > 0 and results["memory"]["web_mb"] > 0
     assert {c["result"] for c in results["checks"].values()} <= {"PASS", "MISS", "n/a"}
     table = (tmp_path / "latest.md").read_text()

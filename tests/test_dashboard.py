@@ -22,7 +22,7 @@ def redis_runtime(make_runtime, request):
     """Real Redis when it runs here, else the embedded server `make run` uses."""
     from tests.conftest import _redis_reachable
     return make_runtime(broker="redis" if _redis_reachable() else "embedded",
-                        DASHBOARD_USER="ops", DASHBOARD_PASSWORD="dashboard-password-42")
+                        DASHBOARD_USER="ops", DASHBOARD_PASSWORD="dashboard-password-for-tests-42")
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_dashboard_without_credentials_is_401_with_a_basic_challenge(server):
 
 def test_dashboard_accepts_the_admin_token_and_the_configured_basic_credentials(server):
     assert get(server + "/dashboard/", f"Bearer {ADMIN_TOKEN}")[0] == 200
-    assert get(server + "/dashboard/", basic("ops", "dashboard-password-42"))[0] == 200
+    assert get(server + "/dashboard/", basic("ops", "dashboard-password-for-tests-42"))[0] == 200
     assert get(server + "/dashboard/", basic("anyone", ADMIN_TOKEN))[0] == 200
     # The rest of the web process is not behind the dashboard's auth.
     assert get(server + "/healthz")[0] == 200
@@ -106,7 +106,7 @@ def test_dashboard_in_a_browser_lists_queues_matching_redis_and_requeues_a_dead_
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_context(http_credentials={"username": "ops",
-                                                         "password": "dashboard-password-42"}).new_page()
+                                                         "password": "dashboard-password-for-tests-42"}).new_page()
             response = page.goto(server + "/dashboard/")
             assert response.status == 200
             shown = {}

@@ -40,6 +40,13 @@ def insert(runtime, table, **values):
         conn.execute(t.insert().values(**values))
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_runtime(make_runtime, request):
+    """conftest's any_runtime, with the domain figures computed at every scrape (no snapshot cache:
+    these tests watch counters move between two scrapes) and the amounts published."""
+    return make_runtime(db=request.param, METRICS_REFRESH_SECONDS="0", METRICS_AMOUNTS="1")
+
+
 @pytest.fixture
 def metrics_client(any_runtime):
     from worker.web import create_app

@@ -80,9 +80,9 @@ def test_an_unknown_event_type_is_stored_as_ignored_and_not_enqueued(runtime, cl
 
 
 def test_a_rotated_secret_list_accepts_both_secrets(make_runtime):
-    rt = make_runtime(STRIPE_WEBHOOK_SECRET=f"whsec_new_one, {WEBHOOK_SECRET}")
+    rt = make_runtime(STRIPE_WEBHOOK_SECRET=f"whsec_new_one_rotated_in_test, {WEBHOOK_SECRET}")
     client = falcon.testing.TestClient(create_app(rt))
-    assert post_event(client, failed_invoice_event("evt_a"), secret="whsec_new_one").status_code == 200
+    assert post_event(client, failed_invoice_event("evt_a"), secret="whsec_new_one_rotated_in_test").status_code == 200
     assert post_event(client, failed_invoice_event("evt_b"), secret=WEBHOOK_SECRET).status_code == 200
 
 

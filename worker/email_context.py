@@ -23,12 +23,21 @@ from datetime import date, datetime
 from email.utils import parseaddr
 from typing import Any
 
+from urllib.parse import urlsplit
+
+import structlog
 from babel.dates import format_date, format_datetime
 from sqlalchemy import Connection, Table, select
 
 from worker.emails import one_line
 from worker.money import DEFAULT_LOCALE, format_amount_with_code
 
+log = structlog.get_logger("worker.email_context")
+# Links an email may carry: Stripe's own pages over https (hosted invoice and PDF, payment links,
+# checkout, 3-D Secure, the customer portal) and the configured BILLING_PAGE_URL. An invoice's
+# hosted_invoice_url comes from the event body, so anything else is dropped (and logged).
+STRIPE_LINK_HOSTS = frozenset({"invoice.stripe.com", "pay.stripe.com", "buy.stripe.com",
+                               "checkout.stripe.com", "hooks.stripe.com", "billing.stripe.com"})
 CARD_UPDATE_PATH = "Applications -> Plans & Billings -> Payment Method -> Edit"
 CARD_UPDATE_STEPS = ("Applications", "Plans & Billings", "Payment Method", "Edit")
 PAYMENT_LINK_HINT = "reply to this email and ask our support team for a secure payment link"
@@ -98,8 +107,8 @@ def build_context(*, case: dict | None = None, invoice: dict | None = None,
         "disrupt_at": format_day(case.get("disrupt_at"), locale),
         "case_state": case.get("state"),
         "service_disrupted": case.get("state") == "disrupted",
-        "hosted_invoice_url": safe_url(invoice.get("hosted_invoice_url")),
-        "invoice_pdf": safe_url(invoice.get("invoice_pdf")),
+        "hosted_invoice_url": safe_url(invoice.get("hosted_invoice_url"), settings),
+        "invoice_pdf": safe_url(invoice.get("invoice_pdf"), settings),
         "card_update_path": CARD_UPDATE_PATH,
         "card_update_steps": CARD_UPDATE_STEPS,
         "payment_link_hint": PAYMENT_LINK_HINT,
@@ -116,8 +125,8 @@ def build_context(*, case: dict | None = None, invoice: dict | None = None,
     if extra.get("payment_link_amount") is not None:
         context["amount"] = format_amount_with_code(
             extra["payment_link_amount"], extra.get("payment_link_currency") or currency, locale) or context["amount"]
-    context["action_url"] = safe_url(context.get("action_url")) or context["hosted_invoice_url"]
-    context["payment_link_url"] = safe_url(context.get("payment_link_url"))
+    context["action_url"] = safe_url(context.get("action_url"), settings) or context["hosted_invoice_url"]
+    context["payment_link_url"] = safe_url(context.get("payment_link_url"), settings)
     return context
 
 
@@ -206,14 +215,44 @@ def format_moment(value: datetime | None, locale: str = DEFAULT_LOCALE) -> str |
     return format_datetime(value, format="MMMM d, y 'at' h:mm a", locale=locale) + " UTC"
 
 
-def safe_url(value: Any) -> str | None:
-    """Only absolute http(s) URLs without whitespace reach a template (no javascript:, no CR/LF)."""
-    if not isinstance(value, str):
+def safe_url(value: Any, settings: Any = None) -> str | None:
+    """Only https links to Stripe's own hosts (STRIPE_LINK_HOSTS) or under BILLING_PAGE_URL, without
+    whitespace or credentials, reach a template; anything else is dropped and logged."""
+    if not isinstance(value, str) or not value.strip():
         return None
     value = value.strip()
-    if not value.lower().startswith(("https://", "http://")) or any(ch.isspace() for ch in value):
+    if any(ch.isspace() for ch in value) or len(value) > 2000 or not _allowed_link(value, settings):
+        try:
+            log.warning("email.link_dropped", host=_host_of(value))
+        except (ValueError, OSError):  # a closed log stream must never stop an email
+            pass
         return None
-    return value if len(value) <= 2000 else None
+    return value
+
+
+def _host_of(url: str) -> str | None:
+    try:
+        return (urlsplit(url).hostname or "")[:100] or None
+    except ValueError:
+        return None
+
+
+def _allowed_link(url: str, settings: Any) -> bool:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme != "https" or parts.username or parts.password or port not in (None, 443):
+        return False
+    host = (parts.hostname or "").lower()
+    if host in STRIPE_LINK_HOSTS:
+        return True
+    billing = getattr(settings, "billing_page_url", None)
+    if not billing:
+        return False
+    base = urlsplit(billing)
+    return host == (base.hostname or "").lower() and parts.path.startswith(base.path or "/")
 
 
 def _format_extra(key: str, value: Any, locale: str) -> Any:

@@ -17,7 +17,8 @@ from handlers.context import StripeEvent
 from worker.clock import utcnow
 from worker.db import Database
 
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")  # and lone surrogates: no database stores them
+MAX_CREATED = 253402300799  # 9999-12-31T23:59:59Z: later is no Stripe timestamp (and 2^63 broke the INSERT)
 STATUSES = ("received", "processing", "processed", "failed", "ignored")
 
 
@@ -59,7 +60,7 @@ def parse_envelope(raw: str, known_types: frozenset[str] | None = None) -> Event
         raise InvalidEvent("type must be a non-empty string")
     if _CONTROL_CHARS.search(event_id) or _CONTROL_CHARS.search(event_type):
         raise InvalidEvent("id and type must not contain control characters")  # PostgreSQL TEXT refuses NUL
-    if not isinstance(created, int) or isinstance(created, bool) or created < 0:
+    if not isinstance(created, int) or isinstance(created, bool) or not 0 <= created <= MAX_CREATED:
         raise InvalidEvent("created must be a unix timestamp")
     data = payload.get("data")
     if not isinstance(data, dict):
@@ -70,7 +71,7 @@ def parse_envelope(raw: str, known_types: frozenset[str] | None = None) -> Event
     api_version = payload.get("api_version")
     return EventEnvelope(
         id=event_id, type=event_type, created=created,
-        api_version=api_version if isinstance(api_version, str) else None,
+        api_version=storable(api_version)[:64] if isinstance(api_version, str) else None,
         livemode=bool(payload.get("livemode")), raw=raw, object_id=_object_id(data),
     )
 
@@ -104,10 +105,26 @@ def mark_enqueued(db: Database, event_id: str) -> None:
         conn.execute(update(table).where(table.c.id == event_id).values(enqueued_at=utcnow()))
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(value):
+    """`value` with every string (and key) storable in PostgreSQL TEXT and SQLite alike: NUL and
+    lone surrogates (JSON may carry both as escapes) become U+FFFD. PostgreSQL refuses them where
+    SQLite stores them, so the same event was processed on one and failed on the other."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value) if _UNSTORABLE.search(value) else value
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value
+
+
 def load_event(row) -> StripeEvent:
     return StripeEvent(id=row["id"], type=row["type"], created=row["created"],
                        api_version=row["api_version"], livemode=bool(row["livemode"]),
-                       payload=json.loads(row["payload"]))
+                       payload=storable(json.loads(row["payload"])))
 
 
 def stale_event_ids(db: Database, now: datetime, received_grace: timedelta, limit: int = 500) -> list[str]:

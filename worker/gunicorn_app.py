@@ -1,4 +1,9 @@
-"""Run the WSGI app under gunicorn (threads per worker; the runtime is built after fork)."""
+"""Run the WSGI app under gunicorn (threads per worker; the runtime is built after fork).
+
+The worker class is worker.web_server.BufferingThreadWorker: gthread, except that a request is
+read whole (under the WEB_READ_TIMEOUT deadline) before it takes a thread, so slow or stalled
+clients cannot hold the threads.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +24,14 @@ class _App(BaseApplication):
         return wsgi_app()
 
 
-def serve(host: str, port: int, workers: int, threads: int) -> None:
+def serve(host: str, port: int, workers: int, threads: int, read_timeout: float = 10.0) -> None:
+    from worker.web_server import BufferingThreadWorker
+    BufferingThreadWorker.read_timeout = float(read_timeout)  # set before fork: every worker has it
     _App({
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
+        "worker_class": BufferingThreadWorker,
         "timeout": 60,
         "graceful_timeout": 20,
         "accesslog": None,

@@ -15,9 +15,13 @@ from typing import Any, Iterable
 
 import structlog
 
-EMAIL_RE = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
-# Any address-shaped token, masked or not: the domain alone can name a person (ada@lovelace.example).
-LOG_EMAIL_RE = re.compile(r"[^\s@\"'<>(),;:=]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+# Every address form the service accepts (handlers/policy.py) or Stripe may send: RFC 5322 atext
+# local parts and quoted ones ("john doe"@...), non-ASCII local parts and domains (RFC 6531),
+# IP literals. Bounded repeats keep the scan linear.
+_LOCAL = r'(?:"(?:[^"\\\r\n]|\\.){0,200}"|[\w.!#$%&\'*+/=?^`{|}~\-]{1,200})'
+_DOMAIN = r"(\[[0-9A-Fa-f:.]{2,60}\]|[\w\-]{1,63}(?:\.[\w\-]{1,63})*)"
+EMAIL_RE = re.compile(f"({_LOCAL})@{_DOMAIN}")
+URL_PASSWORD_RE = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]*:)[^\s@/]+@")
 BEARER_RE = re.compile(r"(?i)(bearer\s+|basic\s+)[A-Za-z0-9._~+/=\-]+")
 _SECRETS: list[str] = []
 
@@ -26,7 +30,11 @@ def mask_email(address: str | None) -> str | None:
     """'ada@example.com' -> 'a***@example.com' (enough to tell owners apart, not to mail them)."""
     if not address:
         return address
-    return EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", address)
+    return EMAIL_RE.sub(_mask, address)
+
+
+def _mask(match: re.Match) -> str:
+    return f"{match.group(1)[0]}***@{match.group(2)}"
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
@@ -41,7 +49,9 @@ def scrub(text: str) -> str:
         if secret in text:
             text = text.replace(secret, "***")
     text = BEARER_RE.sub(lambda m: m.group(1) + "***", text)
-    return LOG_EMAIL_RE.sub("[email]", text)
+    text = URL_PASSWORD_RE.sub(lambda m: m.group(1) + "***@", text)
+    # Any address, masked or not, becomes [email]: the domain alone can name a person.
+    return EMAIL_RE.sub("[email]", text)
 
 
 def _scrub_value(value: Any) -> Any:

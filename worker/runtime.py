@@ -58,8 +58,7 @@ def setup(settings: Settings | None = None, broker: dramatiq.Broker | None = Non
         configure_logging(settings.log_format, settings.log_level)
     register_secrets([*settings.stripe_webhook_secrets, settings.admin_token, settings.stripe_api_key,
                       settings.sendgrid_api_key, *settings.platform_webhook_secrets,
-                      settings.platform_api_token,
-                      settings.dashboard_password])
+                      settings.platform_api_token, settings.dashboard_password, settings.metrics_token])
     if broker is None:
         broker = make_redis_broker(resolve_redis_url(settings), settings.queue_namespace)
     from worker import metrics

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 
 import stripe
 
 TOLERANCE_SECONDS = 300
+# ASCII digits only, at most 12 of them: str.isdigit() accepts '²' and int() refuses 4,400 digits,
+# and both reached int() as a 500.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 class SignatureError(ValueError):
@@ -23,7 +27,7 @@ class SignatureError(ValueError):
 def _timestamp(header: str) -> int:
     stamps = [item.split("=", 1)[1] for item in header.split(",")
               if item.strip().startswith("t=") and "=" in item]
-    if len(stamps) != 1 or not stamps[0].strip().isdigit():
+    if len(stamps) != 1 or not _TIMESTAMP.fullmatch(stamps[0].strip()):
         raise SignatureError("Stripe-Signature must carry exactly one numeric t= timestamp")
     return int(stamps[0])
 
@@ -45,8 +49,8 @@ def verify_stripe_signature(payload: str, header: str | None, secrets: tuple[str
         try:
             stripe.WebhookSignature.verify_header(payload, header, secret, tolerance)
             return
-        except stripe.SignatureVerificationError:
-            continue
+        except (stripe.SignatureVerificationError, ValueError, TypeError, UnicodeError):
+            continue  # a malformed header is a mismatch, never a 500
     raise SignatureError("no signature matches the payload for any configured secret")
 
 

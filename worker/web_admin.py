@@ -17,6 +17,7 @@ import structlog
 
 from worker.auth import is_authorized
 from worker.db import DatabaseUnavailable
+from worker.event_store import storable
 from worker.payment_links import PaymentLinkRefused, request_links
 from worker.http_util import json_error, read_body
 
@@ -38,7 +39,7 @@ class PaymentLinks:
             return json_error(resp, falcon.HTTP_401, "missing or wrong admin token")
         raw = read_body(req, MAX_ADMIN_BODY_BYTES)
         try:
-            body = json.loads(raw.decode("utf-8")) if raw.strip() else None
+            body = storable(json.loads(raw.decode("utf-8"))) if raw.strip() else None
         except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deeply
             return json_error(resp, falcon.HTTP_400, "the body is not valid JSON")
         key = (req.get_header("Idempotency-Key") or "").strip() or None

@@ -1,19 +1,34 @@
 """The operators' HTTP pages: GET /metrics and the queue dashboard at /dashboard.
 
-Both sit behind nothing but the network for /metrics (Prometheus scrapes it, and it carries
-counts, never ids or addresses) and behind the admin credentials for the dashboard, which can
-requeue and delete messages.
+/metrics carries counts, never ids or addresses, and recovered amounts only with
+METRICS_AMOUNTS=1. It needs `Authorization: Bearer <METRICS_TOKEN>` when METRICS_TOKEN is set;
+without it, only a loopback peer may scrape it (a sidecar Prometheus), so a public port never
+serves it anonymously. Its domain figures come from a snapshot refreshed in the background
+(worker.metrics.DomainSnapshot), so scrapers cannot turn it into database load.
+
+The dashboard sits behind the admin credentials (it can requeue and delete messages), answers
+400 to a malformed query string instead of letting it reach the dashboard's int() as a 500, and
+every response carries X-Frame-Options: DENY, a restrictive CSP and SameSite cookies.
 """
 
 from __future__ import annotations
 
+import hmac
+import re
+import threading
+import time
+from urllib.parse import parse_qsl
+
 import falcon
 import structlog
 
+from config.settings import is_loopback
 from worker import metrics
 from worker.auth import is_authorized
+from worker.http_util import json_error
 
 DASHBOARD_PREFIX = "/dashboard"
+RENDER_CACHE_SECONDS = 1.0
 log = structlog.get_logger("worker.web_ops")
 
 
@@ -22,11 +37,40 @@ class Metrics:
 
     def __init__(self, runtime):
         self.runtime = runtime
+        settings = runtime.settings
+        self.snapshot = metrics.DomainSnapshot(runtime.db, getattr(settings, "metrics_refresh_seconds", 30.0),
+                                               amounts=getattr(settings, "metrics_amounts", False))
+        if self.snapshot.refresh_seconds > 0:
+            self.snapshot.start()  # the first figures are ready before the first scrape
+        self._rendered: tuple[float, bytes, str] | None = None
+        self._render_lock = threading.Lock()
 
-    def on_get(self, _req: falcon.Request, resp: falcon.Response) -> None:
-        body, content_type = metrics.render(self.runtime)
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        token = getattr(self.runtime.settings, "metrics_token", None)
+        if token:
+            given = req.get_header("Authorization") or ""
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode("utf-8", "replace"),
+                                                                     token.encode("utf-8")):
+                resp.set_header("WWW-Authenticate", 'Bearer realm="metrics"')
+                return json_error(resp, falcon.HTTP_401, "missing or wrong metrics token (METRICS_TOKEN)")
+        elif not is_loopback(req.remote_addr or ""):
+            return json_error(resp, falcon.HTTP_403, "set METRICS_TOKEN to scrape /metrics from another host")
+        body, content_type = self._render()
         resp.content_type = content_type
         resp.data = body
+
+    def _render(self) -> tuple[bytes, str]:
+        """The exposition, rendered at most once per RENDER_CACHE_SECONDS: a burst of scrapers
+        costs one render (with the snapshot off, as in tests, every scrape renders)."""
+        if self.snapshot.refresh_seconds <= 0:
+            return metrics.render(self.runtime, self.snapshot)
+        with self._render_lock:
+            now = time.monotonic()
+            if self._rendered is None or now - self._rendered[0] >= RENDER_CACHE_SECONDS:
+                body, content_type = metrics.render(self.runtime, self.snapshot)
+                self._rendered = (now, body, content_type)
+            return self._rendered[1], self._rendered[2]
 
 
 class RequireAdmin:
@@ -51,6 +95,89 @@ class RequireAdmin:
             ("WWW-Authenticate", f'Basic realm="{self.realm}", charset="UTF-8"'),
         ])
         return [body]
+
+
+DASHBOARD_HEADERS = (
+    ("X-Frame-Options", "DENY"),
+    ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+)
+MAX_DASHBOARD_FORM = 16 * 1024
+_CURSOR = re.compile(r"[0-9]{1,18}")
+
+
+def _plain(start_response, status: str, message: str) -> list[bytes]:
+    body = (message + "\n").encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+class SecureHeaders:
+    """WSGI middleware: no framing, a CSP, nosniff, and every cookie SameSite=Strict."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        def start(status, headers, exc_info=None):
+            headers = [(name, _same_site(value) if name.lower() == "set-cookie" else value)
+                       for name, value in headers if name.lower() not in
+                       {h.lower() for h, _ in DASHBOARD_HEADERS}]
+            return start_response(status, headers + list(DASHBOARD_HEADERS), exc_info)
+        return self.app(environ, start)
+
+
+def _same_site(cookie: str) -> str:
+    return cookie if "samesite=" in cookie.lower() else cookie + "; SameSite=Strict"
+
+
+class DashboardInputs:
+    """WSGI middleware: what the dashboard would turn into a 500 is a 400 with one line here.
+
+    Its queue pages int() the `cursor` parameter, and its forms int() a Content-Length that a
+    chunked request does not have and index a field that may be absent.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        from io import BytesIO
+        try:
+            params = parse_qsl(environ.get("QUERY_STRING", ""), max_num_fields=20)
+        except ValueError:
+            return _plain(start_response, "400 Bad Request", "malformed query string")
+        for name, value in params:
+            if name == "cursor" and not _CURSOR.fullmatch(value):
+                return _plain(start_response, "400 Bad Request", "cursor must be a non-negative integer")
+        if environ.get("REQUEST_METHOD") == "POST":
+            try:
+                raw = _read_form(environ)
+                form = dict(parse_qsl(raw.decode("utf-8"), strict_parsing=bool(raw), max_num_fields=20))
+            except (ValueError, UnicodeDecodeError):
+                return _plain(start_response, "400 Bad Request", "malformed form body")
+            if not form.get("id"):
+                return _plain(start_response, "400 Bad Request", "the form needs an id")
+            environ["wsgi.input"], environ["CONTENT_LENGTH"] = BytesIO(raw), str(len(raw))
+        return self.app(environ, start_response)
+
+
+def _read_form(environ) -> bytes:
+    """The form body (Content-Length or chunked), at most MAX_DASHBOARD_FORM bytes, else ValueError."""
+    length = environ.get("CONTENT_LENGTH") or ""
+    stream = environ["wsgi.input"]
+    if length:
+        if not length.isdigit() or int(length) > MAX_DASHBOARD_FORM:
+            raise ValueError("bad length")
+        return stream.read(int(length))
+    if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return b""
+    raw = stream.read(MAX_DASHBOARD_FORM + 1)
+    if len(raw) > MAX_DASHBOARD_FORM:
+        raise ValueError("too long")
+    return raw
 
 
 class LinkToConsole:
@@ -93,8 +220,8 @@ def dashboard_app(runtime):
     if not isinstance(runtime.broker, RedisBroker):
         return None
     from dramatiq_dashboard import DashboardApp
-    return RequireAdmin(LinkToConsole(DashboardApp(broker=runtime.broker, prefix=DASHBOARD_PREFIX)),
-                        runtime.settings)
+    dashboard = DashboardInputs(LinkToConsole(DashboardApp(broker=runtime.broker, prefix=DASHBOARD_PREFIX)))
+    return SecureHeaders(RequireAdmin(dashboard, runtime.settings))
 
 
 def mount_operator_apps(app, runtime):

@@ -33,8 +33,14 @@ def run() -> None:
 def web(host: str, workers: int, threads: int) -> None:
     """Serve the webhook receiver, admin API, metrics and dashboard with gunicorn."""
     from worker.gunicorn_app import serve
+    from config.settings import ConfigError, check_bind
     runtime = get_runtime()  # fail fast on bad configuration, before forking
-    serve(host, runtime.settings.port, workers, threads)
+    try:
+        check_bind(runtime.settings, host)
+    except ConfigError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(2)
+    serve(host, runtime.settings.port, workers, threads, runtime.settings.web_read_timeout)
 
 
 @main.command()
