@@ -391,6 +391,8 @@ class DomainSnapshot:
         began = time.monotonic()
         try:
             families = list(self.collector.collect())
+        except Exception:  # noqa: BLE001 - e.g. a closed log stream: keep the last figures, never kill the thread
+            return
         finally:
             with self._lock:
                 self._running = False
