@@ -1,6 +1,6 @@
 """`dunning run` (what `make run` calls): the whole service in the foreground.
 
-Starts the embedded Redis-compatible server when REDIS_URL is unset, applies the schema, then
+Starts the embedded Redis-compatible server when REDIS_URL is unset, migrates the database, then
 runs the Procfile's processes under honcho with the same environment. Ctrl-C or SIGTERM stops
 every process it started, the embedded server last: no orphans.
 """
@@ -15,13 +15,20 @@ from config.settings import PROJECT_ROOT, Settings
 from worker.db import Database
 
 
+# Run once per deploy by the platform (Heroku-style `release:`), not kept running: `dunning run`
+# migrates before it starts the others.
+ONE_OFF_ENTRIES = ("release",)
+
+
 def procfile_entries(path: Path = PROJECT_ROOT / "Procfile") -> dict[str, str]:
+    """The Procfile's long-running processes (one-off entries such as `release` left out)."""
     entries: dict[str, str] = {}
     for line in path.read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#") and ":" in line:
             name, command = line.split(":", 1)
-            entries[name.strip()] = command.strip()
+            if name.strip() not in ONE_OFF_ENTRIES:
+                entries[name.strip()] = command.strip()
     return entries
 
 
@@ -41,7 +48,12 @@ def run_all(settings: Settings) -> int:
         print(f"embedded Redis-compatible server at {env['REDIS_URL']} (data in {embedded.data_dir})",
               flush=True)
     try:
-        Database(settings.database_url).init_schema()
+        from worker.migrate import upgrade
+        database = Database(settings.database_url)
+        _, revision = upgrade(database)
+        print(f"database {database.engine.url.render_as_string(hide_password=True)} (schema {revision})",
+              flush=True)
+        database.dispose()
         bin_dir = Path(sys.executable).parent
         env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
         manager = Manager(Printer(sys.stdout))

@@ -78,12 +78,39 @@ def db() -> None:
     """The database schema."""
 
 
-@db.command("init")
-def db_init() -> None:
-    """Apply schema.sql (idempotent)."""
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="the revision to reach")
+def db_upgrade(revision: str) -> None:
+    """Apply every migration not yet applied (worker/migrations; safe to run on every deploy)."""
+    from worker.migrate import upgrade
     runtime = get_runtime(broker=False)
-    runtime.db.init_schema()
-    click.echo(f"schema applied to {runtime.db.engine.url.render_as_string(hide_password=True)}")
+    before, after = upgrade(runtime.db, revision)
+    click.echo(f"database {runtime.db.engine.url.render_as_string(hide_password=True)}: "
+               f"{before or 'unversioned'} -> {after}")
+
+
+@db.command("init")
+@click.pass_context
+def db_init(ctx) -> None:
+    """Alias of `db upgrade` (the schema is made by the migrations)."""
+    ctx.invoke(db_upgrade)
+
+
+@db.command("current")
+def db_current() -> None:
+    """The revision the database is at, and the newest one this release knows."""
+    from worker.migrate import current_revision, head_revisions
+    runtime = get_runtime(broker=False)
+    click.echo(f"database {current_revision(runtime.db) or 'unversioned'}; "
+               f"head {', '.join(head_revisions())}")
+
+
+@db.command("revision")
+@click.option("-m", "--message", required=True, help="what the revision changes")
+def db_revision(message: str) -> None:
+    """Write a new, empty revision file after the head (for developers; see README)."""
+    from worker.migrate import new_revision
+    click.echo(new_revision(message))
 
 
 @main.command()
