@@ -48,6 +48,13 @@ class Settings:
     scheduler_interval: float = 15.0  # seconds between scheduler passes
     queue_namespace: str = "dunning"
     extra: Mapping[str, str] = field(default_factory=dict)
+    broker_url: str | None = None  # BROKER_URL: amqp:// selects RabbitMQ (REDIS_URL stays for Redis)
+    database_pool_size: int = 10
+    database_max_overflow: int = 20
+
+    @property
+    def uses_rabbitmq(self) -> bool:
+        return bool(self.broker_url) and self.broker_url.split(":", 1)[0] in ("amqp", "amqps")
 
     @property
     def is_sqlite(self) -> bool:
@@ -158,4 +165,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         worker_threads=_int(env, "WORKER_THREADS", 8, 1, 256),
         scheduler_interval=float(_int(env, "SCHEDULER_INTERVAL", 15, 1, 3600)),
         queue_namespace=_optional(env, "QUEUE_NAMESPACE") or "dunning",
+        broker_url=_url(env, "BROKER_URL", ("amqp", "amqps", "redis", "rediss", "unix")),
+        database_pool_size=_int(env, "DATABASE_POOL_SIZE", 10, 1, 500),
+        database_max_overflow=_int(env, "DATABASE_MAX_OVERFLOW", 20, 0, 500),
     )

@@ -331,7 +331,7 @@ class DomainCollector:
 
 
 class QueueCollector:
-    """Messages waiting in Redis per queue (ready, delayed, dead-lettered), as the dashboard counts them."""
+    """Messages the broker holds per queue (ready, delayed, dead-lettered), Redis or RabbitMQ."""
 
     def __init__(self, broker):
         self.broker = broker
@@ -340,26 +340,19 @@ class QueueCollector:
         return []
 
     def collect(self):
-        from dramatiq.brokers.redis import RedisBroker
-        from dramatiq.common import q_name
         from prometheus_client.core import GaugeMetricFamily
+
+        from worker.queue_state import message_counts
         family = GaugeMetricFamily("dunning_queue_messages", "Messages held by the broker per queue: ready "
-                                   "(includes those a worker holds), delayed, dead (dead-lettered).",
-                                   labels=["queue", "kind"])
-        if isinstance(self.broker, RedisBroker):
-            queues = sorted({q_name(q) for q in self.broker.queues})
-            try:
-                pipe = self.broker.client.pipeline(transaction=False)
-                for queue in queues:
-                    for suffix in ("", ".DQ", ".XQ"):
-                        pipe.hlen(f"{self.broker.namespace}:{queue}{suffix}.msgs")
-                counts = iter(pipe.execute())
-                for queue in queues:
-                    for kind in ("ready", "delayed", "dead"):
-                        family.add_metric([queue, kind], next(counts))
-            except Exception as exc:  # noqa: BLE001 - a broker outage must not break the scrape
-                log.warning("metrics.queue_depth_unavailable", error=str(exc)[:200])
-                family = GaugeMetricFamily(family.name, family.documentation, labels=["queue", "kind"])
+                                   "(Redis: includes those a worker holds; RabbitMQ: waiting only), delayed, "
+                                   "dead (dead-lettered).", labels=["queue", "kind"])
+        try:
+            for queue, counts in message_counts(self.broker).items():
+                for kind, count in zip(("ready", "delayed", "dead"), counts):
+                    family.add_metric([queue, kind], count)
+        except Exception as exc:  # noqa: BLE001 - a broker outage must not break the scrape
+            log.warning("metrics.queue_depth_unavailable", error=str(exc)[:200])
+            family = GaugeMetricFamily(family.name, family.documentation, labels=["queue", "kind"])
         yield family
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import dramatiq
 
 from config.settings import Settings, load_settings
-from worker.broker import make_redis_broker, resolve_redis_url
+from worker.broker import make_broker
 from worker.db import Database
 from worker.logs import configure_logging, register_secrets
 
@@ -60,7 +60,7 @@ def setup(settings: Settings | None = None, broker: dramatiq.Broker | None = Non
                       settings.sendgrid_api_key, settings.platform_webhook_secret,
                       settings.dashboard_password])
     if broker is None:
-        broker = make_redis_broker(resolve_redis_url(settings), settings.queue_namespace)
+        broker = make_broker(settings)
     from worker import metrics
     metrics.install_broker_middleware(broker, settings)
     dramatiq.set_broker(broker)

@@ -92,9 +92,8 @@ class Ready:
         except DatabaseUnavailable as exc:
             checks["database"] = f"down: {str(exc)[:200]}"
         try:
-            client = getattr(self.runtime.broker, "client", None)
-            if client is not None:
-                client.ping()
+            from worker.queue_state import ping
+            ping(self.runtime.broker)
             checks["broker"] = "ok"
         except Exception as exc:
             checks["broker"] = f"down: {str(exc)[:200]}"

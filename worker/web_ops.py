@@ -54,7 +54,7 @@ class RequireAdmin:
 
 
 def dashboard_app(runtime):
-    """The Dramatiq dashboard for this service's broker, behind admin auth.
+    """The Dramatiq dashboard for this service's broker (mounted behind admin auth).
 
     It lists `broker.queues`, i.e. the queues declared in this process: runtime.setup declares
     every actor, so every queue of the service is there. A stub broker (tests without Redis)
@@ -64,13 +64,47 @@ def dashboard_app(runtime):
     if not isinstance(runtime.broker, RedisBroker):
         return None
     from dramatiq_dashboard import DashboardApp
-    return RequireAdmin(DashboardApp(broker=runtime.broker, prefix=DASHBOARD_PREFIX), runtime.settings)
+    return DashboardApp(broker=runtime.broker, prefix=DASHBOARD_PREFIX)
+
+
+def _plain(start_response, status: str, body: str, headers=()):
+    data = body.encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                            ("Content-Length", str(len(data))), *headers])
+    return [data]
+
+
+def no_dashboard_on_rabbitmq(_environ, start_response):
+    """The Dramatiq dashboard reads Redis only: say where the same facts are on RabbitMQ."""
+    return _plain(start_response, "501 Not Implemented",
+                  "The queue dashboard reads Redis; this service uses RabbitMQ (BROKER_URL).\n"
+                  "Queue depths: GET /metrics (dunning_queue_messages) or RabbitMQ's management UI.\n"
+                  "Dead letters: `dunning dlq list` and `dunning dlq requeue`.\n")
+
+
+class SlashRedirect:
+    """`/dashboard` (as documented) redirects to `/dashboard/`, where the mounted app's pages start."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO", "") == "":
+            query = environ.get("QUERY_STRING", "")
+            location = environ.get("SCRIPT_NAME", "") + "/" + (f"?{query}" if query else "")
+            return _plain(start_response, "308 Permanent Redirect", "see /dashboard/\n",
+                          [("Location", location)])
+        return self.app(environ, start_response)
 
 
 def mount_operator_apps(app, runtime):
     """The web process's WSGI app: the Falcon app with the dashboard mounted at /dashboard."""
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from worker.queue_state import broker_kind
     dashboard = dashboard_app(runtime)
+    if dashboard is None and broker_kind(runtime.broker) == "rabbitmq":
+        dashboard = no_dashboard_on_rabbitmq
     if dashboard is None:
         return app
-    return DispatcherMiddleware(app, {DASHBOARD_PREFIX: dashboard})
+    return DispatcherMiddleware(app, {DASHBOARD_PREFIX: RequireAdmin(SlashRedirect(dashboard), runtime.settings)})
