@@ -65,7 +65,9 @@ def setup(settings: Settings | None = None, broker: dramatiq.Broker | None = Non
     metrics.install_broker_middleware(broker, settings)
     dramatiq.set_broker(broker)
     from worker.actors import declare_actors
-    runtime = Runtime(settings=settings, db=Database(settings.database_url), broker=broker)
+    database = Database(settings.database_url, pool_size=settings.database_pool_size,
+                        max_overflow=settings.database_max_overflow)
+    runtime = Runtime(settings=settings, db=database, broker=broker)
     runtime.actors = declare_actors(broker)
     _current = runtime
     return runtime

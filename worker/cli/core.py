@@ -31,31 +31,53 @@ def run() -> None:
 def web(host: str, workers: int, threads: int) -> None:
     """Serve the webhook receiver, admin API, metrics and dashboard with gunicorn."""
     from worker.gunicorn_app import serve
-    runtime = get_runtime()  # fail fast on bad configuration, before forking
+    runtime = get_runtime(needs_secrets=True)  # fail fast on bad configuration, before forking
     serve(host, runtime.settings.port, workers, threads)
 
 
+def _queue_list(_ctx, _param, value: str | None) -> list[str]:
+    from worker.actors import QUEUES
+    names = [q.strip() for q in (value or "").split(",") if q.strip()]
+    unknown = sorted(set(names) - set(QUEUES))
+    if unknown:
+        raise click.BadParameter(f"unknown queue(s) {', '.join(unknown)}; the queues are {', '.join(QUEUES)}")
+    return names
+
+
 @main.command()
+@click.option("--queues", callback=_queue_list, default=None,
+              help="comma-separated queues to consume (default: all: events,steps,emails,notices,stripe)")
 @click.option("--processes", type=int, default=None, help="default: $WORKER_PROCESSES (2)")
 @click.option("--threads", type=int, default=None, help="default: $WORKER_THREADS (8)")
-def worker(processes: int | None, threads: int | None) -> None:
-    """Run the Dramatiq worker processes for every queue of this service (restarted if they die)."""
-    from worker.supervisor import supervise
-    runtime = get_runtime()
+@click.option("--supervise/--no-supervise", default=True,
+              help="restart the pool when it dies (default); --no-supervise exits with it, for an orchestrator")
+@click.option("--metrics-port", type=int, envvar="METRICS_PORT", default=None,
+              help="serve this host's worker metrics on this port ($METRICS_PORT)")
+def worker(queues: list[str], processes: int | None, threads: int | None, supervise: bool,
+           metrics_port: int | None) -> None:
+    """Run the Dramatiq worker processes for the service's queues (restarted if they die)."""
+    from worker.supervisor import supervise as run_pool
+    runtime = get_runtime(needs_secrets=True)  # its processes build the full runtime: fail here first
     settings = runtime.settings
     # --skip-logging: our own structlog/stdlib set-up (worker.runtime) is the only one, scrubbed.
     command = [os.path.join(os.path.dirname(sys.executable), "dramatiq"), "--skip-logging",
                "--processes", str(processes or settings.worker_processes),
                "--threads", str(threads or settings.worker_threads),
                "--worker-shutdown-timeout", "30000", "worker.runtime:worker_setup"]
-    sys.exit(supervise(command))
+    if queues:
+        command[1:1] = ["--queues", *queues]
+    if metrics_port:
+        from worker.metrics import current_dir
+        from worker.worker_metrics import serve
+        serve(metrics_port, current_dir(), os.environ.get("METRICS_HOST", "0.0.0.0"))
+    sys.exit(run_pool(command, restart=supervise))
 
 
 @main.command()
 def scheduler() -> None:
     """Run the scheduler loop (due steps, reconciler, outbox retries, card expiry scan)."""
     from worker.scheduler import run_forever
-    runtime = get_runtime()
+    runtime = get_runtime(needs_secrets=True)
     run_forever(runtime, runtime.settings.scheduler_interval)
 
 
