@@ -38,3 +38,26 @@ def test_version_prints_the_installed_release(tmp_path):
     from importlib.metadata import version
     done = dunning(tmp_path, "--version")
     assert done.returncode == 0 and done.stdout.strip() == f"dunning {version('dunning-worker')}"
+
+
+def test_make_run_signs_notice_files_with_a_local_secret_kept_under_var(tmp_path):
+    from worker.launcher import local_notice_secret
+    first = local_notice_secret(tmp_path / "var")
+    assert len(first) >= 24 and local_notice_secret(tmp_path / "var") == first
+    assert (tmp_path / "var" / "platform-webhook-secret").stat().st_mode & 0o077 == 0
+
+
+def test_the_start_banner_says_where_webhooks_emails_notices_database_and_broker_are(tmp_path):
+    from config.settings import load_settings
+    from tests.conftest import base_env
+    from worker.launcher import banner
+    env = base_env(tmp_path, HOST="0.0.0.0", PORT="8123")
+    env.pop("NOTICE_OUTBOX_DIR")
+    lines = banner(load_settings(env), {"REDIS_URL": "redis://:pw@127.0.0.1:6400/0", "HOST": "0.0.0.0"}, "0002_x")
+    text = "\n".join(lines)
+    assert "http://127.0.0.1:8123/webhooks/stripe" in text
+    assert f".eml files in {tmp_path / 'outbox'}" in text
+    assert f"signed JSON files in {tmp_path / 'var' / 'notices'}" in text
+    assert "(schema 0002_x)" in text and "Redis redis://:***@127.0.0.1:6400/0" in text
+    rabbit = banner(load_settings({**env, "BROKER_URL": "amqp://guest:secret@mq:5672/dunning"}), {}, None)
+    assert rabbit[-1] == "broker            RabbitMQ amqp://guest:***@mq:5672/dunning"
