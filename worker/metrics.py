@@ -312,7 +312,7 @@ class DomainCollector:
                                        value=opened_n)
             won = GaugeMetricFamily("dunning_cases_recovered_30d", "Cases opened in the last 30 days that "
                                     "are recovered.", value=int(recovered_n))
-            rate = GaugeMetricFamily("dunning_recovery_rate_30d", "Recovered / opened, over cases opened in "
+            rate = GaugeMetricFamily("dunning_recovery_30d_ratio", "Recovered / opened, over cases opened in "
                                      "the last 30 days (absent when none opened).", labels=[])
             if opened_n:
                 rate.add_metric([], int(recovered_n) / opened_n)
@@ -372,4 +372,7 @@ def render(runtime) -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry, path=str(path))
     registry.register(DomainCollector(runtime.db))
     registry.register(QueueCollector(runtime.broker))
+    from worker.metrics_ops import BuildInfoCollector
+    from worker.queue_state import broker_kind
+    registry.register(BuildInfoCollector(broker_kind(runtime.broker)))
     return prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST

@@ -48,9 +48,11 @@ class HostCollector:
         yield from multiprocess.MultiProcessCollector(None, path=str(self.directory)).collect()
 
 
-def serve(port: int, directory: Path, host: str = "0.0.0.0"):
+def serve(port: int, directory: Path, host: str = "0.0.0.0", broker_kind: str = "redis"):
     """Start the exposition server in a daemon thread; returns (server, thread)."""
     import prometheus_client as prom
     registry = prom.CollectorRegistry(auto_describe=False)
     registry.register(HostCollector(directory))
+    from worker.metrics_ops import BuildInfoCollector
+    registry.register(BuildInfoCollector(broker_kind))
     return prom.start_http_server(port, addr=host, registry=registry)

@@ -69,7 +69,8 @@ def worker(queues: list[str], processes: int | None, threads: int | None, superv
     if metrics_port:
         from worker.metrics import current_dir
         from worker.worker_metrics import serve
-        serve(metrics_port, current_dir(), os.environ.get("METRICS_HOST", "0.0.0.0"))
+        from worker.queue_state import broker_kind
+        serve(metrics_port, current_dir(), os.environ.get("METRICS_HOST", "0.0.0.0"), broker_kind(runtime.broker))
     sys.exit(run_pool(command, restart=supervise))
 
 
