@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_CHECKOUT = Path(__file__).resolve().parent.parent
+# A checkout has schema.sql beside config/; an installed package keeps the same files (templates,
+# schema.sql, Procfile, policy) in site-packages/dunning_files (pyproject.toml's package data), and
+# its var/ goes in the directory it is run from, never inside site-packages.
+PROJECT_ROOT = _CHECKOUT if (_CHECKOUT / "schema.sql").is_file() else _CHECKOUT / "dunning_files"
+DEFAULT_VAR_DIR = PROJECT_ROOT / "var" if PROJECT_ROOT == _CHECKOUT else Path.cwd() / "var"
 
 
 class ConfigError(Exception):
@@ -107,7 +112,7 @@ def normalise_database_url(url: str) -> str:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from the environment; raise ConfigError naming the first bad variable."""
     env = os.environ if env is None else env
-    var_dir = Path(env.get("DUNNING_VAR_DIR", "") or PROJECT_ROOT / "var")
+    var_dir = Path(env.get("DUNNING_VAR_DIR", "") or DEFAULT_VAR_DIR)
 
     database_url = _optional(env, "DATABASE_URL") or f"sqlite:///{var_dir / 'dunning.sqlite3'}"
     if not database_url.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgres", "postgresql"):

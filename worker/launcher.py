@@ -62,7 +62,10 @@ def run_all(settings: Settings) -> int:
         for line in banner(settings, env, revision):
             print(line, flush=True)
         manager.loop()
-        return manager.returncode or 0
+        # honcho answers Ctrl-C / SIGTERM with 130 / 143; a stop that was asked for is a success
+        # (no `make: *** Error 130`). A process that died on its own keeps its exit code.
+        code = manager.returncode or 0
+        return 0 if code in (130, 143) else code
     finally:
         if embedded is not None:
             embedded.stop()
