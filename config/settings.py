@@ -56,6 +56,7 @@ class Settings:
     broker_url: str | None = None  # BROKER_URL: amqp:// selects RabbitMQ (REDIS_URL stays for Redis)
     database_pool_size: int = 10
     database_max_overflow: int = 20
+    sentry_dsn: str | None = None  # SENTRY_DSN: optional error tracking (worker/error_tracking.py)
 
     @property
     def uses_rabbitmq(self) -> bool:
@@ -173,4 +174,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         broker_url=_url(env, "BROKER_URL", ("amqp", "amqps", "redis", "rediss", "unix")),
         database_pool_size=_int(env, "DATABASE_POOL_SIZE", 10, 1, 500),
         database_max_overflow=_int(env, "DATABASE_MAX_OVERFLOW", 20, 0, 500),
+        sentry_dsn=_url(env, "SENTRY_DSN", ("http", "https")),
     )

@@ -58,7 +58,11 @@ def setup(settings: Settings | None = None, broker: dramatiq.Broker | None = Non
         configure_logging(settings.log_format, settings.log_level)
     register_secrets([*settings.stripe_webhook_secrets, settings.admin_token, settings.stripe_api_key,
                       settings.sendgrid_api_key, settings.platform_webhook_secret,
-                      settings.dashboard_password])
+                      settings.dashboard_password, settings.sentry_dsn])
+    if settings.sentry_dsn:
+        from worker.error_tracking import init_error_tracking
+        from worker.metrics_ops import release
+        init_error_tracking(settings.sentry_dsn, release=release())
     if broker is None:
         broker = make_broker(settings)
     from worker import metrics
