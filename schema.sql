@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS cases (
     card_last4              TEXT,
     next_step               INTEGER,            -- index into the schedule's steps; NULL when none is left
     next_step_at            TIMESTAMP,          -- the durable timer: NULL when nothing is due
+    steps_enqueued_at       TIMESTAMP,          -- a steps message is queued (scheduler lease); NULL once it ran
     disrupt_at              TIMESTAMP,          -- fixed when the case enters disruption_scheduled
     last_event_created      BIGINT NOT NULL DEFAULT 0,
     opened_at               TIMESTAMP NOT NULL,
@@ -129,6 +130,7 @@ CREATE TABLE IF NOT EXISTS emails (
     last_error          TEXT,
     next_attempt_at     TIMESTAMP NOT NULL,
     lease_until         TIMESTAMP,
+    enqueued_at         TIMESTAMP,              -- a send message is queued (sweeper lease); NULL once claimed
     provider_message_id TEXT,
     created_at          TIMESTAMP NOT NULL,
     sent_at             TIMESTAMP
@@ -152,6 +154,7 @@ CREATE TABLE IF NOT EXISTS platform_notices (
     last_error      TEXT,
     next_attempt_at TIMESTAMP NOT NULL,
     lease_until     TIMESTAMP,                  -- while sending: after this the sweeper may retry
+    enqueued_at     TIMESTAMP,                  -- a delivery message is queued (sweeper lease); NULL once claimed
     created_at      TIMESTAMP NOT NULL,
     delivered_at    TIMESTAMP
 );

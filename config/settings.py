@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_CHECKOUT = Path(__file__).resolve().parent.parent
+# A checkout has schema.sql beside config/; an installed package keeps the same files (templates,
+# schema.sql, Procfile, policy) in site-packages/dunning_files (pyproject.toml's package data), and
+# its var/ goes in the directory it is run from, never inside site-packages.
+PROJECT_ROOT = _CHECKOUT if (_CHECKOUT / "schema.sql").is_file() else _CHECKOUT / "dunning_files"
+DEFAULT_VAR_DIR = PROJECT_ROOT / "var" if PROJECT_ROOT == _CHECKOUT else Path.cwd() / "var"
 
 
 class ConfigError(Exception):
@@ -55,6 +60,14 @@ class Settings:
     billing_page_url: str | None = None  # BILLING_PAGE_URL: an https page emails may link to
     metrics_amounts: bool = False  # METRICS_AMOUNTS=1 publishes recovered amounts (business figures)
     extra: Mapping[str, str] = field(default_factory=dict)
+    broker_url: str | None = None  # BROKER_URL: amqp:// selects RabbitMQ (REDIS_URL stays for Redis)
+    database_pool_size: int = 10
+    database_max_overflow: int = 20
+    sentry_dsn: str | None = None  # SENTRY_DSN: optional error tracking (worker/error_tracking.py)
+
+    @property
+    def uses_rabbitmq(self) -> bool:
+        return bool(self.broker_url) and self.broker_url.split(":", 1)[0] in ("amqp", "amqps")
 
     @property
     def is_sqlite(self) -> bool:
@@ -164,7 +177,7 @@ def normalise_database_url(url: str) -> str:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from the environment; raise ConfigError naming the first bad variable."""
     env = os.environ if env is None else env
-    var_dir = Path(env.get("DUNNING_VAR_DIR", "") or PROJECT_ROOT / "var")
+    var_dir = Path(env.get("DUNNING_VAR_DIR", "") or DEFAULT_VAR_DIR)
 
     database_url = _optional(env, "DATABASE_URL") or f"sqlite:///{var_dir / 'dunning.sqlite3'}"
     if not database_url.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgres", "postgresql"):
@@ -238,6 +251,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_refresh_seconds=float(_int(env, "METRICS_REFRESH_SECONDS", 30, 0, 3600)),  # 0: no cache
         billing_page_url=_url(env, "BILLING_PAGE_URL", ("https",)),
         metrics_amounts=(_optional(env, "METRICS_AMOUNTS") or "0").lower() in ("1", "true", "yes"),
+        broker_url=_url(env, "BROKER_URL", ("amqp", "amqps", "redis", "rediss", "unix")),
+        database_pool_size=_int(env, "DATABASE_POOL_SIZE", 10, 1, 500),
+        database_max_overflow=_int(env, "DATABASE_MAX_OVERFLOW", 20, 0, 500),
+        sentry_dsn=_url(env, "SENTRY_DSN", ("http", "https")),
     )
     check_bind(settings, env.get("HOST", "").strip() or "0.0.0.0")
     return settings

@@ -7,14 +7,18 @@ the case's `next_step` index read under the case row lock, and the same transact
 the index with a guarded update (WHERE version = :seen); its email's dedupe key
 `case:<id>:step:<n>` makes a second send impossible even if all that failed. A late step (the
 scheduler was down) still runs, once, when the next pass finds it.
+
+A case whose steps message is queued is not queued again before ENQUEUE_LEASE lapses
+(cases.steps_enqueued_at, cleared when the message runs): a backlog, or a second scheduler
+host, does not fill the broker with copies; a lost message is queued again after the lease.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 
 from handlers import accounts, dunning
 from handlers.context import HandlerContext
@@ -23,15 +27,21 @@ from worker.clock import utcnow
 log = structlog.get_logger("handlers.steps")
 
 ENQUEUE_BATCH = 1000
+ENQUEUE_LEASE = timedelta(seconds=60)  # as the reconciler's short grace
 
 
 def enqueue_due_steps(runtime, now: datetime) -> int:
     """Enqueue run_case_steps(case_id, now) for every case whose next step is due; return how many."""
     cases = runtime.db.table("cases")
-    stmt = (select(cases.c.id).where(cases.c.next_step_at <= now)
+    stmt = (select(cases.c.id).where(cases.c.next_step_at <= now,
+                                     or_(cases.c.steps_enqueued_at.is_(None),
+                                         cases.c.steps_enqueued_at <= now - ENQUEUE_LEASE))
             .order_by(cases.c.next_step_at).limit(ENQUEUE_BATCH))
-    with runtime.db.engine.connect() as conn:
+    with runtime.db.transaction() as conn:
         due = list(conn.execute(stmt).scalars())
+        if due:
+            # On the pass's clock (`tick --at` has its own timeline); running the message clears it.
+            conn.execute(update(cases).where(cases.c.id.in_(due)).values(steps_enqueued_at=now))
     as_of = now.isoformat() + "Z"
     for case_id in due:
         runtime.actors.run_case_steps.send(case_id, as_of)
@@ -48,6 +58,9 @@ def run_due_steps(runtime, case_id: str, as_of: datetime) -> int:
         with runtime.db.transaction() as conn:
             ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=None, log=log)
             case = dunning.lock_case(ctx, case_id=case_id)
+            if ran == 0 and case is not None and case.get("steps_enqueued_at") is not None:
+                cases = runtime.db.table("cases")  # this message ran: the scheduler may queue the next
+                conn.execute(update(cases).where(cases.c.id == case_id).values(steps_enqueued_at=None))
             if not is_due(case, as_of):
                 break
             run_next_step(ctx, case)

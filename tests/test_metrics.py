@@ -78,7 +78,7 @@ def test_metrics_parse_and_counters_move_from_failure_to_recovery(any_runtime, m
     assert value(failing, "dunning_emails_sent_total", template="payment-failed") == 1
     assert value(failing, "dunning_outbox_oldest_pending_age_seconds", outbox="emails") == 0
     assert value(failing, "dunning_cases_opened_30d") == 1
-    assert value(failing, "dunning_recovery_rate_30d") == 0
+    assert value(failing, "dunning_recovery_30d_ratio") == 0
     assert value(failing, "dunning_recovered_cases_total", currency="usd") == 0
     # Dramatiq's own message metrics come through the same endpoint.
     assert moved("dramatiq_messages_total", queue_name="events", actor_name="process_event") == 1
@@ -102,7 +102,7 @@ def test_metrics_parse_and_counters_move_from_failure_to_recovery(any_runtime, m
     assert value(recovered, "dunning_outbox_oldest_pending_age_seconds", outbox="notices") == 0
     assert value(recovered, "dunning_recovered_cases_total", currency="usd") == 1
     assert value(recovered, "dunning_recovered_amount_total", currency="usd") == 4200
-    assert value(recovered, "dunning_recovery_rate_30d") == 1.0
+    assert value(recovered, "dunning_recovery_30d_ratio") == 1.0
 
 
 def test_outcomes_of_links_and_card_retries_are_counted(any_runtime, metrics_client):
@@ -132,7 +132,7 @@ def test_outcomes_of_links_and_card_retries_are_counted(any_runtime, metrics_cli
     assert value(samples, "dunning_card_retries_total", outcome="declined") == 2
     assert value(samples, "dunning_platform_notices", type="service.disrupted", status="pending") == 1
     assert value(samples, "dunning_outbox_oldest_pending_age_seconds", outbox="notices") >= 600
-    assert (("dunning_recovery_rate_30d", ()) not in samples)  # nothing opened: no rate, not a fake 0
+    assert (("dunning_recovery_30d_ratio", ()) not in samples)  # nothing opened: no rate, not a fake 0
 
 
 def test_metrics_directory_is_under_var_and_shared_by_every_process(runtime):

@@ -4,10 +4,15 @@ Crash recovery is tuned: a worker heartbeats every command; messages held by a w
 for HEARTBEAT_TIMEOUT_MS are put back on their queue by a maintenance pass that runs with
 MAINTENANCE_CHANCE per million commands. The defaults (60 s, 0.1%) take many minutes on a quiet
 queue; these values requeue a killed worker's messages well within a minute.
+
+BROKER_URL=amqp://... selects RabbitMQ instead (Dramatiq's recommendation for production): there
+a killed worker's unacknowledged messages go back on their queue as soon as its connection drops,
+and publishes are confirmed. Its virtual host plays the part QUEUE_NAMESPACE plays on Redis.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import dramatiq
@@ -31,9 +36,11 @@ def embedded_url_file(settings: Settings) -> Path:
 
 
 def resolve_redis_url(settings: Settings) -> str:
-    """REDIS_URL, else the embedded server that `make run` started (its URL is in var/)."""
+    """REDIS_URL (or a redis:// BROKER_URL), else the embedded server that `make run` started."""
     if settings.redis_url:
         return settings.redis_url
+    if settings.broker_url and not settings.uses_rabbitmq:
+        return settings.broker_url
     url_file = embedded_url_file(settings)
     if url_file.is_file():
         return url_file.read_text().strip()
@@ -63,6 +70,19 @@ def make_redis_broker(url: str, namespace: str = "dunning") -> RedisBroker:
         maintenance_chance=MAINTENANCE_CHANCE,
     )
     return _tune(broker)
+
+
+def make_rabbitmq_broker(url: str) -> dramatiq.Broker:
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+    logging.getLogger("pika").setLevel(logging.WARNING)  # pika narrates every channel at INFO
+    return _tune(RabbitmqBroker(url=url, confirm_delivery=True))
+
+
+def make_broker(settings: Settings) -> dramatiq.Broker:
+    """The broker the settings name: RabbitMQ for an amqp:// BROKER_URL, else Redis."""
+    if settings.uses_rabbitmq:
+        return make_rabbitmq_broker(settings.broker_url)
+    return make_redis_broker(resolve_redis_url(settings), settings.queue_namespace)
 
 
 def make_stub_broker() -> StubBroker:

@@ -54,7 +54,7 @@ def _sqlite_setup(engine: Engine) -> None:
 class Database:
     """Engine, reflected tables and transaction helpers for one DATABASE_URL."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False):
+    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 20, echo: bool = False):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
@@ -69,7 +69,8 @@ class Database:
             # fails one transaction (webhook 503, Stripe retries; actor retries) and
             # SQLAlchemy then refreshes the whole pool.
             # hide_parameters: errors kept in events.last_error never carry payload values (emails).
-            self.engine = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=20,
+            # pool_size + max_overflow: DATABASE_POOL_SIZE / DATABASE_MAX_OVERFLOW, per process.
+            self.engine = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow,
                                         pool_recycle=1800, hide_parameters=True, connect_args={"connect_timeout": 5})
         self._tables: dict[str, Table] | None = None
 

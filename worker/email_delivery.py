@@ -40,6 +40,7 @@ from worker.logs import mask_email
 log = structlog.get_logger("worker.email_delivery")
 
 LEASE = timedelta(minutes=5)            # a send takes seconds; after this the row may be retried
+ENQUEUE_LEASE = timedelta(seconds=60)  # a queued send message is not queued again before this
 BACKOFF_BASE = timedelta(seconds=60)
 BACKOFF_CAP = timedelta(hours=4)
 RETRY_FOR = timedelta(days=3)           # transient failures are retried at least this long...
@@ -295,7 +296,7 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
         claimed = conn.execute(
             update(emails).where(emails.c.id == email_id, emails.c.status == row["status"],
                                  emails.c.attempts == row["attempts"])
-            .values(status="sending", lease_until=utcnow() + LEASE, attempts=attempt)
+            .values(status="sending", lease_until=utcnow() + LEASE, attempts=attempt, enqueued_at=None)
         ).rowcount
     if not claimed:
         log.info("email.claimed_elsewhere", email_id=email_id)
@@ -396,7 +397,8 @@ def sweep_emails(runtime, now: datetime) -> int:
     with db.transaction() as conn:
         rows = conn.execute(
             select(emails.c.id, emails.c.status, emails.c.next_attempt_at)
-            .where(or_(and_(emails.c.status == "pending", emails.c.next_attempt_at <= now),
+            .where(or_(and_(emails.c.status == "pending", emails.c.next_attempt_at <= now,
+                            or_(emails.c.enqueued_at.is_(None), emails.c.enqueued_at <= now - ENQUEUE_LEASE)),
                        and_(emails.c.status == "sending", emails.c.lease_until < now)))
             .order_by(emails.c.next_attempt_at).limit(SWEEP_BATCH)
         ).mappings().all()
@@ -404,6 +406,8 @@ def sweep_emails(runtime, now: datetime) -> int:
             if row["status"] == "pending" and row["next_attempt_at"] > real_now:
                 conn.execute(update(emails).where(emails.c.id == row["id"], emails.c.status == "pending")
                              .values(next_attempt_at=real_now))
+        if rows:
+            conn.execute(update(emails).where(emails.c.id.in_([r["id"] for r in rows])).values(enqueued_at=now))
     for row in rows:
         runtime.actors.send_email.send(row["id"])
     if rows:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from gunicorn.app.base import BaseApplication
 
+from worker.stdlib_logs import gunicorn_logger_class
+
 
 class _App(BaseApplication):
     def __init__(self, options: dict):
@@ -36,5 +38,6 @@ def serve(host: str, port: int, workers: int, threads: int, read_timeout: float 
         "graceful_timeout": 20,
         "accesslog": None,
         "preload_app": False,
+        "logger_class": gunicorn_logger_class(),  # its lines through our formatter (JSON in production)
         "control_socket_disable": True,  # several gunicorns on one host must not share ~/.gunicorn/gunicorn.ctl
     }).run()

@@ -94,7 +94,8 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    from worker.stdlib_logs import stdlib_formatter
+    handler.setFormatter(stdlib_formatter(log_format))  # JSON mode: library lines as JSON too
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_dunning", False):

@@ -340,7 +340,7 @@ class DomainCollector:
                                        value=opened_n)
             won = GaugeMetricFamily("dunning_cases_recovered_30d", "Cases opened in the last 30 days that "
                                     "are recovered.", value=int(recovered_n))
-            rate = GaugeMetricFamily("dunning_recovery_rate_30d", "Recovered / opened, over cases opened in "
+            rate = GaugeMetricFamily("dunning_recovery_30d_ratio", "Recovered / opened, over cases opened in "
                                      "the last 30 days (absent when none opened).", labels=[])
             if opened_n:
                 rate.add_metric([], int(recovered_n) / opened_n)
@@ -417,7 +417,7 @@ class DomainSnapshot:
 
 
 class QueueCollector:
-    """Messages waiting in Redis per queue (ready, delayed, dead-lettered), as the dashboard counts them."""
+    """Messages the broker holds per queue (ready, delayed, dead-lettered), Redis or RabbitMQ."""
 
     def __init__(self, broker):
         self.broker = broker
@@ -426,26 +426,19 @@ class QueueCollector:
         return []
 
     def collect(self):
-        from dramatiq.brokers.redis import RedisBroker
-        from dramatiq.common import q_name
         from prometheus_client.core import GaugeMetricFamily
+
+        from worker.queue_state import message_counts
         family = GaugeMetricFamily("dunning_queue_messages", "Messages held by the broker per queue: ready "
-                                   "(includes those a worker holds), delayed, dead (dead-lettered).",
-                                   labels=["queue", "kind"])
-        if isinstance(self.broker, RedisBroker):
-            queues = sorted({q_name(q) for q in self.broker.queues})
-            try:
-                pipe = self.broker.client.pipeline(transaction=False)
-                for queue in queues:
-                    for suffix in ("", ".DQ", ".XQ"):
-                        pipe.hlen(f"{self.broker.namespace}:{queue}{suffix}.msgs")
-                counts = iter(pipe.execute())
-                for queue in queues:
-                    for kind in ("ready", "delayed", "dead"):
-                        family.add_metric([queue, kind], next(counts))
-            except Exception as exc:  # noqa: BLE001 - a broker outage must not break the scrape
-                log.warning("metrics.queue_depth_unavailable", error=str(exc)[:200])
-                family = GaugeMetricFamily(family.name, family.documentation, labels=["queue", "kind"])
+                                   "(Redis: includes those a worker holds; RabbitMQ: waiting only), delayed, "
+                                   "dead (dead-lettered).", labels=["queue", "kind"])
+        try:
+            for queue, counts in message_counts(self.broker).items():
+                for kind, count in zip(("ready", "delayed", "dead"), counts):
+                    family.add_metric([queue, kind], count)
+        except Exception as exc:  # noqa: BLE001 - a broker outage must not break the scrape
+            log.warning("metrics.queue_depth_unavailable", error=str(exc)[:200])
+            family = GaugeMetricFamily(family.name, family.documentation, labels=["queue", "kind"])
         yield family
 
 
@@ -468,4 +461,7 @@ def render(runtime, snapshot: DomainSnapshot | None = None) -> tuple[bytes, str]
         multiprocess.MultiProcessCollector(registry, path=str(path))
     registry.register(snapshot if snapshot is not None else DomainCollector(runtime.db))
     registry.register(QueueCollector(runtime.broker))
+    from worker.metrics_ops import BuildInfoCollector
+    from worker.queue_state import broker_kind
+    registry.register(BuildInfoCollector(broker_kind(runtime.broker)))
     return prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST

@@ -42,6 +42,7 @@ log = structlog.get_logger("worker.notices")
 
 SIGNATURE_HEADER = "Dunning-Signature"
 LEASE = timedelta(minutes=2)            # one POST takes at most TIMEOUT seconds
+ENQUEUE_LEASE = timedelta(seconds=60)  # a queued delivery message is not queued again before this
 TIMEOUT = 10.0
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_CAP = timedelta(hours=1)
@@ -203,7 +204,8 @@ def _claim_head(runtime, account_id: str, now: datetime):
         claimed = conn.execute(
             update(notices).where(notices.c.id == head["id"], notices.c.status == head["status"],
                                   notices.c.attempts == head["attempts"])
-            .values(status="sending", lease_until=utcnow() + LEASE, attempts=head["attempts"] + 1)
+            .values(status="sending", lease_until=utcnow() + LEASE, attempts=head["attempts"] + 1,
+                    enqueued_at=None)
         ).rowcount
     return dict(head) if claimed else None
 
@@ -250,7 +252,8 @@ def sweep_notices(runtime, now: datetime) -> int:
         rows = conn.execute(
             select(notices.c.id, notices.c.account_id, notices.c.status, notices.c.next_attempt_at)
             .join(heads, and_(notices.c.account_id == heads.c.account_id, notices.c.seq == heads.c.seq))
-            .where(or_(and_(notices.c.status == "pending", notices.c.next_attempt_at <= now),
+            .where(or_(and_(notices.c.status == "pending", notices.c.next_attempt_at <= now,
+                            or_(notices.c.enqueued_at.is_(None), notices.c.enqueued_at <= now - ENQUEUE_LEASE)),
                        and_(notices.c.status == "sending", notices.c.lease_until < now)))
             .order_by(notices.c.next_attempt_at).limit(SWEEP_BATCH)
         ).mappings().all()
@@ -258,6 +261,9 @@ def sweep_notices(runtime, now: datetime) -> int:
             if row["status"] == "pending" and row["next_attempt_at"] > real_now:
                 conn.execute(update(notices).where(notices.c.id == row["id"], notices.c.status == "pending")
                              .values(next_attempt_at=real_now))
+        if rows:
+            conn.execute(update(notices).where(notices.c.id.in_([r["id"] for r in rows]))
+                         .values(enqueued_at=now))
     accounts = sorted({row["account_id"] for row in rows})
     for account_id in accounts:
         runtime.actors.deliver_notices.send(account_id)

@@ -119,6 +119,7 @@ def _add_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case:
         "status": "pending",
         "attempts": 0,
         "next_attempt_at": now,
+        "enqueued_at": now,  # sent after commit, below: the sweeper leaves it to that message
         "created_at": now,
     }, "dedupe_key")
     if not inserted:
@@ -209,6 +210,7 @@ def add_notice(ctx, type: str, account_id: str, dedupe_key: str, *, case_id: str
         "status": "pending",
         "attempts": 0,
         "next_attempt_at": now,
+        "enqueued_at": now,  # sent after commit, below: the sweeper leaves it to that message
         "created_at": now,
     }, "dedupe_key")
     if not inserted:

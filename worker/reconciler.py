@@ -23,11 +23,10 @@ log = structlog.get_logger("worker.reconciler")
 
 def queue_is_empty(broker, queue_name: str = "events") -> bool:
     """No message is waiting on the queue (in-flight ones don't count: after a Redis restart the
-    `.msgs` hash can keep entries of a dead worker for a long time, which is not a backlog)."""
-    client = getattr(broker, "client", None)
-    if client is None:
-        return True
-    return client.llen(f"{broker.namespace}:{queue_name}") == 0
+    `.msgs` hash can keep entries of a dead worker for a long time, which is not a backlog).
+    Redis and RabbitMQ alike (worker.queue_state); the stub broker is always empty."""
+    from worker.queue_state import waiting
+    return waiting(broker, queue_name) == 0
 
 
 def reconcile(runtime, now: datetime) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 import dramatiq
 
 from config.settings import Settings, load_settings
-from worker.broker import make_redis_broker, resolve_redis_url
+from worker.broker import make_broker
 from worker.db import Database
 from worker.logs import configure_logging, register_secrets
 
@@ -58,14 +58,21 @@ def setup(settings: Settings | None = None, broker: dramatiq.Broker | None = Non
         configure_logging(settings.log_format, settings.log_level)
     register_secrets([*settings.stripe_webhook_secrets, settings.admin_token, settings.stripe_api_key,
                       settings.sendgrid_api_key, *settings.platform_webhook_secrets,
-                      settings.platform_api_token, settings.dashboard_password, settings.metrics_token])
+                      settings.platform_api_token, settings.dashboard_password, settings.metrics_token,
+                      settings.sentry_dsn])
+    if settings.sentry_dsn:
+        from worker.error_tracking import init_error_tracking
+        from worker.metrics_ops import release
+        init_error_tracking(settings.sentry_dsn, release=release())
     if broker is None:
-        broker = make_redis_broker(resolve_redis_url(settings), settings.queue_namespace)
+        broker = make_broker(settings)
     from worker import metrics
     metrics.install_broker_middleware(broker, settings)
     dramatiq.set_broker(broker)
     from worker.actors import declare_actors
-    runtime = Runtime(settings=settings, db=Database(settings.database_url), broker=broker)
+    database = Database(settings.database_url, pool_size=settings.database_pool_size,
+                        max_overflow=settings.database_max_overflow)
+    runtime = Runtime(settings=settings, db=database, broker=broker)
     runtime.policy  # checked at start: a bad policy file (e.g. a [retention] typo) stops start-up here
     runtime.actors = declare_actors(broker)
     _current = runtime

@@ -2,7 +2,8 @@
 
 Timers are rows (cases.next_step_at, outbox next_attempt_at), never long broker delays, so a
 pass late by an hour still runs each due step once. Each job is idempotent, so two schedulers
-running at once are wasteful but not wrong.
+running at once would be wasteful but not wrong; on PostgreSQL only one leads (worker.leadership)
+and the others wait to take over, so run one per host for availability.
 """
 
 from __future__ import annotations
@@ -40,17 +41,23 @@ def run_pass(runtime, now: datetime) -> dict[str, int]:
 
 
 def run_forever(runtime, interval: float) -> None:
+    from worker.leadership import Leadership
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     from worker.retention import DailyPrune
     daily_prune = DailyPrune(runtime, stop)  # [retention], once a UTC day, on one host only
     log.info("scheduler.started", interval=interval)
-    while not stop.is_set():
-        now = utcnow()
-        done = run_pass(runtime, now)
-        daily_prune.maybe_start(now)
-        if any(v for v in done.values()):
-            log.info("scheduler.pass", **done)
-        stop.wait(interval)
+    leadership = Leadership(runtime.db)
+    try:
+        while not stop.is_set():
+            if leadership.is_leader():
+                now = utcnow()
+                done = run_pass(runtime, now)
+                daily_prune.maybe_start(now)
+                if any(v for v in done.values()):
+                    log.info("scheduler.pass", **done)
+            stop.wait(interval)
+    finally:
+        leadership.release()
     log.info("scheduler.stopped")

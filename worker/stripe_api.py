@@ -121,6 +121,15 @@ def _error_body(exc: stripe.StripeError) -> dict:
     return error if isinstance(error, dict) else {}
 
 
+# The Stripe API version this service speaks, set here and only here (README "Stripe API version").
+# Upgrading the stripe package no longer changes the objects we read: its default version is not
+# used. Webhook events carry the version of the endpoint that sent them (`api_version`); whatever
+# it is, they are read through handlers/stripe_objects.py, tested against every version in the
+# shared corpus. Change it deliberately, with the adapters and a new endpoint (`dunning stripe
+# webhook-endpoint create`).
+STRIPE_API_VERSION = "2026-10-28.endive"
+
+
 class StripeGateway:
     """The calls the dunning worker makes to Stripe; one instance per process."""
 
@@ -133,7 +142,14 @@ class StripeGateway:
         }
         if api_base:
             kwargs["base_addresses"] = {"api": api_base}
-        self.client = stripe.StripeClient(api_key, **kwargs)
+        self.client = stripe.StripeClient(api_key, stripe_version=STRIPE_API_VERSION, **kwargs)
+
+    # -- set-up -----------------------------------------------------------------------------
+    def create_webhook_endpoint(self, url: str, events: list[str], idempotency_key: str) -> dict:
+        """A webhook endpoint for `events` at our pinned API version; the answer holds its secret."""
+        return self._call("webhook_endpoints.create", lambda: self.client.v1.webhook_endpoints.create(
+            {"url": url, "enabled_events": events, "api_version": STRIPE_API_VERSION,
+             "description": "dunning worker"}, {"idempotency_key": idempotency_key}))
 
     # -- reads ------------------------------------------------------------------------------
     def retrieve_invoice(self, invoice_id: str) -> dict:

@@ -5,6 +5,9 @@ an outside supervisor. Under `make run` the Procfile runner would then stop the 
 the scheduler too. This small loop is that supervisor: it forwards SIGINT/SIGTERM to the pool and
 exits with it; any other exit restarts the pool after a short, growing pause. Messages held by
 the dead processes are redelivered by the broker (heartbeat timeout), so none is lost.
+
+Under an orchestrator (systemd, Kubernetes, Nomad) that restart hides a crash loop from it:
+`dunning worker --no-supervise` (restart=False) exits with the pool's exit code instead.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ log = structlog.get_logger("worker.supervisor")
 MAX_PAUSE_SECONDS = 30.0
 
 
-def supervise(command: list[str]) -> int:
+def supervise(command: list[str], *, restart: bool = True) -> int:
     stopping = False
     child: subprocess.Popen | None = None
 
@@ -38,6 +41,9 @@ def supervise(command: list[str]) -> int:
         child = subprocess.Popen(command)
         code = child.wait()
         if stopping or code == 0:
+            return code
+        if not restart:
+            log.error("worker.pool_exited", exit_code=code, restart_in=None)
             return code
         if time.monotonic() - started > 60:
             pause = 1.0  # it ran a good while: this is a new failure, not a crash loop

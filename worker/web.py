@@ -19,6 +19,7 @@ from worker.erasure import strip_if_erased
 from worker.event_store import InvalidEvent, parse_envelope, store_event
 from worker.http_util import json_error, read_body
 from worker.signatures import SignatureError, verify_stripe_signature
+from worker.metrics_ops import webhook_rejected
 from worker.web_admin import PaymentLinks
 from worker.web_privacy import CustomerErase
 
@@ -34,21 +35,28 @@ class StripeWebhook:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
-        body = read_body(req)
+        try:
+            body = read_body(req)
+        except falcon.HTTPContentTooLarge:
+            webhook_rejected("too_large")
+            raise
         try:
             payload = body.decode("utf-8")
         except UnicodeDecodeError:
+            webhook_rejected("not_utf8")
             return json_error(resp, falcon.HTTP_400, "body is not UTF-8")
         try:
             verify_stripe_signature(payload, req.get_header("Stripe-Signature"),
                                     self.runtime.settings.stripe_webhook_secrets)
         except SignatureError as exc:
             log.info("webhook.rejected", reason=str(exc))
+            webhook_rejected("bad_signature")
             return json_error(resp, falcon.HTTP_400, f"invalid signature: {exc}")
         try:
             envelope = parse_envelope(payload, self.known)
         except InvalidEvent as exc:
             log.info("webhook.rejected", reason=str(exc))
+            webhook_rejected("not_an_event")
             return json_error(resp, falcon.HTTP_400, f"not a Stripe event: {exc}")
 
         known = envelope.type in self.known
@@ -58,6 +66,7 @@ class StripeWebhook:
             is_new = store_event(self.runtime.db, envelope, known_type=known)
         except DatabaseUnavailable as exc:
             log.error("webhook.database_unavailable", event_id=envelope.id, error=str(exc)[:300])
+            webhook_rejected("database_unavailable")
             resp.set_header("Retry-After", "30")
             return json_error(resp, falcon.HTTP_503, "database unavailable; retry later")
 
@@ -99,9 +108,8 @@ class Ready:
             log.warning("readyz.database_down", error=str(exc)[:200])
             checks["database"] = "down"
         try:
-            client = getattr(self.runtime.broker, "client", None)
-            if client is not None:
-                client.ping()
+            from worker.queue_state import ping
+            ping(self.runtime.broker)
             checks["broker"] = "ok"
         except Exception as exc:  # noqa: BLE001 - any broker failure is "down"
             log.warning("readyz.broker_down", error=str(exc)[:200])

@@ -108,9 +108,10 @@ MAX_DASHBOARD_FORM = 16 * 1024
 _CURSOR = re.compile(r"[0-9]{1,18}")
 
 
-def _plain(start_response, status: str, message: str) -> list[bytes]:
-    body = (message + "\n").encode()
-    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+def _plain(start_response, status: str, message: str, headers=()) -> list[bytes]:
+    body = (message.rstrip("\n") + "\n").encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                            ("Content-Length", str(len(body))), *headers])
     return [body]
 
 
@@ -210,7 +211,7 @@ class LinkToConsole:
 
 
 def dashboard_app(runtime):
-    """The Dramatiq dashboard for this service's broker, behind admin auth.
+    """The Dramatiq dashboard for this service's broker (mounted behind admin auth).
 
     It lists `broker.queues`, i.e. the queues declared in this process: runtime.setup declares
     every actor, so every queue of the service is there. A stub broker (tests without Redis)
@@ -220,14 +221,41 @@ def dashboard_app(runtime):
     if not isinstance(runtime.broker, RedisBroker):
         return None
     from dramatiq_dashboard import DashboardApp
-    dashboard = DashboardInputs(LinkToConsole(DashboardApp(broker=runtime.broker, prefix=DASHBOARD_PREFIX)))
-    return SecureHeaders(RequireAdmin(dashboard, runtime.settings))
+    return DashboardInputs(LinkToConsole(DashboardApp(broker=runtime.broker, prefix=DASHBOARD_PREFIX)))
+
+
+def no_dashboard_on_rabbitmq(_environ, start_response):
+    """The Dramatiq dashboard reads Redis only: say where the same facts are on RabbitMQ."""
+    return _plain(start_response, "501 Not Implemented",
+                  "The queue dashboard reads Redis; this service uses RabbitMQ (BROKER_URL).\n"
+                  "Queue depths: GET /metrics (dunning_queue_messages) or RabbitMQ's management UI.\n"
+                  "Dead letters: `dunning dlq list` and `dunning dlq requeue`.\n")
+
+
+class SlashRedirect:
+    """`/dashboard` (as documented) redirects to `/dashboard/`, where the mounted app's pages start."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO", "") == "":
+            query = environ.get("QUERY_STRING", "")
+            location = environ.get("SCRIPT_NAME", "") + "/" + (f"?{query}" if query else "")
+            return _plain(start_response, "308 Permanent Redirect", "see /dashboard/\n",
+                          [("Location", location)])
+        return self.app(environ, start_response)
 
 
 def mount_operator_apps(app, runtime):
     """The web process's WSGI app: the Falcon app with the dashboard mounted at /dashboard."""
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from worker.queue_state import broker_kind
     dashboard = dashboard_app(runtime)
+    if dashboard is None and broker_kind(runtime.broker) == "rabbitmq":
+        dashboard = no_dashboard_on_rabbitmq
     if dashboard is None:
         return app
-    return DispatcherMiddleware(app, {DASHBOARD_PREFIX: dashboard})
+    return DispatcherMiddleware(app, {DASHBOARD_PREFIX: SecureHeaders(RequireAdmin(SlashRedirect(dashboard),
+                                                                          runtime.settings))})

@@ -34,7 +34,7 @@ def web(host: str, workers: int, threads: int) -> None:
     """Serve the webhook receiver, admin API, metrics and dashboard with gunicorn."""
     from worker.gunicorn_app import serve
     from config.settings import ConfigError, check_bind
-    runtime = get_runtime()  # fail fast on bad configuration, before forking
+    runtime = get_runtime(needs_secrets=True)  # fail fast on bad configuration, before forking
     try:
         check_bind(runtime.settings, host)
     except ConfigError as exc:
@@ -43,27 +43,50 @@ def web(host: str, workers: int, threads: int) -> None:
     serve(host, runtime.settings.port, workers, threads, runtime.settings.web_read_timeout)
 
 
+def _queue_list(_ctx, _param, value: str | None) -> list[str]:
+    from worker.actors import QUEUES
+    names = [q.strip() for q in (value or "").split(",") if q.strip()]
+    unknown = sorted(set(names) - set(QUEUES))
+    if unknown:
+        raise click.BadParameter(f"unknown queue(s) {', '.join(unknown)}; the queues are {', '.join(QUEUES)}")
+    return names
+
+
 @main.command()
+@click.option("--queues", callback=_queue_list, default=None,
+              help="comma-separated queues to consume (default: all: events,steps,emails,notices,stripe)")
 @click.option("--processes", type=int, default=None, help="default: $WORKER_PROCESSES (2)")
 @click.option("--threads", type=int, default=None, help="default: $WORKER_THREADS (8)")
-def worker(processes: int | None, threads: int | None) -> None:
-    """Run the Dramatiq worker processes for every queue of this service (restarted if they die)."""
-    from worker.supervisor import supervise
-    runtime = get_runtime()
+@click.option("--supervise/--no-supervise", default=True,
+              help="restart the pool when it dies (default); --no-supervise exits with it, for an orchestrator")
+@click.option("--metrics-port", type=int, envvar="METRICS_PORT", default=None,
+              help="serve this host's worker metrics on this port ($METRICS_PORT)")
+def worker(queues: list[str], processes: int | None, threads: int | None, supervise: bool,
+           metrics_port: int | None) -> None:
+    """Run the Dramatiq worker processes for the service's queues (restarted if they die)."""
+    from worker.supervisor import supervise as run_pool
+    runtime = get_runtime(needs_secrets=True)  # its processes build the full runtime: fail here first
     settings = runtime.settings
     # --skip-logging: our own structlog/stdlib set-up (worker.runtime) is the only one, scrubbed.
     command = [os.path.join(os.path.dirname(sys.executable), "dramatiq"), "--skip-logging",
                "--processes", str(processes or settings.worker_processes),
                "--threads", str(threads or settings.worker_threads),
                "--worker-shutdown-timeout", "30000", "worker.runtime:worker_setup"]
-    sys.exit(supervise(command))
+    if queues:
+        command[1:1] = ["--queues", *queues]
+    if metrics_port:
+        from worker.metrics import current_dir
+        from worker.worker_metrics import serve
+        from worker.queue_state import broker_kind
+        serve(metrics_port, current_dir(), os.environ.get("METRICS_HOST", "0.0.0.0"), broker_kind(runtime.broker))
+    sys.exit(run_pool(command, restart=supervise))
 
 
 @main.command()
 def scheduler() -> None:
     """Run the scheduler loop (due steps, reconciler, outbox retries, card expiry scan)."""
     from worker.scheduler import run_forever
-    runtime = get_runtime()
+    runtime = get_runtime(needs_secrets=True)
     run_forever(runtime, runtime.settings.scheduler_interval)
 
 
@@ -86,12 +109,39 @@ def db() -> None:
     """The database schema."""
 
 
-@db.command("init")
-def db_init() -> None:
-    """Apply schema.sql (idempotent)."""
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="the revision to reach")
+def db_upgrade(revision: str) -> None:
+    """Apply every migration not yet applied (worker/migrations; safe to run on every deploy)."""
+    from worker.migrate import upgrade
     runtime = get_runtime(broker=False)
-    runtime.db.init_schema()
-    click.echo(f"schema applied to {runtime.db.engine.url.render_as_string(hide_password=True)}")
+    before, after = upgrade(runtime.db, revision)
+    click.echo(f"database {runtime.db.engine.url.render_as_string(hide_password=True)}: "
+               f"{before or 'unversioned'} -> {after}")
+
+
+@db.command("init")
+@click.pass_context
+def db_init(ctx) -> None:
+    """Alias of `db upgrade` (the schema is made by the migrations)."""
+    ctx.invoke(db_upgrade)
+
+
+@db.command("current")
+def db_current() -> None:
+    """The revision the database is at, and the newest one this release knows."""
+    from worker.migrate import current_revision, head_revisions
+    runtime = get_runtime(broker=False)
+    click.echo(f"database {current_revision(runtime.db) or 'unversioned'}; "
+               f"head {', '.join(head_revisions())}")
+
+
+@db.command("revision")
+@click.option("-m", "--message", required=True, help="what the revision changes")
+def db_revision(message: str) -> None:
+    """Write a new, empty revision file after the head (for developers; see README)."""
+    from worker.migrate import new_revision
+    click.echo(new_revision(message))
 
 
 @main.command()

@@ -17,10 +17,10 @@ from datetime import datetime, timezone
 
 import click
 import dramatiq
-from dramatiq.common import q_name
 
 from worker.cli import emit, get_runtime, main
 from worker.logs import scrub
+from worker.queue_state import service_queues
 
 STALE_OPTIONS = ("eta", "retries", "traceback", "redis_message_id", "requeue_timeout")
 
@@ -32,13 +32,17 @@ class NotRedis(Exception):
 def _redis(broker):
     from dramatiq.brokers.redis import RedisBroker
     if not isinstance(broker, RedisBroker):
-        raise NotRedis("dead letters are kept by the Redis broker; REDIS_URL is not a Redis broker here")
+        raise NotRedis("dead letters are kept by the Redis or RabbitMQ broker; this is neither")
     return broker.client, broker.namespace
 
 
-def service_queues(broker) -> list[str]:
-    """The canonical queues this service declares (actors are declared by runtime.setup)."""
-    return sorted({q_name(q) for q in broker.queues})
+def _rabbitmq(broker):
+    """The RabbitMQ implementation when the broker is RabbitMQ, else None (Redis, below)."""
+    from worker.queue_state import broker_kind
+    if broker_kind(broker) != "rabbitmq":
+        return None
+    from worker import dead_letters_rabbitmq
+    return dead_letters_rabbitmq
 
 
 def _keys(namespace: str, queue: str) -> tuple[str, str]:
@@ -47,6 +51,8 @@ def _keys(namespace: str, queue: str) -> tuple[str, str]:
 
 def dead_letters(broker, queues: list[str] | None = None) -> list[dict]:
     """Every dead letter of the given queues (default: all of the service's), oldest first."""
+    if (rabbitmq := _rabbitmq(broker)) is not None:
+        return rabbitmq.dead_letters(broker, queues)
     client, namespace = _redis(broker)
     found = []
     for queue in queues or service_queues(broker):
@@ -80,6 +86,8 @@ def requeue(broker, *, queues: list[str] | None = None,
 
     Returns what was requeued and the given ids that matched no dead letter.
     """
+    if (rabbitmq := _rabbitmq(broker)) is not None:
+        return rabbitmq.requeue(broker, queues=queues, ids=ids)
     client, namespace = _redis(broker)
     wanted = set(ids or ())
     done = []
