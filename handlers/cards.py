@@ -16,15 +16,19 @@ When is a card "a new default card" worth an immediate retry of the failed invoi
     (Stripe sends these in any order: the attach may come after the customer.updated);
   - payment_method.updated / customer.source.updated of the default card only when its number
     or expiry changed (a new billing address is no reason to charge again).
-card_retries.dedupe_key `<invoice>:<payment method>` makes that exactly one retry per
-(invoice, card), however many of these events arrive and in whatever order.
+card_retries.dedupe_key `<invoice>:<fingerprint or payment method>:<exp year-month>` makes that
+exactly one retry per (invoice, card version), however many of these events arrive and in
+whatever order: a new expiry or number on the same payment method (an automatic card update)
+retries once more. At most `max_immediate_retries_per_day` (policy, default 3) per invoice in
+24 h, so a flapping card never looks like card testing to the bank.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, desc, select
+from sqlalchemy import and_, desc, func, select, update
 
 from handlers.context import HandlerContext, StripeEvent
 from handlers.stripe_objects import card_details, dig, expandable_id
@@ -155,21 +159,48 @@ def schedule_retries(ctx: HandlerContext, customer_id: str, payment_method_id: s
         .order_by(cases.c.opened_at)).all()
     scheduled = []
     retries = ctx.table("card_retries")
+    version = card_version(known_details(ctx, customer_id, payment_method_id), payment_method_id)
     for case_id, invoice_id in found:
+        dedupe_key = f"{invoice_id}:{version}"
+        if ctx.conn.execute(select(retries.c.id).where(retries.c.dedupe_key == dedupe_key)).first():
+            continue  # this card version was tried on this invoice already
+        recent = ctx.conn.execute(select(func.count()).select_from(retries).where(
+            retries.c.invoice_id == invoice_id, retries.c.created_at > ctx.now - timedelta(hours=24))).scalar()
+        if recent >= ctx.policy.max_immediate_retries_per_day:
+            if ctx.log is not None:
+                ctx.log.warning("card_retry.daily_limit", case_id=case_id, invoice_id=invoice_id,
+                                payment_method_id=payment_method_id, retries_24h=recent)
+            continue
         retry_id = new_id("cr")
         inserted = ctx.db.insert_new(ctx.conn, retries, {
-            "id": retry_id, "dedupe_key": f"{invoice_id}:{payment_method_id}", "invoice_id": invoice_id,
+            "id": retry_id, "dedupe_key": dedupe_key, "invoice_id": invoice_id,
             "case_id": case_id, "customer_id": customer_id, "payment_method_id": payment_method_id,
             "status": "pending", "created_at": ctx.now, "enqueued_at": ctx.now,
         }, "dedupe_key")
         if not inserted:
             continue
+        # The decline on the case was about the card before this version: emails must not keep
+        # saying "expired" about a card that was just renewed (a new decline sets it again).
+        cases_t = ctx.table("cases")
+        ctx.conn.execute(update(cases_t).where(cases_t.c.id == case_id).values(
+            last_failure_code=None, last_failure_message=None, version=cases_t.c.version + 1, updated_at=ctx.now))
         scheduled.append(retry_id)
         ctx.after_commit(lambda rid=retry_id: ctx.runtime.actors.retry_invoice.send(rid))
         if ctx.log is not None:
             ctx.log.info("card_retry.scheduled", case_id=case_id, invoice_id=invoice_id,
                          payment_method_id=payment_method_id, retry_id=retry_id)
     return scheduled
+
+
+def card_version(details: dict[str, Any] | None, payment_method_id: str) -> str:
+    """`<fingerprint or payment method>:<exp year-month>`: a new number or expiry is a new version."""
+    details = details or {}
+    which = details.get("fingerprint") or payment_method_id
+    try:
+        expiry = f"{int(details['exp_year']):04d}-{int(details['exp_month']):02d}"
+    except (KeyError, TypeError, ValueError):
+        expiry = "unknown"
+    return f"{which}:{expiry}"
 
 
 # -- expiring cards -------------------------------------------------------------------------

@@ -33,8 +33,11 @@ Ordering (newest wins, handlers.facts.upsert_customer): the fetched customer is 
     change). With the event's `created`, every comparison stays on Stripe's clock.
   - An invoice event carrying an expanded customer is upserted by its handler with the same
     `created`: a tie, which the event wins (Stripe's own payload).
-A customer fetched once has source_created > 0 and is never fetched again: one GET per
-customer that no customer event told us about.
+A customer fetched once has source_created > 0 and is not fetched again for ordinary events.
+But an `invoice.payment_failed` that will open a case (no case for its invoice yet) reads the
+customer again whatever we know (issue 12: the owner of record is followed even when it changed
+without a customer.* event reaching us); the step runner reads it before every step
+(handlers/verification.py).
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def ensure_customer_known(runtime, event: StripeEvent) -> str:
     customer_id = _customer_named_by(event)
     if customer_id is None:
         return "not_applicable"
-    if _is_known(runtime, customer_id):
+    if _is_known(runtime, customer_id) and not _opens_case(runtime, event):
         return "known"
     key = runtime.settings.stripe_api_key
     if not key:
@@ -121,6 +124,16 @@ def _is_known(runtime, customer_id: str) -> bool:
         source_created = conn.execute(select(customers.c.source_created)
                                       .where(customers.c.id == customer_id)).scalar()
     return bool(source_created)
+
+
+def _opens_case(runtime, event: StripeEvent) -> bool:
+    """True for a payment failure of an invoice that has no case yet (the case opens with it)."""
+    if event.type != "invoice.payment_failed" or not runtime.settings.stripe_api_key:
+        return False
+    invoice_id = (event.payload.get("data") or {}).get("object", {}).get("id")
+    cases = runtime.db.table("cases")
+    with runtime.db.engine.connect() as conn:
+        return conn.execute(select(cases.c.id).where(cases.c.invoice_id == invoice_id)).first() is None
 
 
 def _key_livemode(key: str) -> bool | None:

@@ -32,6 +32,7 @@ NOTICE_TYPES = (
     "service.disrupted",
     "service.restored",
     "service.disruption_cancelled",
+    "service.owner_unreachable",  # the owner has no deliverable address (handlers/reachability.py)
 )
 
 
@@ -94,6 +95,9 @@ def _add_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case:
     invoice = _load(ctx, "invoices", invoice_id)
     card = latest_card(ctx.conn, ctx.table("cards"), customer_id)
     case = _with_account_disrupt_at(ctx, case)
+    clock = getattr(ctx, "clock", None) or ctx.now
+    if case and case.get("next_payment_attempt") and case["next_payment_attempt"] <= clock:
+        case = {**case, "next_payment_attempt": None}  # a "next automatic retry" in the past is never shown
     context = build_context(case=case, invoice=invoice, customer=customer, card=card,
                             extra=extra, settings=ctx.settings)
     rendered = render(template, context)

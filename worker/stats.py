@@ -36,4 +36,10 @@ def collect_stats(db) -> dict:
                 {**dict(row), "next_attempt_at": isoformat(row["next_attempt_at"])} for row in pending
             ],
             "failing_emails": [dict(row) for row in failing_emails],
+            "owner_unreachable_cases": _unreachable(conn, db),
         }
+
+
+def _unreachable(conn, db) -> int:
+    from handlers.reachability import unreachable_count
+    return unreachable_count(conn, db)
