@@ -223,7 +223,7 @@ CREATE INDEX IF NOT EXISTS cards_expiry ON cards (exp_year, exp_month);
 -- Immediate retries of a failed invoice after a new default card: one per (invoice, card).
 CREATE TABLE IF NOT EXISTS card_retries (
     id                  TEXT PRIMARY KEY,
-    dedupe_key          TEXT NOT NULL UNIQUE,   -- <invoice>:<fingerprint or payment method>:<exp year-month>
+    dedupe_key          TEXT NOT NULL UNIQUE,   -- <invoice>:<payment method>:<exp year-month>
     invoice_id          TEXT NOT NULL,
     case_id             TEXT,
     customer_id         TEXT NOT NULL,

@@ -47,6 +47,7 @@ class Settings:
     worker_threads: int = 8
     scheduler_interval: float = 15.0  # seconds between scheduler passes
     queue_namespace: str = "dunning"
+    first_email_delay_seconds: int = 5  # the day-0 email waits this long: a paid arriving back to back cancels it
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -158,4 +159,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         worker_threads=_int(env, "WORKER_THREADS", 8, 1, 256),
         scheduler_interval=float(_int(env, "SCHEDULER_INTERVAL", 15, 1, 3600)),
         queue_namespace=_optional(env, "QUEUE_NAMESPACE") or "dunning",
+        first_email_delay_seconds=_int(env, "FIRST_EMAIL_DELAY_SECONDS", 5, 0, 3600),
     )

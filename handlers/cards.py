@@ -16,7 +16,7 @@ When is a card "a new default card" worth an immediate retry of the failed invoi
     (Stripe sends these in any order: the attach may come after the customer.updated);
   - payment_method.updated / customer.source.updated of the default card only when its number
     or expiry changed (a new billing address is no reason to charge again).
-card_retries.dedupe_key `<invoice>:<fingerprint or payment method>:<exp year-month>` makes that
+card_retries.dedupe_key `<invoice>:<payment method>:<exp year-month>` makes that
 exactly one retry per (invoice, card version), however many of these events arrive and in
 whatever order: a new expiry or number on the same payment method (an automatic card update)
 retries once more. At most `max_immediate_retries_per_day` (policy, default 3) per invoice in
@@ -162,7 +162,9 @@ def schedule_retries(ctx: HandlerContext, customer_id: str, payment_method_id: s
     version = card_version(known_details(ctx, customer_id, payment_method_id), payment_method_id)
     for case_id, invoice_id in found:
         dedupe_key = f"{invoice_id}:{version}"
-        if ctx.conn.execute(select(retries.c.id).where(retries.c.dedupe_key == dedupe_key)).first():
+        tried = ctx.conn.execute(select(retries.c.dedupe_key).where(
+            retries.c.invoice_id == invoice_id, retries.c.payment_method_id == payment_method_id)).scalars()
+        if any(_same_version(key.rsplit(":", 1)[-1], version.rsplit(":", 1)[-1]) for key in tried):
             continue  # this card version was tried on this invoice already
         recent = ctx.conn.execute(select(func.count()).select_from(retries).where(
             retries.c.invoice_id == invoice_id, retries.c.created_at > ctx.now - timedelta(hours=24))).scalar()
@@ -192,10 +194,17 @@ def schedule_retries(ctx: HandlerContext, customer_id: str, payment_method_id: s
     return scheduled
 
 
+def _same_version(expiry_a: str, expiry_b: str) -> bool:
+    """An unknown expiry (the default changed before the card's own event told us its details) is
+    taken as the version already tried: never a second charge on a guess."""
+    return expiry_a == expiry_b or "unknown" in (expiry_a, expiry_b)
+
+
 def card_version(details: dict[str, Any] | None, payment_method_id: str) -> str:
-    """`<fingerprint or payment method>:<exp year-month>`: a new number or expiry is a new version."""
+    """`<payment method>:<exp year-month>`: a new expiry on the same payment method is a new version
+    (a new number is a new payment method, or a new expiry with it)."""
     details = details or {}
-    which = details.get("fingerprint") or payment_method_id
+    which = payment_method_id
     try:
         expiry = f"{int(details['exp_year']):04d}-{int(details['exp_month']):02d}"
     except (KeyError, TypeError, ValueError):

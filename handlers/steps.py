@@ -237,7 +237,11 @@ def move_disruption(ctx: HandlerContext, case: dict, new_date: datetime) -> dict
 
 
 def _send_step_email(ctx: HandlerContext, case: dict, index: int, template: str) -> None:
+    """The step's email; day 0 waits FIRST_EMAIL_DELAY_SECONDS so an invoice.paid arriving right behind
+    the older failure (issue 12) cancels it before delivery (worker/email_delivery.py)."""
     from worker import outbox
-    email_id = outbox.add_case_email(ctx, template, case["id"], f"case:{case['id']}:step:{index}")
+    delay = ctx.settings.first_email_delay_seconds if index == 0 else 0
+    email_id = outbox.add_case_email(ctx, template, case["id"], f"case:{case['id']}:step:{index}",
+                                     delay_seconds=delay)
     if email_id is None:
         log.warning("case.step_email_not_added", case_id=case["id"], step=index, template=template)

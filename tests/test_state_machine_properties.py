@@ -164,5 +164,6 @@ def test_a_known_sequence_satisfies_the_invariants(runtime):
     check_invariants(runtime, played)
     case = [c for c in rows(runtime, "cases") if c["invoice_id"] in played["invoices"]][0]
     assert case["state"] == "recovered"
-    assert fx.templates(runtime, case_id=case["id"]) == ["payment-failed", "reminder", "disruption-warning",
+    # one tick 8 days late for day 3 and day 7: it catches up with the warning only (issue 12)
+    assert fx.templates(runtime, case_id=case["id"]) == ["payment-failed", "disruption-warning",
                                                         "payment-received"]

@@ -12,7 +12,7 @@ to an address taken from anywhere else.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from typing import Any
@@ -46,7 +46,7 @@ class UnknownNoticeType(ValueError):
 
 # -- emails -------------------------------------------------------------------------------
 def add_case_email(ctx, template: str, case_id: str, dedupe_key: str,
-                   extra: dict | None = None) -> str | None:
+                   extra: dict | None = None, delay_seconds: int = 0) -> str | None:
     """Write the email `template` about case `case_id` to the outbox; None if a duplicate or refused.
 
     The context comes from the case, its invoice, its customer and the customer's latest card
@@ -59,7 +59,7 @@ def add_case_email(ctx, template: str, case_id: str, dedupe_key: str,
     if case is None:
         raise LookupError(f"case {case_id} is not stored")
     return _add_email(ctx, template, dedupe_key, extra, case=case,
-                      customer_id=case["customer_id"], invoice_id=case["invoice_id"])
+                      customer_id=case["customer_id"], invoice_id=case["invoice_id"], delay_seconds=delay_seconds)
 
 
 def add_customer_email(ctx, template: str, customer_id: str, dedupe_key: str,
@@ -81,7 +81,7 @@ def add_customer_email(ctx, template: str, customer_id: str, dedupe_key: str,
 
 
 def _add_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case: dict | None,
-               customer_id: str, invoice_id: str | None) -> str | None:
+               customer_id: str, invoice_id: str | None, delay_seconds: int = 0) -> str | None:
     from worker.email_context import build_context, latest_card
     from worker.emails import render
 
@@ -117,13 +117,17 @@ def _add_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case:
         "customer_id": customer_id,
         "status": "pending",
         "attempts": 0,
-        "next_attempt_at": now,
+        "next_attempt_at": now + timedelta(seconds=delay_seconds),
         "created_at": now,
     }, "dedupe_key")
     if not inserted:
         return None
     runtime = ctx.runtime
-    ctx.after_commit(lambda: runtime.actors.send_email.send(email_id))
+    if delay_seconds:  # held briefly (day 0): a payment arriving back to back cancels it at delivery
+        ctx.after_commit(lambda: runtime.actors.send_email.send_with_options(
+            args=(email_id,), delay=delay_seconds * 1000 + 200))
+    else:
+        ctx.after_commit(lambda: runtime.actors.send_email.send(email_id))
     log.info("email.queued", email_id=email_id, template=template, customer_id=customer_id,
              invoice_id=invoice_id, dedupe_key=dedupe_key, recipient=mask_email(recipient))
     return email_id
