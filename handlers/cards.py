@@ -53,7 +53,8 @@ def payment_method_changed(ctx: HandlerContext, event: StripeEvent):
     changed = dig(event.previous_attributes, "card") or {}
     if event.type == "payment_method.updated" and not _card_changed(changed):
         return None
-    retry_if_default(ctx, customer_id, pm["id"])
+    renewed = event.type != "payment_method.attached" and _card_changed(changed)
+    retry_if_default(ctx, customer_id, pm["id"], renewed=renewed)
     return None
 
 
@@ -141,14 +142,16 @@ def _card_changed(previous: dict) -> bool:
 
 
 # -- immediate retries ----------------------------------------------------------------------
-def retry_if_default(ctx: HandlerContext, customer_id: str, payment_method_id: str) -> list[str]:
+def retry_if_default(ctx: HandlerContext, customer_id: str, payment_method_id: str, *,
+                     renewed: bool = False) -> list[str]:
     """Retry the customer's unpaid invoices in dunning with this card, when it is their default now."""
     if default_payment_method(ctx, customer_id) != payment_method_id:
         return []
-    return schedule_retries(ctx, customer_id, payment_method_id)
+    return schedule_retries(ctx, customer_id, payment_method_id, renewed=renewed)
 
 
-def schedule_retries(ctx: HandlerContext, customer_id: str, payment_method_id: str) -> list[str]:
+def schedule_retries(ctx: HandlerContext, customer_id: str, payment_method_id: str, *,
+                     renewed: bool = False) -> list[str]:
     """One card_retries row per unpaid invoice in dunning (dedupe `<invoice>:<pm>`), enqueued after commit."""
     cases, invoices = ctx.table("cases"), ctx.table("invoices")
     found = ctx.conn.execute(
@@ -161,10 +164,13 @@ def schedule_retries(ctx: HandlerContext, customer_id: str, payment_method_id: s
     retries = ctx.table("card_retries")
     version = card_version(known_details(ctx, customer_id, payment_method_id), payment_method_id)
     for case_id, invoice_id in found:
+        # the case row lock serializes two card events of one customer (PostgreSQL): the version
+        # check below then sees the other's retry (a unique key alone cannot, versions differ)
+        ctx.conn.execute(ctx.db.lock(select(ctx.table("cases").c.id).where(ctx.table("cases").c.id == case_id)))
         dedupe_key = f"{invoice_id}:{version}"
         tried = ctx.conn.execute(select(retries.c.dedupe_key).where(
             retries.c.invoice_id == invoice_id, retries.c.payment_method_id == payment_method_id)).scalars()
-        if any(_same_version(key.rsplit(":", 1)[-1], version.rsplit(":", 1)[-1]) for key in tried):
+        if any(_same_version(key.rsplit(":", 1)[-1], version.rsplit(":", 1)[-1], renewed) for key in tried):
             continue  # this card version was tried on this invoice already
         recent = ctx.conn.execute(select(func.count()).select_from(retries).where(
             retries.c.invoice_id == invoice_id, retries.c.created_at > ctx.now - timedelta(hours=24))).scalar()
@@ -194,10 +200,13 @@ def schedule_retries(ctx: HandlerContext, customer_id: str, payment_method_id: s
     return scheduled
 
 
-def _same_version(expiry_a: str, expiry_b: str) -> bool:
-    """An unknown expiry (the default changed before the card's own event told us its details) is
-    taken as the version already tried: never a second charge on a guess."""
-    return expiry_a == expiry_b or "unknown" in (expiry_a, expiry_b)
+def _same_version(tried: str, new: str, renewed: bool) -> bool:
+    """Is expiry `new` the version already `tried`? An unknown expiry (the default changed before the
+    card's own event told us its details) counts as the same, never a second charge on a guess,
+    unless Stripe says this event renewed the card (its previous_attributes show the old expiry)."""
+    if tried == new or new == "unknown":
+        return True
+    return tried == "unknown" and not renewed
 
 
 def card_version(details: dict[str, Any] | None, payment_method_id: str) -> str:

@@ -66,8 +66,8 @@ def read(runtime, case: dict) -> StripeFacts:
         if subscription_id:
             try:
                 status = gw.retrieve_subscription(subscription_id).get("status")
-            except StripeRejected as exc:
-                status = "canceled" if exc.status == 404 else None
+            except StripeRejected:  # not found: unknown, never taken as canceled (Stripe keeps canceled ones)
+                status = None
         try:
             customer = gw.retrieve_customer(case["customer_id"])
         except StripeRejected as exc:

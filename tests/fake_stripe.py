@@ -193,6 +193,7 @@ class FakeStripe:
     requests: list[Recorded] = field(default_factory=list)
     applied: list[tuple[str, str]] = field(default_factory=list)  # (operation, object id) really done
     sever_next: list[str] = field(default_factory=list)  # operations answered by a dropped connection
+    unavailable: bool = False  # an outage: every request is answered 503 (Stripe's api_error)
     base_url: str = ""
     _idempotency: dict[str, tuple[str, int, dict]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -244,6 +245,9 @@ class FakeStripe:
         """(status, json body, extra headers, sever) for one request."""
         query = urlsplit(path).query
         path = urlsplit(path).path
+        if self.unavailable:
+            self.requests.append(Recorded(method, path, [], headers.get("Idempotency-Key"), 503))
+            return 503, _error("api_error", None, None, "Stripe is temporarily unavailable"), {}, False
         auth = headers.get("Authorization") or ""
         if auth != f"Bearer {self.api_key}":
             return 401, _error("invalid_request_error", None, None,
