@@ -65,6 +65,28 @@ def refresh(ctx: HandlerContext, case: dict, *, reason_if_unreachable: str = "no
     return case
 
 
+def owner_known(ctx: HandlerContext, customer_id: str) -> None:
+    """A customer event gave us the owner of record: catch up their open cases.
+
+    Stripe may deliver customer.created after the invoice.payment_failed that opened a case: the
+    day-0 email was refused then (no address yet) and is sent now, once (same dedupe key). A case
+    marked unreachable is cleared when the address now works.
+    """
+    from worker import outbox
+    if owner_address(ctx, customer_id) is None:
+        return
+    cases = ctx.table("cases")
+    for row in ctx.conn.execute(select(cases.c.id).where(cases.c.customer_id == customer_id,
+                                                         cases.c.state.in_(dunning.OPEN_STATES))).all():
+        case = dunning.lock_case(ctx, case_id=row.id)
+        if case["owner_unreachable"]:
+            case = refresh(ctx, case)
+        first = ctx.policy.schedule_named(case["schedule"]).step(0)
+        if first is not None and case["next_step"] != 0:
+            outbox.add_case_email(ctx, first.email, case["id"], f"case:{case['id']}:step:0",
+                                  delay_seconds=ctx.settings.first_email_delay_seconds)
+
+
 def mark_unreachable(ctx: HandlerContext, case: dict, reason: str) -> dict:
     """Mark the (locked) case unreachable and tell the platform, once per case."""
     from handlers.accounts import lock_account

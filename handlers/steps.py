@@ -146,7 +146,8 @@ def run_next_step(ctx: HandlerContext, case: dict, *, facts=None, catch_up: bool
                  as_of=isoformat(clock))
     if chosen > 0 and case["last_email_at"] is not None and clock < case["last_email_at"] + _gap(ctx):
         return _postpone(ctx, case, case["last_email_at"] + _gap(ctx), "min_gap_hours")
-    case = reachability.refresh(ctx, case)
+    if catch_up:  # not at opening: the customer.created may simply follow its invoice (handlers/customers.py)
+        case = reachability.refresh(ctx, case)
     if step.action is not None:
         if reachability.holds(ctx, case):
             return _postpone(ctx, case, clock + reachability.HOLD_RECHECK, "owner_unreachable_hold")

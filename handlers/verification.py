@@ -71,7 +71,8 @@ def read(runtime, case: dict) -> StripeFacts:
         try:
             customer = gw.retrieve_customer(case["customer_id"])
         except StripeRejected as exc:
-            customer = {"id": case["customer_id"], "deleted": True} if exc.status == 404 else None
+            customer = {"id": case["customer_id"], "deleted": True} \
+                if exc.status == 404 and exc.code == "resource_missing" else None
     except StripeUnavailable as exc:
         log.warning("case.verify_unavailable", case_id=case["id"], error=str(exc)[:300])
         return StripeFacts(unavailable=str(exc)[:300])

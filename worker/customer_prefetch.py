@@ -89,7 +89,7 @@ def ensure_customer_known(runtime, event: StripeEvent) -> str:
     try:
         customer = _gateway(runtime).retrieve_customer(customer_id)
     except StripeRejected as exc:
-        if exc.status != 404:
+        if exc.status != 404 or exc.code != "resource_missing":  # an unknown URL is no deletion
             log.error("customer_prefetch.rejected", customer_id=customer_id, status=exc.status,
                       code=exc.code, error=str(exc)[:300])
             return "rejected"
