@@ -54,7 +54,7 @@ from handlers.stripe_objects import metadata_of
 from worker.clock import utcnow
 from worker.log_context import ids_from_event_object
 from worker.logs import mask_email
-from worker.stripe_api import StripeGateway, StripeRejected
+from worker.stripe_api import StripeGateway, StripeRejected, StripeUnavailable
 
 log = structlog.get_logger("worker.customer_prefetch")
 
@@ -76,7 +76,8 @@ def ensure_customer_known(runtime, event: StripeEvent) -> str:
     customer_id = _customer_named_by(event)
     if customer_id is None:
         return "not_applicable"
-    if _is_known(runtime, customer_id) and not _opens_case(runtime, event):
+    known = _is_known(runtime, customer_id)
+    if known and not _opens_case(runtime, event):
         return "known"
     key = runtime.settings.stripe_api_key
     if not key:
@@ -88,6 +89,12 @@ def ensure_customer_known(runtime, event: StripeEvent) -> str:
 
     try:
         customer = _gateway(runtime).retrieve_customer(customer_id)
+    except StripeUnavailable as exc:
+        if not known:
+            raise
+        # a refresh of an owner we know: the case opens with it (each step reads Stripe again)
+        log.warning("customer_prefetch.refresh_unavailable", customer_id=customer_id, error=str(exc)[:300])
+        return "refresh_unavailable"
     except StripeRejected as exc:
         if exc.status != 404 or exc.code != "resource_missing":  # an unknown URL is no deletion
             log.error("customer_prefetch.rejected", customer_id=customer_id, status=exc.status,
