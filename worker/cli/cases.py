@@ -173,7 +173,7 @@ def cases_list(state, customer, limit, unreachable, as_json) -> None:
 def cases_release(case, released_by, reason, as_json) -> None:
     """Let disruption of a held case (owner unreachable) proceed on schedule: CASE is a case or invoice id."""
     from handlers.reachability import ReleaseError, release_case
-    runtime = get_runtime()
+    runtime = get_runtime(broker=False)  # a row change: the scheduler's next pass runs the released step
     try:
         released = release_case(runtime, case, released_by=released_by, reason=reason)
     except ReleaseError as exc:
