@@ -151,7 +151,7 @@ def run_next_step(ctx: HandlerContext, case: dict, *, facts=None, catch_up: bool
     if step.action is not None:
         if reachability.holds(ctx, case):
             return _postpone(ctx, case, clock + reachability.HOLD_RECHECK, "owner_unreachable_hold")
-        if facts is not None and facts.unavailable:
+        if facts is not None and facts.unavailable and step.action == "disrupt":
             failures = case["verify_failures"] + 1
             case = dunning.update_case(ctx, case, {"verify_failures": failures})
             return _postpone(ctx, case, clock + verification.backoff(failures), "stripe_unverified")

@@ -8,9 +8,9 @@ transaction: `read`), then, under the case lock (`apply`):
     matching trigger, recorded with event id `verified-at-stripe` (no dunning email; the
     normal recovery email and `service.restored` / `service.disruption_cancelled` follow);
   - the customer is upserted, so an owner change without a customer.* event is followed.
-When Stripe cannot be reached the facts are `unavailable`: the runner lets an email-only step
-proceed, but a step that tells the platform (schedule_disruption, disrupt) waits and is retried
-with backoff: nothing is disrupted on unverified facts. Without an API key nothing is read and
+When Stripe cannot be reached the facts are `unavailable`: the runner lets the reminders and the
+warning proceed (the webhook facts stand), but the `disrupt` step waits and is retried with
+backoff: nothing is disrupted on unverified facts. Without an API key nothing is read and
 behaviour stays event-driven (the README says so).
 """
 
