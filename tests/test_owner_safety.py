@@ -283,7 +283,7 @@ def test_events_failed_while_stripe_answered_503_for_two_hours_end_processed_wit
 
     # past Stripe's 3-day window an event is left for `dunning events replay --failed`, and counted
     fake_stripe.unavailable = True
-    late = failed("in_old", created=T0 + 9)
+    late = failed("in_old", created=T0 + 9, customer="cus_old", subscription="sub_old")  # an unknown owner
     store_event(runtime.db, parse_envelope(json.dumps(late)), known_type=True)
     with pytest.raises(Exception):
         process_event(runtime, late["id"])
