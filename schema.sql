@@ -18,7 +18,10 @@ CREATE TABLE IF NOT EXISTS events (
     enqueued_at     TIMESTAMP,                  -- last time a message for it went to the broker
     lease_until     TIMESTAMP,                  -- while processing: after this the reconciler may retry
     processed_at    TIMESTAMP,
-    object_id       TEXT                        -- data.object.id (in_..., cus_...): a case's events by index
+    object_id       TEXT,                       -- data.object.id (in_..., cus_...): a case's events by index
+    failed_transient BOOLEAN NOT NULL DEFAULT FALSE, -- the last failure may succeed later: the reconciler re-drives it
+    first_failed_at TIMESTAMP,                  -- first failure of the current run of failures (re-drive window)
+    redrive_at      TIMESTAMP                   -- when the reconciler may enqueue a transient failure again
 );
 CREATE INDEX IF NOT EXISTS events_status_received ON events (status, received_at);
 CREATE INDEX IF NOT EXISTS events_type ON events (type);
@@ -93,7 +96,13 @@ CREATE TABLE IF NOT EXISTS cases (
     recovered_amount        BIGINT,
     version                 INTEGER NOT NULL DEFAULT 0,  -- guarded updates: WHERE version = :seen
     updated_at              TIMESTAMP NOT NULL,
-    owner_unreachable       INTEGER NOT NULL DEFAULT 0   -- 1 = the owner has no deliverable address; disruption held
+    owner_unreachable INTEGER NOT NULL DEFAULT 0,
+    -- ^ 1 = no deliverable owner address: disruption is held (policy `unreachable`) until reachable or released
+    hold_released           INTEGER NOT NULL DEFAULT 0, -- 1 = an operator released the hold (`dunning cases release`)
+    last_email_at           TIMESTAMP,          -- scheduler instant of the last dunning email after day 0 (min_gap_hours)
+    warned_at               TIMESTAMP,          -- scheduler instant the disruption-warning email was queued
+    final_notice_at         TIMESTAMP,          -- scheduler instant the final notice (email before disrupt) was queued
+    verify_failures         INTEGER NOT NULL DEFAULT 0  -- Stripe unreachable before a step: backoff counter
 );
 CREATE INDEX IF NOT EXISTS cases_due ON cases (next_step_at) WHERE next_step_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS cases_customer ON cases (customer_id);
@@ -218,7 +227,7 @@ CREATE INDEX IF NOT EXISTS cards_expiry ON cards (exp_year, exp_month);
 -- Immediate retries of a failed invoice after a new default card: one per (invoice, card).
 CREATE TABLE IF NOT EXISTS card_retries (
     id                  TEXT PRIMARY KEY,
-    dedupe_key          TEXT NOT NULL UNIQUE,   -- <invoice>:<payment method>
+    dedupe_key          TEXT NOT NULL UNIQUE,   -- <invoice>:<payment method>:<exp year-month>
     invoice_id          TEXT NOT NULL,
     case_id             TEXT,
     customer_id         TEXT NOT NULL,
@@ -285,3 +294,15 @@ CREATE TABLE IF NOT EXISTS erasures (
     event_id        TEXT,                       -- the customer.deleted event, when Stripe asked
     reason          TEXT NOT NULL               -- addresses masked before storing
 );
+
+-- Operator releases of a held (owner unreachable) case: who decided, why, when.
+CREATE TABLE IF NOT EXISTS case_releases (
+    id          TEXT PRIMARY KEY,
+    case_id     TEXT NOT NULL,
+    released_by TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    released_at TIMESTAMP NOT NULL
+);
+CREATE INDEX IF NOT EXISTS case_releases_case ON case_releases (case_id);
+CREATE INDEX IF NOT EXISTS cases_unreachable ON cases (owner_unreachable);
+CREATE INDEX IF NOT EXISTS events_failed_transient ON events (status, failed_transient);

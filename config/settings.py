@@ -59,6 +59,7 @@ class Settings:
     metrics_refresh_seconds: float = 30.0  # the domain figures' snapshot is at most this old
     billing_page_url: str | None = None  # BILLING_PAGE_URL: an https page emails may link to
     metrics_amounts: bool = False  # METRICS_AMOUNTS=1 publishes recovered amounts (business figures)
+    first_email_delay_seconds: int = 5  # the day-0 email waits this long: a paid arriving back to back cancels it
     extra: Mapping[str, str] = field(default_factory=dict)
     broker_url: str | None = None  # BROKER_URL: amqp:// selects RabbitMQ (REDIS_URL stays for Redis)
     database_pool_size: int = 10
@@ -255,6 +256,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_pool_size=_int(env, "DATABASE_POOL_SIZE", 10, 1, 500),
         database_max_overflow=_int(env, "DATABASE_MAX_OVERFLOW", 20, 0, 500),
         sentry_dsn=_url(env, "SENTRY_DSN", ("http", "https")),
+        first_email_delay_seconds=_int(env, "FIRST_EMAIL_DELAY_SECONDS", 5, 0, 3600),
     )
     check_bind(settings, env.get("HOST", "").strip() or "0.0.0.0")
     return settings

@@ -83,25 +83,34 @@ def nominal_disrupt_at(ctx: HandlerContext, case: dict) -> datetime:
     return dunning.step_due_at(case["first_failed_at"], schedule.disrupt_after_days)
 
 
+def case_date(ctx: HandlerContext, case: dict) -> datetime:
+    """The case's own disruption date: its nominal date, or later when it was moved (issue 12)."""
+    nominal = nominal_disrupt_at(ctx, case)
+    return max(nominal, case["disrupt_at"]) if case.get("disrupt_at") else nominal
+
+
 def _warning_due_at(ctx: HandlerContext, case: dict) -> datetime | None:
     schedule = ctx.policy.schedule_named(case["schedule"])
     day = next((s.day for s in schedule.steps if s.action == "schedule_disruption"), None)
     return None if day is None else dunning.step_due_at(case["first_failed_at"], day)
 
 
-def schedule_disruption(ctx: HandlerContext, case: dict, due_at: datetime) -> datetime:
+def schedule_disruption(ctx: HandlerContext, case: dict, due_at: datetime,
+                        not_before: datetime | None = None) -> datetime:
     """A case's schedule_disruption step (due at `due_at`) runs: return the date to fix on it.
 
     The earliest date of the account wins. Other failing cases of the account whose own warning
     was due no later than this one (a scheduler catching up runs them in any order) count too,
-    so the platform is told the earliest date first, once.
+    so the platform is told the earliest date first, once. No date is earlier than `not_before`
+    (the warning sent now must give the owner min_warning_days).
     """
     account = lock_account(ctx, case)
-    own = nominal_disrupt_at(ctx, case)
+    floor = not_before or datetime.min
+    own = max(nominal_disrupt_at(ctx, case), floor)
     for other in dunning.open_cases_of_account(ctx, account["id"], exclude=case["id"]):
         warning = _warning_due_at(ctx, other)
         if other["state"] == dunning.FAILING and warning is not None and warning <= due_at:
-            own = min(own, nominal_disrupt_at(ctx, other))
+            own = min(own, max(nominal_disrupt_at(ctx, other), floor))
     if account["status"] == ACTIVE:
         _set(ctx, account, status=DISRUPTION_SCHEDULED, disrupt_at=own, disrupted_at=None)
         _notice(ctx, SCHEDULED, account, case, f"{isoformat(own)}:{case['id']}", own)
@@ -112,6 +121,25 @@ def schedule_disruption(ctx: HandlerContext, case: dict, due_at: datetime) -> da
         _notice(ctx, SCHEDULED, account, case, f"{isoformat(own)}:{case['id']}", own)
         return own
     return min(own, current) if current else own
+
+
+def move_disruption(ctx: HandlerContext, case: dict) -> None:
+    """The case's date moved later (a late warning, an undelivered one): follow it on the account.
+
+    The account's date is the earliest of its scheduled cases; when it changes the platform gets
+    `service.disruption_scheduled` again with the new date (a new notice id per date).
+    """
+    account = lock_account(ctx, case)
+    if account["status"] != DISRUPTION_SCHEDULED:
+        return
+    scheduled = [c for c in dunning.open_cases_of_account(ctx, account["id"])
+                 if c["state"] == dunning.DISRUPTION_SCHEDULED and c["disrupt_at"] is not None]
+    if not scheduled:
+        return
+    date = min(case_date(ctx, c) for c in scheduled)
+    if date != account["disrupt_at"]:
+        _set(ctx, account, disrupt_at=date)
+        _notice(ctx, SCHEDULED, account, case, f"{isoformat(date)}:{case['id']}", date)
 
 
 def disrupt(ctx: HandlerContext, case: dict, at: datetime) -> bool:
@@ -142,7 +170,7 @@ def case_closed(ctx: HandlerContext, case: dict, trigger: str) -> bool:
             _set(ctx, account, status=ACTIVE, disrupt_at=None, disrupted_at=None)
             _notice(ctx, CANCELLED, account, case, f"{isoformat(cancelled)}:{case['id']}", cancelled)
             return False
-        date = min(nominal_disrupt_at(ctx, c) for c in scheduled)
+        date = min(case_date(ctx, c) for c in scheduled)
         if date != account["disrupt_at"]:
             _set(ctx, account, disrupt_at=date)
             _notice(ctx, SCHEDULED, account, scheduled[0], f"{isoformat(date)}:{case['id']}", date)

@@ -16,15 +16,19 @@ When is a card "a new default card" worth an immediate retry of the failed invoi
     (Stripe sends these in any order: the attach may come after the customer.updated);
   - payment_method.updated / customer.source.updated of the default card only when its number
     or expiry changed (a new billing address is no reason to charge again).
-card_retries.dedupe_key `<invoice>:<payment method>` makes that exactly one retry per
-(invoice, card), however many of these events arrive and in whatever order.
+card_retries.dedupe_key `<invoice>:<payment method>:<exp year-month>` makes that
+exactly one retry per (invoice, card version), however many of these events arrive and in
+whatever order: a new expiry or number on the same payment method (an automatic card update)
+retries once more. At most `max_immediate_retries_per_day` (policy, default 3) per invoice in
+24 h, so a flapping card never looks like card testing to the bank.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, desc, select
+from sqlalchemy import and_, desc, func, select, update
 
 from handlers.context import HandlerContext, StripeEvent
 from handlers.stripe_objects import card_details, dig, expandable_id
@@ -49,7 +53,8 @@ def payment_method_changed(ctx: HandlerContext, event: StripeEvent):
     changed = dig(event.previous_attributes, "card") or {}
     if event.type == "payment_method.updated" and not _card_changed(changed):
         return None
-    retry_if_default(ctx, customer_id, pm["id"])
+    renewed = event.type != "payment_method.attached" and _card_changed(changed)
+    retry_if_default(ctx, customer_id, pm["id"], renewed=renewed)
     return None
 
 
@@ -137,14 +142,16 @@ def _card_changed(previous: dict) -> bool:
 
 
 # -- immediate retries ----------------------------------------------------------------------
-def retry_if_default(ctx: HandlerContext, customer_id: str, payment_method_id: str) -> list[str]:
+def retry_if_default(ctx: HandlerContext, customer_id: str, payment_method_id: str, *,
+                     renewed: bool = False) -> list[str]:
     """Retry the customer's unpaid invoices in dunning with this card, when it is their default now."""
     if default_payment_method(ctx, customer_id) != payment_method_id:
         return []
-    return schedule_retries(ctx, customer_id, payment_method_id)
+    return schedule_retries(ctx, customer_id, payment_method_id, renewed=renewed)
 
 
-def schedule_retries(ctx: HandlerContext, customer_id: str, payment_method_id: str) -> list[str]:
+def schedule_retries(ctx: HandlerContext, customer_id: str, payment_method_id: str, *,
+                     renewed: bool = False) -> list[str]:
     """One card_retries row per unpaid invoice in dunning (dedupe `<invoice>:<pm>`), enqueued after commit."""
     cases, invoices = ctx.table("cases"), ctx.table("invoices")
     found = ctx.conn.execute(
@@ -155,21 +162,63 @@ def schedule_retries(ctx: HandlerContext, customer_id: str, payment_method_id: s
         .order_by(cases.c.opened_at)).all()
     scheduled = []
     retries = ctx.table("card_retries")
+    version = card_version(known_details(ctx, customer_id, payment_method_id), payment_method_id)
     for case_id, invoice_id in found:
+        # the case row lock serializes two card events of one customer (PostgreSQL): the version
+        # check below then sees the other's retry (a unique key alone cannot, versions differ)
+        ctx.conn.execute(ctx.db.lock(select(ctx.table("cases").c.id).where(ctx.table("cases").c.id == case_id)))
+        dedupe_key = f"{invoice_id}:{version}"
+        tried = ctx.conn.execute(select(retries.c.dedupe_key).where(
+            retries.c.invoice_id == invoice_id, retries.c.payment_method_id == payment_method_id)).scalars()
+        if any(_same_version(key.rsplit(":", 1)[-1], version.rsplit(":", 1)[-1], renewed) for key in tried):
+            continue  # this card version was tried on this invoice already
+        recent = ctx.conn.execute(select(func.count()).select_from(retries).where(
+            retries.c.invoice_id == invoice_id, retries.c.created_at > ctx.now - timedelta(hours=24))).scalar()
+        if recent >= ctx.policy.max_immediate_retries_per_day:
+            if ctx.log is not None:
+                ctx.log.warning("card_retry.daily_limit", case_id=case_id, invoice_id=invoice_id,
+                                payment_method_id=payment_method_id, retries_24h=recent)
+            continue
         retry_id = new_id("cr")
         inserted = ctx.db.insert_new(ctx.conn, retries, {
-            "id": retry_id, "dedupe_key": f"{invoice_id}:{payment_method_id}", "invoice_id": invoice_id,
+            "id": retry_id, "dedupe_key": dedupe_key, "invoice_id": invoice_id,
             "case_id": case_id, "customer_id": customer_id, "payment_method_id": payment_method_id,
             "status": "pending", "created_at": ctx.now, "enqueued_at": ctx.now,
         }, "dedupe_key")
         if not inserted:
             continue
+        # The decline on the case was about the card before this version: emails must not keep
+        # saying "expired" about a card that was just renewed (a new decline sets it again).
+        cases_t = ctx.table("cases")
+        ctx.conn.execute(update(cases_t).where(cases_t.c.id == case_id).values(
+            last_failure_code=None, last_failure_message=None, version=cases_t.c.version + 1, updated_at=ctx.now))
         scheduled.append(retry_id)
         ctx.after_commit(lambda rid=retry_id: ctx.runtime.actors.retry_invoice.send(rid))
         if ctx.log is not None:
             ctx.log.info("card_retry.scheduled", case_id=case_id, invoice_id=invoice_id,
                          payment_method_id=payment_method_id, retry_id=retry_id)
     return scheduled
+
+
+def _same_version(tried: str, new: str, renewed: bool) -> bool:
+    """Is expiry `new` the version already `tried`? An unknown expiry (the default changed before the
+    card's own event told us its details) counts as the same, never a second charge on a guess,
+    unless Stripe says this event renewed the card (its previous_attributes show the old expiry)."""
+    if tried == new or new == "unknown":
+        return True
+    return tried == "unknown" and not renewed
+
+
+def card_version(details: dict[str, Any] | None, payment_method_id: str) -> str:
+    """`<payment method>:<exp year-month>`: a new expiry on the same payment method is a new version
+    (a new number is a new payment method, or a new expiry with it)."""
+    details = details or {}
+    which = payment_method_id
+    try:
+        expiry = f"{int(details['exp_year']):04d}-{int(details['exp_month']):02d}"
+    except (KeyError, TypeError, ValueError):
+        expiry = "unknown"
+    return f"{which}:{expiry}"
 
 
 # -- expiring cards -------------------------------------------------------------------------

@@ -53,6 +53,12 @@ class HandlerContext:
     event: StripeEvent | None = None  # None when a timer (scheduler step) is the cause
     log: Any = None
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
+    as_of: datetime | None = None  # the scheduler's instant (`dunning tick --at`) when a timer is the cause
+
+    @property
+    def clock(self) -> datetime:
+        """The instant decisions about the owner's calendar are made at: the scheduler's, else now."""
+        return self.as_of or self.now
 
     @property
     def db(self):

@@ -11,17 +11,22 @@ from __future__ import annotations
 from handlers.cards import default_payment_method, known_details, record_card, schedule_retries
 from handlers.context import HandlerContext, StripeEvent
 from handlers.facts import upsert_customer
+from handlers.reachability import owner_known
 from handlers.stripe_objects import card_details, dig, expandable_id
 
 
 def created(ctx: HandlerContext, event: StripeEvent):
     upsert_customer(ctx, event.object, event.created)
+    if isinstance(event.object.get("id"), str):
+        owner_known(ctx, event.object["id"])  # a case opened before this event reached us catches up
 
 
 def updated(ctx: HandlerContext, event: StripeEvent):
     customer = event.object
     known_before = default_payment_method(ctx, customer["id"]) if customer.get("id") else None
     upsert_customer(ctx, customer, event.created)
+    if isinstance(customer.get("id"), str):
+        owner_known(ctx, customer["id"])
     new_default = changed_default(customer, event.previous_attributes) \
         or differs_from_known(customer, event.previous_attributes, known_before)
     if not new_default or not customer.get("id"):

@@ -51,17 +51,19 @@ def upsert_customer(ctx: HandlerContext, customer: dict, created: int) -> None:
     _upsert(ctx, "customers", cid, values, created)
 
 
-def ensure_customer(ctx: HandlerContext, customer_id: str, email: str | None, name: str | None,
-                    created: int) -> None:
-    """Know a customer from an invoice when no customer event reached us (never overwrites)."""
+def ensure_customer(ctx: HandlerContext, customer_id: str, name: str | None, created: int) -> None:
+    """Know a customer from an invoice when no customer event reached us (never overwrites).
+
+    Never its address: an invoice's `customer_email` is a snapshot, not the owner of record (the
+    platform may have cleared the address on purpose). Mail waits for a customer.* event or a
+    read of the customer from Stripe (worker/customer_prefetch.py); until then the owner is
+    unreachable (handlers/reachability.py).
+    """
     table = ctx.table("customers")
     ctx.conn.execute(ctx.db.insert_ignore(table, {
-        "id": customer_id, "email": email, "name": name, "metadata": "{}",
+        "id": customer_id, "email": None, "name": name, "metadata": "{}",
         "deleted": False, "source_created": 0, "updated_at": ctx.now,
     }, "id"))
-    if email:
-        ctx.conn.execute(update(table).where(table.c.id == customer_id, table.c.email.is_(None))
-                         .values(email=email, name=name))
 
 
 def ensure_subscription(ctx: HandlerContext, subscription_id: str, customer_id: str,
@@ -128,7 +130,7 @@ def upsert_invoice(ctx: HandlerContext, invoice: dict, created: int) -> dict | N
     if isinstance(invoice.get("customer"), dict):
         upsert_customer(ctx, invoice["customer"], created)
     else:
-        ensure_customer(ctx, customer_id, invoice.get("customer_email"), invoice.get("customer_name"), created)
+        ensure_customer(ctx, customer_id, invoice.get("customer_name"), created)
     if values["subscription_id"]:
         ensure_subscription(ctx, values["subscription_id"], customer_id, invoice_subscription_metadata(invoice))
     return ctx.conn.execute(select(table).where(table.c.id == iid)).mappings().first()

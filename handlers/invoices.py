@@ -157,7 +157,7 @@ def _open(ctx: HandlerContext, row: dict, invoice: dict, event: StripeEvent, *, 
         if dunning.is_open(case):
             _record_attempt(ctx, case, invoice, event)
         return None
-    steps.run_next_step(ctx, case)  # day 0: the payment-failed email, in this transaction
+    steps.run_next_step(ctx, case, catch_up=False)  # day 0: the payment-failed email, in this transaction
     return None
 
 
@@ -226,14 +226,19 @@ def _card_of(invoice: dict) -> dict | None:
     return None
 
 
-def end_case(ctx: HandlerContext, case: dict, trigger: str, event: StripeEvent | None):
-    """End the case (steps cancelled), move the account's timeline, and thank the owner when paid."""
-    event_id = event.id if event else None
+def end_case(ctx: HandlerContext, case: dict, trigger: str, event: StripeEvent | None, *,
+             event_id: str | None = None, amount_paid: Any = None):
+    """End the case (steps cancelled), move the account's timeline, and thank the owner when paid.
+
+    Without an event (a read at Stripe, a /pay answered `paid`), `event_id` names the source.
+    """
+    event_id = event.id if event else event_id
     changes: dict[str, Any] = {}
     if trigger == dunning.INVOICE_PAID:
-        invoice = event.object if event else {}
+        invoice = event.object if event else {"amount_paid": amount_paid}
         paid_amount = invoice.get("amount_paid")
-        changes["recovered_amount"] = int(paid_amount) if paid_amount else case["amount_due"]
+        changes["recovered_amount"] = int(paid_amount) if isinstance(paid_amount, int) and paid_amount else \
+            case["amount_due"]
     case = dunning.apply(ctx, case, trigger, event_id=event_id, changes=changes)
     restored = accounts.case_closed(ctx, case, trigger)
     if trigger == dunning.INVOICE_PAID:

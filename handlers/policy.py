@@ -15,6 +15,7 @@ from typing import Any
 from config.settings import ConfigError
 
 ACTIONS = ("schedule_disruption", "disrupt")
+UNREACHABLE_CHOICES = ("hold", "proceed")
 RECIPIENT_SOURCES = ("customer.email", "customer.metadata.")
 
 # Deliberately strict: one local part, one domain with a dot, no spaces, no CR/LF, no commas
@@ -78,6 +79,12 @@ class Policy:
     payment_links: PaymentLinkPolicy
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     path: Path | None = None
+    # The owner is really warned (issue 12): days between the delivered disruption warning and the
+    # disruption, hours between two dunning emails (day 0 apart), what an unreachable owner gets.
+    min_warning_days: int = 3
+    min_gap_hours: int = 20
+    unreachable: str = "hold"
+    max_immediate_retries_per_day: int = 3
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def recipient_for(self, customer_row: dict | None) -> str | None:
@@ -156,9 +163,24 @@ def parse_policy(raw: dict[str, Any], path: Path | None = None) -> Policy:
         daily_limit_per_invoice=int(links.get("daily_limit_per_invoice", 5)),
         expires_after_hours=int(links.get("expires_after_hours", 72)),
     )
+    try:
+        min_warning_days = int(raw.get("min_warning_days", 3))
+        min_gap_hours = int(raw.get("min_gap_hours", 20))
+        max_retries = int(raw.get("max_immediate_retries_per_day", 3))
+    except (TypeError, ValueError):
+        raise PolicyError(f"{where}: min_warning_days, min_gap_hours and max_immediate_retries_per_day "
+                          "must be integers") from None
+    if min_warning_days < 1 or min_gap_hours < 0 or max_retries < 0:
+        raise PolicyError(f"{where}: min_warning_days must be >= 1, min_gap_hours and "
+                          "max_immediate_retries_per_day >= 0")
+    unreachable = str(raw.get("unreachable", "hold"))
+    if unreachable not in UNREACHABLE_CHOICES:
+        raise PolicyError(f"{where}: unreachable must be one of {UNREACHABLE_CHOICES}")
     return Policy(recipient_source=source, exclude_customer_metadata={str(k): str(v) for k, v in exclude.items()},
                   schedules=schedules, payment_links=payment_links, retention=_parse_retention(raw, where),
-                  path=path, raw=raw)
+                  path=path, raw=raw,
+                  min_warning_days=min_warning_days, min_gap_hours=min_gap_hours, unreachable=unreachable,
+                  max_immediate_retries_per_day=max_retries)
 
 
 def _parse_retention(raw: dict[str, Any], where: str) -> RetentionPolicy:

@@ -142,6 +142,8 @@ def base_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "EMAIL_FROM": "Billing <billing@example.com>",
         "LOG_FORMAT": "json",
         "QUEUE_NAMESPACE": f"dunning-test-{uuid.uuid4().hex[:8]}",
+        # in-process tests deliver at once; the settle delay of the day-0 email has its own tests
+        "FIRST_EMAIL_DELAY_SECONDS": "0",
     }
     env.update(overrides)
     return env

@@ -196,6 +196,7 @@ class FakeStripe:
     sever_next: list[str] = field(default_factory=list)  # operations answered by a dropped connection
     stripe_versions: list[str | None] = field(default_factory=list)  # the Stripe-Version header of each request
     webhook_endpoints: dict[str, dict] = field(default_factory=dict)
+    unavailable: bool = False  # an outage: every request is answered 503 (Stripe's api_error)
     base_url: str = ""
     _idempotency: dict[str, tuple[str, int, dict]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -248,6 +249,9 @@ class FakeStripe:
         query = urlsplit(path).query
         path = urlsplit(path).path
         self.stripe_versions.append(headers.get("Stripe-Version"))
+        if self.unavailable:
+            self.requests.append(Recorded(method, path, [], headers.get("Idempotency-Key"), 503))
+            return 503, _error("api_error", None, None, "Stripe is temporarily unavailable"), {}, False
         auth = headers.get("Authorization") or ""
         if auth != f"Bearer {self.api_key}":
             return 401, _error("invalid_request_error", None, None,

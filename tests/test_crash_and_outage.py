@@ -428,7 +428,11 @@ def test_sendgrid_429_500_and_timeouts_and_a_failing_platform_still_deliver_ever
         Poster(svc, events).start().join()
         svc.wait_all_events_done(len(events), timeout=120, watch=[web, worker, scheduler])
 
-        # Day 8: the day-3 reminder and the day-7 disruption warning (with its platform notice).
+        # Day 4 the day-3 reminder, day 8 the day-7 disruption warning (with its platform notice). One
+        # tick at day 8 alone would catch up with the warning only (issue 12: no burst of late emails).
+        svc.tick(iso(timedelta(days=4)))
+        svc.wait_for(lambda: svc.scalar("SELECT COUNT(*) FROM emails WHERE template = 'reminder'") >= invoices,
+                     timeout=120, message="the day-3 reminders", watch=[worker])
         svc.tick(iso(timedelta(days=8)))
         svc.wait_for(lambda: svc.scalar("SELECT COUNT(*) FROM emails") >= 3 * invoices, timeout=120,
                      message="the day-3 and day-7 emails", watch=[worker])

@@ -17,7 +17,8 @@ from structlog.testing import capture_logs
 
 from tests import fixtures_cards as fc
 from tests.fake_stripe import FakeStripe, FakeStripeServer, Recorded, _error
-from tests.fixtures_dunning import DAY, T0, case_of, deliver, emails, failed, tick
+from tests.fixtures_dunning import DAY, T0, case_of, emails, failed, tick
+from tests.fixtures_dunning import _store_and_process as deliver  # these customers are unknown on purpose
 from tests.helpers import make_event, rows
 from worker import customer_prefetch
 from worker.processing import process_event
@@ -117,20 +118,26 @@ def test_a_customer_excluded_by_metadata_opens_no_case_and_gets_no_mail(keyed_ru
 
 
 # -- one GET per unknown customer, never for a known one ------------------------------------
-def test_a_customer_known_from_a_customer_event_is_not_fetched(sqlite_keyed_runtime, fake):
-    stripe_customer(fake, "cus_test_1", owner_email="stale@platform.example")
+def test_a_known_customer_is_read_again_when_a_case_opens_and_the_owner_change_is_followed(
+        sqlite_keyed_runtime, fake):
+    """Changed by issue 12: the owner moved at Stripe without a customer.* event reaching us; the
+    read when the case opens follows it (before, a known customer was never fetched)."""
+    new_owner = "moved-owner@platform.example"
+    stripe_customer(fake, "cus_test_1", owner_email=new_owner)
     deliver(sqlite_keyed_runtime, fc.customer_created("cus_test_1", email=INVOICE_EMAIL,
                                                       metadata={"owner_email": OWNER}))
     assert deliver(sqlite_keyed_runtime, failed(email=INVOICE_EMAIL)) == "processed"
-    assert fake.requests == []
-    assert [e["recipient"] for e in emails(sqlite_keyed_runtime)] == [OWNER]
+    assert len(customer_gets(fake)) == 1
+    assert [e["recipient"] for e in emails(sqlite_keyed_runtime)] == [new_owner]
+    deliver(sqlite_keyed_runtime, failed(email=INVOICE_EMAIL, created=T0 + 60, attempt_count=2))
+    assert len(customer_gets(fake)) == 1  # a later attempt of an open case reads nothing more
 
 
-def test_a_customer_fetched_once_is_not_fetched_for_its_next_invoices(sqlite_keyed_runtime, fake):
+def test_a_customer_is_read_once_per_case_opened(sqlite_keyed_runtime, fake):
     stripe_customer(fake, "cus_test_1", owner_email=OWNER)
     deliver(sqlite_keyed_runtime, failed("in_first", email=INVOICE_EMAIL))
     deliver(sqlite_keyed_runtime, failed("in_second", email=INVOICE_EMAIL, created=T0 + 60))
-    assert len(customer_gets(fake)) == 1
+    assert len(customer_gets(fake)) == 2  # one read as each case opens (issue 12)
     assert sorted(e["recipient"] for e in emails(sqlite_keyed_runtime)) == [OWNER, OWNER]
 
 

@@ -20,6 +20,7 @@ from worker.web import create_app
 
 
 def post(runtime, client, evt: dict) -> None:
+    fx.know_owner(runtime, evt)  # the owner of record, not the invoice's customer_email (issue 12)
     assert post_event(client, evt).status_code == 200
     fx.drain_queues(runtime, ("events", "steps"))
 

@@ -21,6 +21,7 @@ STEP_TEMPLATES = ["payment-failed", "reminder", "disruption-warning", "final-not
 
 
 def post(runtime, client, evt: dict) -> None:
+    fx.know_owner(runtime, evt)  # the owner of record, not the invoice's customer_email (issue 12)
     assert post_event(client, evt).status_code == 200
     fx.drain_queues(runtime, ("events", "steps"))
 
@@ -47,19 +48,25 @@ class TestOnSqliteAndPostgres:
         assert fx.templates(runtime) == ["payment-failed"]
         assert len(rows(runtime, "cases")) == 1
 
-    def test_ticks_give_the_reminder_once_and_a_late_tick_runs_each_missed_step_once_in_order(self, web):
+    def test_ticks_give_the_reminder_once_and_a_late_tick_catches_up_with_the_warning_only(self, web):
+        """Changed by issue 12: a late pass no longer sends every missed step in a burst; it sends the
+        latest one that makes sense (the warning, never a disruption before it), moves the date so
+        the owner gets min_warning_days, and the rest follows on the moved calendar."""
         runtime, client = web
         post(runtime, client, fx.failed())
         fx.tick(runtime, T0 + 3 * DAY)
         assert fx.templates(runtime) == ["payment-failed", "reminder"]
         fx.tick(runtime, T0 + 3 * DAY)
         assert fx.templates(runtime) == ["payment-failed", "reminder"]
-        fx.tick(runtime, T0 + 15 * DAY)
+        fx.tick_late(runtime, T0 + 15 * DAY)  # the scheduler was down from day 3 to day 15
+        assert fx.templates(runtime) == ["payment-failed", "reminder", "disruption-warning"]
+        assert fx.case_of(runtime)["disrupt_at"] == fx.at(T0 + 18 * DAY)
+        fx.tick_late(runtime, T0 + 15 * DAY)
+        assert fx.templates(runtime) == ["payment-failed", "reminder", "disruption-warning"]
+        fx.tick(runtime, T0 + 30 * DAY)
         assert fx.templates(runtime) == STEP_TEMPLATES
         case = fx.case_of(runtime)
         assert [e["dedupe_key"] for e in fx.emails(runtime)] == [f"case:{case['id']}:step:{n}" for n in range(5)]
-        fx.tick(runtime, T0 + 30 * DAY)
-        assert fx.templates(runtime) == STEP_TEMPLATES
         assert case["state"] == "disrupted" and case["next_step_at"] is None
 
     def test_payment_stops_the_schedule_thanks_once_and_an_older_failure_delivered_later_changes_nothing(self, web):
@@ -274,6 +281,7 @@ def test_shuffled_triplicated_events_on_concurrent_workers_give_the_emails_of_on
     paid_later = set(invoices[::2])
 
     def deliver_all(events: list[dict]) -> None:
+        fx.know_owner(runtime, events[0])  # every invoice here belongs to cus_test_1 (owner of record)
         copies = [e for e in events for _ in range(3)]
         rng.shuffle(copies)
         for evt in copies:
@@ -286,6 +294,7 @@ def test_shuffled_triplicated_events_on_concurrent_workers_give_the_emails_of_on
         for _ in range(3):
             enqueue_due_steps(runtime, fx.at(moment))
         fx.drain_queues(runtime, ("steps",), timeout=120, threads=8)
+        fx.drain_queues(runtime, ("emails",), timeout=120, threads=8)  # disruption waits for delivered mail
 
     failures = [fx.failed(inv, created=T0 + k * 3600, subscription=f"sub_{inv}", attempt_count=k + 1,
                           next_payment_attempt=T0 + (k + 1) * DAY)
@@ -293,7 +302,9 @@ def test_shuffled_triplicated_events_on_concurrent_workers_give_the_emails_of_on
     deliver_all(failures)
     tick_thrice(T0 + 3 * DAY)
     deliver_all([fx.paid(inv, created=T0 + 4 * DAY, subscription=f"sub_{inv}") for inv in paid_later])
-    tick_thrice(T0 + 20 * DAY)
+    tick_thrice(T0 + 20 * DAY)  # late: catches up with the warning only, the date moves to day 23 (issue 12)
+    tick_thrice(T0 + 21 * DAY)  # the final notice, two days before the moved date
+    tick_thrice(T0 + 23 * DAY)
 
     assert {e["status"] for e in rows(runtime, "events")} == {"processed"}
     for inv in invoices:

@@ -99,10 +99,11 @@ def check_invariants(runtime, played: dict) -> None:
                 transitions[t["case_id"]].append(dict(t))
 
     for case in cases:
-        # steps: each at most once, in order, no gaps
+        # steps: each at most once, in order, day 0 first; a late tick may skip to the latest step
+        # that makes sense (issue 12), so gaps are allowed
         step_indices = [int(e["dedupe_key"].rsplit(":", 1)[1]) for e in emails
                         if e["case_id"] == case["id"] and ":step:" in e["dedupe_key"]]
-        assert step_indices == list(range(len(step_indices))), step_indices
+        assert step_indices == sorted(set(step_indices)) and step_indices[:1] in ([], [0]), step_indices
         keys = [e["dedupe_key"] for e in emails if e["case_id"] == case["id"]]
         assert len(keys) == len(set(keys))
         # transitions chain and never leave an end
@@ -163,5 +164,6 @@ def test_a_known_sequence_satisfies_the_invariants(runtime):
     check_invariants(runtime, played)
     case = [c for c in rows(runtime, "cases") if c["invoice_id"] in played["invoices"]][0]
     assert case["state"] == "recovered"
-    assert fx.templates(runtime, case_id=case["id"]) == ["payment-failed", "reminder", "disruption-warning",
+    # one tick 8 days late for day 3 and day 7: it catches up with the warning only (issue 12)
+    assert fx.templates(runtime, case_id=case["id"]) == ["payment-failed", "disruption-warning",
                                                         "payment-received"]

@@ -3,12 +3,12 @@
 Emails added here (worker/outbox.py contract), with the `extra` the template receives:
   card-declined-again  add_case_email(..., extra={"card": {"brand", "last4", "exp_month", "exp_year"},
                        "decline": {"code", "decline_code", "message"}})
-                       dedupe key `case:<case>:card-declined-again:<payment method>`.
+                       dedupe key `case:<case>:card-declined-again:<card version>` (one per card version).
 
 A `card_retries` row (written by handlers/cards.py, unique per invoice and card) is the job.
 The Stripe call carries the idempotency key `dunning-card-retry:<invoice>:<payment method>`, so
-a job run twice charges at most once. Success is only noted here: `invoice.paid` arrives later
-and the state machine recovers the case. A decline is recorded on the row and on the case
+a job run twice charges at most once. A `paid` answer ends the case as recovered at once
+(handlers/verification.end_verified): the `invoice.paid` webhook may never come. A decline is recorded on the row and on the case
 (last_failure_code/message; the state and the schedule are left alone) and the owner gets one
 `card-declined-again` email naming the new card.
 
@@ -87,12 +87,28 @@ def run_retry(runtime, retry_id: str) -> str:
 
     if result.get("status") == "paid":
         log.info("card_retry.succeeded", retry_id=retry_id, invoice_id=retry["invoice_id"])
-        return _finish(runtime, retry, "succeeded")
+        status = _finish(runtime, retry, "succeeded")
+        _recovered_now(runtime, retry, result)
+        return status
     # Some servers answer 200 with the invoice still open: read the payment intent to know why.
     outcome, decline = _outcome_of_open_invoice(gw, result)
     if outcome == "succeeded":  # a bank debit is processing: invoice.paid will follow
         return _finish(runtime, retry, "succeeded", last_error="the payment is processing")
     return _declined(runtime, retry, case, decline)
+
+
+def _recovered_now(runtime, retry, invoice: dict) -> None:
+    """Stripe answered `paid`: the case ends as recovered at once (no need to wait for invoice.paid,
+    which may never come), with the normal thank-you and service.restored / cancelled notices."""
+    from handlers import dunning
+    from handlers.verification import end_verified
+    with runtime.db.transaction() as conn:
+        ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=None, log=log)
+        case = lock_case(ctx, case_id=retry["case_id"])
+        if case is None or case["state"] not in DUNNING_STATES:
+            return
+        end_verified(ctx, case, dunning.INVOICE_PAID, invoice)
+    ctx.run_after_commit()
 
 
 def _stripe_would_charge(gw, invoice: dict, customer_id: str) -> str | None:
@@ -165,7 +181,7 @@ def _declined(runtime, retry, case, decline: Decline) -> str:
         if not needs_action:
             email_id = outbox.add_case_email(
                 ctx, "card-declined-again", case["id"],
-                f"case:{case['id']}:card-declined-again:{retry['payment_method_id']}",
+                f"case:{case['id']}:card-declined-again:{retry['dedupe_key'].split(':', 1)[1]}",
                 {"card": card, "decline": {"code": decline.code, "decline_code": decline.decline_code,
                                            "message": decline.message}})
     ctx.run_after_commit()

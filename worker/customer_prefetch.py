@@ -33,8 +33,11 @@ Ordering (newest wins, handlers.facts.upsert_customer): the fetched customer is 
     change). With the event's `created`, every comparison stays on Stripe's clock.
   - An invoice event carrying an expanded customer is upserted by its handler with the same
     `created`: a tie, which the event wins (Stripe's own payload).
-A customer fetched once has source_created > 0 and is never fetched again: one GET per
-customer that no customer event told us about.
+A customer fetched once has source_created > 0 and is not fetched again for ordinary events.
+But an `invoice.payment_failed` that will open a case (no case for its invoice yet) reads the
+customer again whatever we know (issue 12: the owner of record is followed even when it changed
+without a customer.* event reaching us); the step runner reads it before every step
+(handlers/verification.py).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from handlers.stripe_objects import metadata_of
 from worker.clock import utcnow
 from worker.log_context import ids_from_event_object
 from worker.logs import mask_email
-from worker.stripe_api import StripeGateway, StripeRejected
+from worker.stripe_api import StripeGateway, StripeRejected, StripeUnavailable
 
 log = structlog.get_logger("worker.customer_prefetch")
 
@@ -73,7 +76,8 @@ def ensure_customer_known(runtime, event: StripeEvent) -> str:
     customer_id = _customer_named_by(event)
     if customer_id is None:
         return "not_applicable"
-    if _is_known(runtime, customer_id):
+    known = _is_known(runtime, customer_id)
+    if known and not _opens_case(runtime, event):
         return "known"
     key = runtime.settings.stripe_api_key
     if not key:
@@ -85,8 +89,14 @@ def ensure_customer_known(runtime, event: StripeEvent) -> str:
 
     try:
         customer = _gateway(runtime).retrieve_customer(customer_id)
+    except StripeUnavailable as exc:
+        if not known:
+            raise
+        # a refresh of an owner we know: the case opens with it (each step reads Stripe again)
+        log.warning("customer_prefetch.refresh_unavailable", customer_id=customer_id, error=str(exc)[:300])
+        return "refresh_unavailable"
     except StripeRejected as exc:
-        if exc.status != 404:
+        if exc.status != 404 or exc.code != "resource_missing":  # an unknown URL is no deletion
             log.error("customer_prefetch.rejected", customer_id=customer_id, status=exc.status,
                       code=exc.code, error=str(exc)[:300])
             return "rejected"
@@ -124,6 +134,16 @@ def _is_known(runtime, customer_id: str) -> bool:
                                       .where(customers.c.id == customer_id)).scalar()
         # An erased customer is never fetched again: that would bring its email and metadata back.
         return bool(source_created) or is_erased(conn, runtime.db.tables, customer_id)
+
+
+def _opens_case(runtime, event: StripeEvent) -> bool:
+    """True for a payment failure of an invoice that has no case yet (the case opens with it)."""
+    if event.type != "invoice.payment_failed" or not runtime.settings.stripe_api_key:
+        return False
+    invoice_id = (event.payload.get("data") or {}).get("object", {}).get("id")
+    cases = runtime.db.table("cases")
+    with runtime.db.engine.connect() as conn:
+        return conn.execute(select(cases.c.id).where(cases.c.invoice_id == invoice_id)).first() is None
 
 
 def _key_livemode(key: str) -> bool | None:

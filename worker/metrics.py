@@ -247,12 +247,20 @@ class DomainCollector:
                     failed.add_metric([etype], n)
             yield by_status
             yield failed
+            from worker.reconciler import exhausted_count
+            yield GaugeMetricFamily("dunning_events_redrive_exhausted", "Events failed transiently for longer "
+                                    "than the reconciler re-drives them (3 days): replay with `dunning events "
+                                    "replay --failed`.", value=exhausted_count(conn, self.db, now))
 
             cases = t["cases"]
             states = GaugeMetricFamily("dunning_cases", "Dunning cases by state.", labels=["state"])
             for state, n in grouped(cases, cases.c.state):
                 states.add_metric([state], n)
             yield states
+            from handlers.reachability import unreachable_count
+            yield GaugeMetricFamily("dunning_cases_owner_unreachable", "Open cases whose owner has no "
+                                    "deliverable address (disruption held unless released).",
+                                    value=unreachable_count(conn, self.db))
 
             transitions = t["case_transitions"]
             moved = CounterMetricFamily("dunning_case_transitions", "Case state transitions, by from "

@@ -12,7 +12,7 @@ to an address taken from anywhere else.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from typing import Any
@@ -32,6 +32,7 @@ NOTICE_TYPES = (
     "service.disrupted",
     "service.restored",
     "service.disruption_cancelled",
+    "service.owner_unreachable",  # the owner has no deliverable address (handlers/reachability.py)
 )
 
 
@@ -45,7 +46,7 @@ class UnknownNoticeType(ValueError):
 
 # -- emails -------------------------------------------------------------------------------
 def add_case_email(ctx, template: str, case_id: str, dedupe_key: str,
-                   extra: dict | None = None) -> str | None:
+                   extra: dict | None = None, delay_seconds: int = 0) -> str | None:
     """Write the email `template` about case `case_id` to the outbox; None if a duplicate or refused.
 
     The context comes from the case, its invoice, its customer and the customer's latest card
@@ -58,7 +59,7 @@ def add_case_email(ctx, template: str, case_id: str, dedupe_key: str,
     if case is None:
         raise LookupError(f"case {case_id} is not stored")
     return _add_email(ctx, template, dedupe_key, extra, case=case,
-                      customer_id=case["customer_id"], invoice_id=case["invoice_id"])
+                      customer_id=case["customer_id"], invoice_id=case["invoice_id"], delay_seconds=delay_seconds)
 
 
 def add_customer_email(ctx, template: str, customer_id: str, dedupe_key: str,
@@ -80,7 +81,7 @@ def add_customer_email(ctx, template: str, customer_id: str, dedupe_key: str,
 
 
 def _add_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case: dict | None,
-               customer_id: str, invoice_id: str | None) -> str | None:
+               customer_id: str, invoice_id: str | None, delay_seconds: int = 0) -> str | None:
     from worker.email_context import build_context, latest_card
     from worker.emails import render
 
@@ -99,6 +100,9 @@ def _add_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case:
     invoice = _load(ctx, "invoices", invoice_id)
     card = latest_card(ctx.conn, ctx.table("cards"), customer_id)
     case = _with_account_disrupt_at(ctx, case)
+    clock = getattr(ctx, "clock", None) or ctx.now
+    if case and case.get("next_payment_attempt") and case["next_payment_attempt"] <= clock:
+        case = {**case, "next_payment_attempt": None}  # a "next automatic retry" in the past is never shown
     context = build_context(case=case, invoice=invoice, customer=customer, card=card,
                             extra=extra, settings=ctx.settings)
     rendered = render(template, context)
@@ -118,14 +122,18 @@ def _add_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case:
         "customer_id": customer_id,
         "status": "pending",
         "attempts": 0,
-        "next_attempt_at": now,
+        "next_attempt_at": now + timedelta(seconds=delay_seconds),
         "enqueued_at": now,  # sent after commit, below: the sweeper leaves it to that message
         "created_at": now,
     }, "dedupe_key")
     if not inserted:
         return None
     runtime = ctx.runtime
-    ctx.after_commit(lambda: runtime.actors.send_email.send(email_id))
+    if delay_seconds:  # held briefly (day 0): a payment arriving back to back cancels it at delivery
+        ctx.after_commit(lambda: runtime.actors.send_email.send_with_options(
+            args=(email_id,), delay=delay_seconds * 1000 + 200))
+    else:
+        ctx.after_commit(lambda: runtime.actors.send_email.send(email_id))
     log.info("email.queued", email_id=email_id, template=template, customer_id=customer_id,
              invoice_id=invoice_id, dedupe_key=dedupe_key, recipient=mask_email(recipient))
     return email_id

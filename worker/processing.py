@@ -3,6 +3,12 @@
 Correctness does not rest on the broker delivering once: the final transaction locks the event
 row and does nothing if it is already processed, so a redelivered or reconciled duplicate
 message is harmless.
+
+A failure is either permanent (a malformed payload: PermanentEventError, a value that does not
+fit a column, or a coercion error on a payload value such as `amount_due: "12.50"`, NaN, a dict,
+a year-10000 `created`: the same on every try) and ends `failed` at once with a one-line reason,
+or transient (Stripe or the database unreachable...): then `failed_transient` and `redrive_at`
+let the reconciler re-enqueue it with a slow backoff for 3 days after Dramatiq's own retries.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from worker.event_store import load_event
 from worker.log_context import bind_in_message, ids_from_event_object
 
 LEASE = timedelta(minutes=5)
+COERCION_ERRORS = (ValueError, TypeError, AttributeError, UnicodeError)  # a payload value we cannot read
+REDRIVE_BASE = timedelta(minutes=10)
+REDRIVE_CAP = timedelta(hours=2)
 log = structlog.get_logger("worker.processing")
 
 
@@ -54,15 +63,24 @@ def process_event(runtime, event_id: str) -> str:
             ensure_customer_known(runtime, claimed_event)  # Stripe I/O, outside the handler's transaction
             return _run_handler(runtime, event_id, event_customer_id(claimed_event))
         except (DataError, OverflowError) as exc:  # the payload does not fit a column: the same every try
-            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]  # not the SQL and its parameters
+            reason = _one_line(getattr(exc, "orig", None) or exc)  # not the SQL and its parameters
             raise PermanentEventError(f"a value does not fit the schema: {reason}"[:1000]) from exc
+        except PermanentEventError:
+            raise
+        except COERCION_ERRORS as exc:  # a payload value of the wrong type or form: the same every try
+            raise PermanentEventError(f"a payload value cannot be read: {type(exc).__name__}: "
+                                      f"{_one_line(exc)}"[:1000]) from exc
     except Exception as exc:
+        permanent = isinstance(exc, PermanentEventError)
+        now = utcnow()
+        error = f"{type(exc).__name__}: {exc}" if not permanent else _one_line(exc)
         with db.transaction() as conn:
+            first = conn.execute(select(events.c.first_failed_at).where(events.c.id == event_id)).scalar()
             conn.execute(update(events).where(events.c.id == event_id, events.c.status == "processing")
-                         .values(status="failed", last_error=f"{type(exc).__name__}: {exc}"[:2000],
-                                 lease_until=None))
-        log.warning("event.failed", error=f"{type(exc).__name__}: {exc}"[:500],
-                    permanent=isinstance(exc, PermanentEventError))
+                         .values(status="failed", last_error=error[:2000], lease_until=None,
+                                 failed_transient=not permanent, first_failed_at=first or now,
+                                 redrive_at=None if permanent else now + redrive_backoff(claimed["attempts"])))
+        log.warning("event.failed", error=error[:500], permanent=permanent)
         raise
 
 
@@ -70,6 +88,15 @@ def event_customer_id(event) -> str | None:
     """The customer an event is about (the object's own id for a customer, else its `customer`)."""
     obj = (event.payload.get("data") or {}).get("object")
     return ids_from_event_object(obj).get("customer_id") if isinstance(obj, dict) else None
+def _one_line(exc) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def redrive_backoff(attempts: int) -> timedelta:
+    """The reconciler's pace after Dramatiq's quick retries: 10 min, 20 min ... capped at 2 h."""
+    from worker.broker import MAX_RETRIES
+    return min(REDRIVE_BASE * (2 ** max(0, attempts - MAX_RETRIES - 1)), REDRIVE_CAP)
 
 
 def bind_event(event) -> None:
@@ -109,7 +136,8 @@ def _run_handler(runtime, event_id: str, customer_id: str | None = None) -> str:
         # An erased customer stays erased: scrub what the handler wrote and strip this payload (same transaction).
         after_handler(ctx, event, event_customer_id(event))
         conn.execute(update(events).where(events.c.id == event_id).values(
-            status=status, processed_at=utcnow(), last_error=None, lease_until=None))
+            status=status, processed_at=utcnow(), last_error=None, lease_until=None,
+            failed_transient=False, first_failed_at=None, redrive_at=None))
     log.info("event.processed", status=status)
     ctx.run_after_commit()
     return status

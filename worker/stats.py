@@ -46,4 +46,10 @@ def collect_stats(db) -> dict:
             # gave up after the retry window: `dunning notices redeliver --failed` pushes them again
             "notices_failed": int(failed_count),
             "failed_notices": [dict(row) for row in failed],
+            "owner_unreachable_cases": _unreachable(conn, db),
         }
+
+
+def _unreachable(conn, db) -> int:
+    from handlers.reachability import unreachable_count
+    return unreachable_count(conn, db)

@@ -6,6 +6,7 @@ payment_links, card_retries), so it answers the same whether the workers run or 
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -22,14 +23,19 @@ def _iso(row: dict) -> dict:
             for k, v in row.items()}
 
 
-def list_cases(db, *, state: str | None = None, customer: str | None = None, limit: int = 100) -> list[dict]:
+def list_cases(db, *, state: str | None = None, customer: str | None = None, limit: int = 100,
+               unreachable: bool = False) -> list[dict]:
     cases = db.table("cases")
     stmt = select(cases.c.id, cases.c.invoice_id, cases.c.customer_id, cases.c.subscription_id,
                   cases.c.state, cases.c.schedule, cases.c.currency, cases.c.amount_due,
                   cases.c.opened_at, cases.c.next_step, cases.c.next_step_at, cases.c.disrupt_at,
-                  cases.c.closed_at).order_by(cases.c.opened_at.desc(), cases.c.id).limit(limit)
+                  cases.c.closed_at, cases.c.owner_unreachable, cases.c.hold_released
+                  ).order_by(cases.c.opened_at.desc(), cases.c.id).limit(limit)
     if state:
         stmt = stmt.where(cases.c.state == state)
+    if unreachable:  # open cases whose owner cannot be mailed (held unless released or policy "proceed")
+        from handlers.dunning import OPEN_STATES
+        stmt = stmt.where(cases.c.owner_unreachable == 1, cases.c.state.in_(OPEN_STATES))
     if customer:
         stmt = stmt.where(cases.c.customer_id == customer)
     with db.engine.connect() as conn:
@@ -138,11 +144,12 @@ def cases() -> None:
 @click.option("--state", default=None, help="failing, disruption_scheduled, disrupted, recovered, ...")
 @click.option("--customer", default=None, help="a Stripe customer id (cus_...)")
 @click.option("--limit", default=100, show_default=True)
+@click.option("--unreachable", is_flag=True, help="only open cases whose owner has no deliverable address")
 @click.option("--json", "as_json", is_flag=True)
-def cases_list(state, customer, limit, as_json) -> None:
+def cases_list(state, customer, limit, unreachable, as_json) -> None:
     """Cases, newest first."""
     runtime = get_runtime(broker=False)
-    data = list_cases(runtime.db, state=state, customer=customer, limit=limit)
+    data = list_cases(runtime.db, state=state, customer=customer, limit=limit, unreachable=unreachable)
 
     def render(items):
         if not items:
@@ -150,9 +157,31 @@ def cases_list(state, customer, limit, as_json) -> None:
         for c in items:
             due = f"next step {c['next_step']} at {c['next_step_at']}" if c["next_step"] is not None else "no step due"
             disrupt = f"  disrupt_at={c['disrupt_at']}" if c["disrupt_at"] else ""
+            held = ("  owner unreachable" + (" (released)" if c["hold_released"] else "")) \
+                if c["owner_unreachable"] else ""
             click.echo(f"{c['invoice_id']:28} {c['state']:22} {c['customer_id']:20} "
-                       f"{c['amount_due']} {c['currency']}  {due}{disrupt}")
+                       f"{c['amount_due']} {c['currency']}  {due}{disrupt}{held}")
     emit(data, as_json, render)
+
+
+@cases.command("release")
+@click.argument("case")
+@click.option("--by", "released_by", default=lambda: os.environ.get("USER") or "operator",
+              show_default="$USER", help="who decides (recorded)")
+@click.option("--reason", required=True, help="why disruption may proceed without reaching the owner")
+@click.option("--json", "as_json", is_flag=True)
+def cases_release(case, released_by, reason, as_json) -> None:
+    """Let disruption of a held case (owner unreachable) proceed on schedule: CASE is a case or invoice id."""
+    from handlers.reachability import ReleaseError, release_case
+    runtime = get_runtime(broker=False)  # a row change: the scheduler's next pass runs the released step
+    try:
+        released = release_case(runtime, case, released_by=released_by, reason=reason)
+    except ReleaseError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    data = {"case": released["id"], "invoice_id": released["invoice_id"], "released_by": released_by,
+            "hold_released": bool(released["hold_released"]), "next_step_at": isoformat(released["next_step_at"])}
+    emit(data, as_json, lambda d: click.echo(f"released {d['case']} (invoice {d['invoice_id']}) by {d['released_by']}"))
 
 
 @cases.command("show")
