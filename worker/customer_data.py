@@ -38,6 +38,7 @@ ERASED: dict[str, dict[str, Any]] = {
     "events": {"payload": lambda row: stripped_payload(row, "erasure")},
     "erasures": {},
     "console_actions": {"reason": "[erased]"},  # a support agent's free text may name the owner
+    "case_releases": {"reason": "[erased]"},  # likewise an operator's reason for releasing a hold
 }
 
 # Columns kept by an erasure: no personal data (ids, amounts, currencies, states, times, counts).
@@ -49,13 +50,14 @@ KEPT: dict[str, tuple[str, ...]] = {
     "cases": ("id", "invoice_id", "customer_id", "subscription_id", "account_id", "state", "schedule", "currency",
               "amount_due", "first_failed_at", "attempt_count", "next_payment_attempt", "last_failure_code",
               "next_step", "next_step_at", "disrupt_at", "last_event_created", "opened_at", "closed_at",
-              "recovered_amount", "version", "updated_at", "owner_unreachable"),
+              "recovered_amount", "version", "updated_at", "owner_unreachable", "hold_released", "last_email_at",
+              "warned_at", "final_notice_at", "verify_failures", "steps_enqueued_at"),
     "case_transitions": ("id", "case_id", "from_state", "to_state", "trigger", "event_id", "step", "at"),
     "emails": ("id", "dedupe_key", "template", "case_id", "invoice_id", "customer_id", "attempts",
-               "next_attempt_at", "lease_until", "provider_message_id", "created_at", "sent_at"),
+               "next_attempt_at", "lease_until", "provider_message_id", "created_at", "sent_at", "enqueued_at"),
     "platform_notices": ("id", "dedupe_key", "type", "account_id", "seq", "case_id", "invoice_id", "customer_id",
                          "status", "attempts", "last_error", "next_attempt_at", "lease_until", "created_at",
-                         "delivered_at"),
+                         "delivered_at", "enqueued_at"),
     "accounts": ("id", "customer_id", "subscription_id", "status", "disrupt_at", "disrupted_at", "notice_seq",
                  "updated_at"),
     "payment_links": ("id", "invoice_id", "customer_id", "requested_by", "requested_at", "status", "amount",
@@ -65,9 +67,11 @@ KEPT: dict[str, tuple[str, ...]] = {
     "card_retries": ("id", "dedupe_key", "invoice_id", "case_id", "customer_id", "payment_method_id", "status",
                      "decline_code", "last_error", "created_at", "finished_at", "enqueued_at"),
     "events": ("id", "type", "object_id", "api_version", "created", "livemode", "source", "received_at", "status", "attempts",
-               "last_error", "enqueued_at", "lease_until", "processed_at"),
+               "last_error", "enqueued_at", "lease_until", "processed_at", "failed_transient", "first_failed_at",
+               "redrive_at"),
     "erasures": ("customer_id", "erased_at", "requested_by", "event_id", "reason"),
     "console_actions": ("id", "at", "actor", "action", "case_id", "invoice_id", "target", "outcome"),
+    "case_releases": ("id", "case_id", "released_by", "released_at"),
 }
 
 LINK_COLUMNS = ("customer_id", "invoice_id", "case_id")
