@@ -413,3 +413,28 @@ def test_events_are_stored_with_their_object_id(runtime):
     open_failed(runtime, "in_objid")
     (event,) = rows(runtime, "events")
     assert event["object_id"] == "in_objid"
+
+
+def test_releasing_the_hold_of_an_unreachable_owners_case_is_recorded_and_refused_when_not_held(runtime):
+    open_failed(runtime, "in_held")
+    open_failed(runtime, "in_reachable", customer="cus_reachable")
+    cases = runtime.db.table("cases")
+    with runtime.db.transaction() as conn:
+        conn.execute(update(cases).where(cases.c.invoice_id == "in_held").values(owner_unreachable=1))
+    b = Browser(runtime, BEARER)
+    assert "Release the hold" in b.get("/console/cases/in_held").text
+    assert "Release the hold" not in b.get("/console/cases/in_reachable").text
+    assert b.post("/console/cases/in_held/release", {"reason": ""}).status_code == 400
+    answer = b.post("/console/cases/in_held/release", {"reason": "owner confirmed by phone"})
+    assert answer.status_code == 303 and answer.headers["location"].endswith("done=release-hold")
+    (case,) = rows(runtime, "cases", invoice_id="in_held")
+    assert case["hold_released"] == 1 and case["owner_unreachable"] == 1
+    (release,) = rows(runtime, "case_releases")
+    assert release["case_id"] == case["id"] and release["reason"] == "owner confirmed by phone"
+    (action,) = rows(runtime, "console_actions")
+    assert (action["action"], action["case_id"]) == ("release-hold", case["id"])
+    page = b.get("/console/cases/in_held").text
+    assert "owner confirmed by phone" in page and "Release the hold" not in page
+    refused = b.post("/console/cases/in_reachable/release", {"reason": "no hold here"})
+    assert refused.status_code == 409 and "not held" in refused.text
+    assert len(rows(runtime, "console_actions")) == 1
