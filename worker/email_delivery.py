@@ -220,7 +220,7 @@ class SendGridSender:
             raise TransientSendError(f"SendGrid unreachable: {type(exc).__name__}: {exc}") from exc
         status = response.status
         if 200 <= status < 300:
-            return response.headers.get("X-Message-Id") or response.headers.get("x-message-id")
+            return response.headers.get("x-message-id")
         detail = _short(response.body)
         if status == 429 or status >= 500 or status < 400:
             raise TransientSendError(f"SendGrid HTTP {status}: {detail}")

@@ -29,7 +29,7 @@ NETWORK_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 @dataclass(frozen=True)
 class Response:
     status: int
-    headers: dict
+    headers: dict  # names in lower case
     body: bytes  # at most `read_limit` bytes: callers keep a short detail, never a whole page
 
 
@@ -55,4 +55,4 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float, read_li
         response.drain_conn()  # the rest, so the connection goes back to the pool clean
     finally:
         response.release_conn()
-    return Response(response.status, dict(response.headers), data)
+    return Response(response.status, {k.lower(): v for k, v in response.headers.items()}, data)
