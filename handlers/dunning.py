@@ -129,23 +129,28 @@ def open_case(ctx: HandlerContext, values: dict[str, Any], *, event_id: str | No
     cases = ctx.table("cases")
     row = {"id": new_id("dc"), "state": FAILING, "version": 0, "opened_at": ctx.now, "updated_at": ctx.now,
            **values}
-    if not ctx.db.insert_new(ctx.conn, cases, row, "invoice_id"):
+    # RETURNING: the inserted row as stored (defaults included), no second read; it is ours
+    # until commit (nobody else sees it before).
+    stored = ctx.conn.execute(ctx.db.insert_ignore(cases, row, "invoice_id").returning(*cases.c)).mappings().first()
+    if stored is None:
         return None
     _record(ctx, row["id"], None, FAILING, OPENED, event_id=event_id, step=None)
-    bind_case(row)  # the rest of this message's log lines name the case it opened
+    bind_case(stored)  # the rest of this message's log lines name the case it opened
     log.info("case.opened", case_id=row["id"], invoice_id=row["invoice_id"], schedule=row["schedule"])
-    return lock_case(ctx, case_id=row["id"])
+    return dict(stored)
 
 
 def update_case(ctx: HandlerContext, case: dict, changes: dict[str, Any]) -> dict:
     """Write `changes` to the case if nobody else did since it was read; return the new row."""
     cases = ctx.table("cases")
-    result = ctx.conn.execute(
+    row = ctx.conn.execute(  # RETURNING: the new row (still locked by this update), no re-read
         update(cases).where(cases.c.id == case["id"], cases.c.version == case["version"])
-        .values(**changes, version=case["version"] + 1, updated_at=ctx.now))
-    if result.rowcount != 1:
+        .values(**changes, version=case["version"] + 1, updated_at=ctx.now)
+        .returning(*cases.c)).mappings().first()
+    if row is None:
         raise StaleCase(f"case {case['id']} changed since version {case['version']}")
-    return lock_case(ctx, case_id=case["id"])
+    bind_case(row)
+    return dict(row)
 
 
 def apply(ctx: HandlerContext, case: dict, trigger: str, *, event_id: str | None = None,

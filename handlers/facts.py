@@ -120,24 +120,28 @@ def upsert_invoice(ctx: HandlerContext, invoice: dict, created: int) -> dict | N
     }
     table = ctx.table("invoices")
     # insert_new first: two first events of one invoice racing on PostgreSQL must not hit a unique violation
-    inserted = ctx.db.insert_new(ctx.conn, table, {"id": iid, "source_created": created, "updated_at": ctx.now,
-                                                   **values}, "id")
+    stored: dict[str, Any] = {"id": iid, "source_created": created, "updated_at": ctx.now, **values}
+    inserted = ctx.db.insert_new(ctx.conn, table, stored, "id")
     existing = None if inserted else \
         ctx.conn.execute(ctx.db.lock(select(table).where(table.c.id == iid))).mappings().first()
     if existing is not None:
+        stored = dict(existing)
         existing_final = existing["status"] in FINAL_INVOICE_STATUSES
         if existing_final and values["status"] not in FINAL_INVOICE_STATUSES:
             values["status"] = existing["status"]  # paid/void/uncollectible stick
         # A newer fact wins; an older one only when it ends an invoice we still think is open.
         if created >= existing["source_created"] or (values["status"] != existing["status"] and not existing_final):
-            ctx.conn.execute(update(table).where(table.c.id == iid).values(
-                source_created=max(created, existing["source_created"]), updated_at=ctx.now, **values))
+            changes = {"source_created": max(created, existing["source_created"]), "updated_at": ctx.now, **values}
+            ctx.conn.execute(update(table).where(table.c.id == iid).values(**changes))
+            stored.update(changes)
     if isinstance(invoice.get("customer"), dict):
         upsert_customer(ctx, invoice["customer"], created)
     else:
         ensure_customer(ctx, customer_id, invoice.get("customer_name"), created)
     if values["subscription_id"]:
         ensure_subscription(ctx, values["subscription_id"], customer_id, invoice_subscription_metadata(invoice))
+    if all(c.name in stored for c in table.c):  # what this transaction wrote (the row is locked): no re-read
+        return stored
     return ctx.conn.execute(select(table).where(table.c.id == iid)).mappings().first()
 
 

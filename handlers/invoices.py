@@ -273,6 +273,7 @@ def _thank_owner(ctx: HandlerContext, case: dict, restored: bool) -> None:
     # another unpaid invoice of the account), not what the case state implies.
     still_disrupted = accounts.lock_account(ctx, case)["status"] == accounts.DISRUPTED
     outbox.add_case_email(ctx, "payment-received", case["id"], f"case:{case['id']}:payment-received",
-                          {"service_disrupted": restored or still_disrupted, "service_restored": restored})
+                          {"service_disrupted": restored or still_disrupted, "service_restored": restored},
+                          case=case)
     if restored:
-        outbox.add_case_email(ctx, "service-restored", case["id"], f"case:{case['id']}:service-restored")
+        outbox.add_case_email(ctx, "service-restored", case["id"], f"case:{case['id']}:service-restored", case=case)

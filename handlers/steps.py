@@ -256,6 +256,6 @@ def _send_step_email(ctx: HandlerContext, case: dict, index: int, template: str)
     from worker import outbox
     delay = ctx.settings.first_email_delay_seconds if index == 0 else 0
     email_id = outbox.add_case_email(ctx, template, case["id"], f"case:{case['id']}:step:{index}",
-                                     delay_seconds=delay)
+                                     delay_seconds=delay, case=case)
     if email_id is None:
         log.warning("case.step_email_not_added", case_id=case["id"], step=index, template=template)

@@ -76,13 +76,13 @@ def ensure_customer_known(runtime, event: StripeEvent) -> str:
     customer_id = _customer_named_by(event)
     if customer_id is None:
         return "not_applicable"
+    key = runtime.settings.stripe_api_key
+    if not key:  # checked first: without a key the queries below decide nothing (no statement spent)
+        _warn_once_without_key(runtime)
+        return "no_api_key"
     known = _is_known(runtime, customer_id)
     if known and not _opens_case(runtime, event):
         return "known"
-    key = runtime.settings.stripe_api_key
-    if not key:
-        _warn_once_without_key(runtime)
-        return "no_api_key"
     if _key_livemode(key) not in (None, event.livemode):
         log.warning("customer_prefetch.skipped_other_mode", customer_id=customer_id, livemode=event.livemode)
         return "other_mode"

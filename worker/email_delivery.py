@@ -7,19 +7,17 @@ Retry state lives in the row (attempts, last_error, next_attempt_at with exponen
 not in the broker, so a retry survives restarts and `dunning stats` can show it.
 
 Senders (one interface, two implementations, chosen by SENDGRID_API_KEY):
-- SendGridSender: the SendGrid v3 API through the official SDK, with an explicit timeout (the
-  SDK has none), 429/5xx/network errors transient, any other 4xx permanent.
+- SendGridSender: the SendGrid v3 API, body built by the official SDK, POSTed on the process's
+  pooled keep-alive client (worker/http_pool.py) with an explicit timeout (the SDK has none); 429/5xx/network errors
+  transient, any other 4xx permanent.
 - FileOutboxSender: one RFC 5322 `.eml` file per email in EMAIL_OUTBOX_DIR, named by the email
   id and written atomically, so a retry rewrites the same file instead of adding a second one.
 """
 
 from __future__ import annotations
 
-import http.client
 import os
-import socket
 import threading
-import urllib.error
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email import policy as email_policy
@@ -184,10 +182,14 @@ class SendGridSender:
 
     def __init__(self, api_key: str, email_from: str, host: str | None = None,
                  timeout: float = SENDGRID_TIMEOUT):
-        from sendgrid import SendGridAPIClient
+        from sendgrid import __version__ as sdk_version
         self.email_from = email_from
-        self.client = SendGridAPIClient(api_key=api_key, host=host or "https://api.sendgrid.com")
-        self.client.client.timeout = timeout
+        self.timeout = timeout
+        # The SDK builds the body (payload below); the POST goes through the process's pooled
+        # keep-alive client (worker/http_pool.py), not the SDK's new connection per email.
+        self.url = (host or "https://api.sendgrid.com").rstrip("/") + "/v3/mail/send"
+        self.headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json",
+                        "Accept": "application/json", "User-Agent": f"sendgrid/{sdk_version};python"}
 
     def payload(self, email: OutgoingEmail) -> dict:
         """The v3 JSON body: categories and custom_args name the template and the invoice."""
@@ -205,27 +207,24 @@ class SendGridSender:
         return mail.get()
 
     def send(self, email: OutgoingEmail) -> str | None:
-        from python_http_client.exceptions import HTTPError as SendGridHTTPError
+        import json
+
+        from worker import http_pool
         try:
-            body = self.payload(email)
+            body = json.dumps(self.payload(email)).encode("utf-8")
         except ValueError as exc:
             raise PermanentSendError(f"cannot build the message: {exc}") from exc
         try:
-            response = self.client.send(body)
-        except SendGridHTTPError as exc:
-            status = int(getattr(exc, "status_code", 0) or 0)
-            detail = _short(getattr(exc, "body", b""))
-            if status == 429 or status >= 500:
-                raise TransientSendError(f"SendGrid HTTP {status}: {detail}") from exc
-            raise PermanentSendError(f"SendGrid HTTP {status}: {detail}") from exc
-        except (TimeoutError, socket.timeout, urllib.error.URLError, http.client.HTTPException,
-                OSError) as exc:
+            response = http_pool.post(self.url, body, self.headers, self.timeout, read_limit=2048)
+        except http_pool.NETWORK_ERRORS as exc:
             raise TransientSendError(f"SendGrid unreachable: {type(exc).__name__}: {exc}") from exc
-        status = int(getattr(response, "status_code", 0) or 0)
-        if not 200 <= status < 300:
-            raise TransientSendError(f"SendGrid HTTP {status}")
-        headers = getattr(response, "headers", None) or {}
-        return headers.get("X-Message-Id") if hasattr(headers, "get") else None
+        status = response.status
+        if 200 <= status < 300:
+            return response.headers.get("x-message-id")
+        detail = _short(response.body)
+        if status == 429 or status >= 500 or status < 400:
+            raise TransientSendError(f"SendGrid HTTP {status}: {detail}")
+        raise PermanentSendError(f"SendGrid HTTP {status}: {detail}")
 
 
 def _short(body) -> str:

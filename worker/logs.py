@@ -15,6 +15,8 @@ from typing import Any, Iterable
 
 import structlog
 
+from worker.log_lines import LineHandler, LineLoggerFactory
+
 # Every address form the service accepts (handlers/policy.py) or Stripe may send: RFC 5322 atext
 # local parts and quoted ones ("john doe"@...), non-ASCII local parts and domains (RFC 6531),
 # IP literals. Bounded repeats keep the scan linear.
@@ -90,10 +92,10 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=LineLoggerFactory(file=sys.stderr),  # one write per record (worker/log_lines.py)
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LineHandler(sys.stderr)
     from worker.stdlib_logs import stdlib_formatter
     handler.setFormatter(stdlib_formatter(log_format))  # JSON mode: library lines as JSON too
     root = logging.getLogger()

@@ -21,13 +21,10 @@ Without PLATFORM_WEBHOOK_URL each signed notice is written as `<id>.json` in NOT
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -63,16 +60,6 @@ def backoff(attempts: int) -> timedelta:
 
 
 # -- transports ---------------------------------------------------------------------------
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect is not an acknowledgement: never follow it (a POST would turn into a GET)."""
-
-    def redirect_request(self, *args, **kwargs):
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirect)
-
-
 def signed_headers(notice_id: str, body: str, secrets: tuple[str, ...] | list[str],
                    timestamp: int | None = None) -> dict[str, str]:
     """Both signature schemes for one try, on one timestamp (none without a secret)."""
@@ -85,25 +72,23 @@ def signed_headers(notice_id: str, body: str, secrets: tuple[str, ...] | list[st
 
 def post_notice(url: str, notice_id: str, body: str, secrets: tuple[str, ...] | list[str],
                 timeout: float = TIMEOUT) -> int:
-    """POST the stored body with fresh signatures; return the 2xx status or raise DeliveryFailed."""
-    data = body.encode("utf-8")
-    request = urllib.request.Request(url, data=data, method="POST", headers={
-        "Content-Type": "application/json",
-        "User-Agent": USER_AGENT,
-        **signed_headers(notice_id, body, secrets),
-    })
+    """POST the stored body with fresh signatures; return the 2xx status or raise DeliveryFailed.
+
+    On the process's pooled keep-alive client (worker/http_pool.py); a redirect is not followed
+    (a POST would turn into a GET) and counts as a failure, as any other non-2xx answer.
+    """
+    from worker import http_pool
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
+               **signed_headers(notice_id, body, secrets)}
     try:
-        with _opener.open(request, timeout=timeout) as response:
-            status = response.status
-            response.read(1024)
-    except urllib.error.HTTPError as exc:
-        detail = exc.read(300).decode("utf-8", "replace") if exc.fp else ""
-        raise DeliveryFailed(f"HTTP {exc.code}: {' '.join(detail.split())[:200]}") from exc
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        response = http_pool.post(url, body.encode("utf-8"), headers, timeout)
+    except (*http_pool.NETWORK_ERRORS, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DeliveryFailed(f"{type(exc).__name__}: {reason}"[:300]) from exc
+    status = response.status
     if not 200 <= status < 300:
-        raise DeliveryFailed(f"HTTP {status}")
+        detail = response.body[:300].decode("utf-8", "replace")
+        raise DeliveryFailed(f"HTTP {status}: {' '.join(detail.split())[:200]}")
     return status
 
 

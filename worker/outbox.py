@@ -46,16 +46,18 @@ class UnknownNoticeType(ValueError):
 
 # -- emails -------------------------------------------------------------------------------
 def add_case_email(ctx, template: str, case_id: str, dedupe_key: str,
-                   extra: dict | None = None, delay_seconds: int = 0) -> str | None:
+                   extra: dict | None = None, delay_seconds: int = 0, case: dict | None = None) -> str | None:
     """Write the email `template` about case `case_id` to the outbox; None if a duplicate or refused.
 
     The context comes from the case, its invoice, its customer and the customer's latest card
     (plus `extra`); the recipient only from the policy. A duplicate dedupe_key adds nothing.
+    `case`: the case row as this transaction just wrote or locked it, when the caller holds it.
     """
     _check_template(template)
     if _exists(ctx, "emails", dedupe_key):
         return None
-    case = _load(ctx, "cases", case_id)
+    if case is None or case.get("id") != case_id:  # a caller holding the current row passes it: no re-read
+        case = _load(ctx, "cases", case_id)
     if case is None:
         raise LookupError(f"case {case_id} is not stored")
     return _add_email(ctx, template, dedupe_key, extra, case=case,

@@ -13,10 +13,13 @@ let the reconciler re-enqueue it with a slow backoff for 3 days after Dramatiq's
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import DataError
 
 from handlers.context import HandlerContext, PermanentEventError
@@ -35,6 +38,30 @@ REDRIVE_CAP = timedelta(hours=2)
 log = structlog.get_logger("worker.processing")
 
 
+@dataclass(frozen=True)
+class _Statements:
+    claim: Any
+    lock: Any
+    finish: Any
+
+
+@functools.lru_cache(maxsize=16)
+def _built(events: Table, sqlite: bool = False) -> _Statements:
+    """The three statements every event runs, built once per table (not per event) with bound
+    parameters, so SQLAlchemy's compiled cache finds them without rebuilding the expression."""
+    by_id = events.c.id == bindparam("b_id")
+    lock = select(events).where(by_id)
+    return _Statements(
+        claim=(update(events).where(by_id, events.c.status.in_(("received", "processing", "failed")))
+               .values(status="processing", attempts=events.c.attempts + 1, lease_until=bindparam("b_lease"))
+               .returning(*events.c)),
+        lock=lock if sqlite else lock.with_for_update(),  # SQLite: BEGIN IMMEDIATE holds the write lock
+        finish=update(events).where(by_id).values(
+            status=bindparam("b_status"), processed_at=bindparam("b_at"), last_error=None, lease_until=None,
+            failed_transient=False, first_failed_at=None, redrive_at=None),
+    )
+
+
 class EventNotFound(PermanentEventError):
     """Raised when a message names an event id that is not stored."""
 
@@ -44,12 +71,8 @@ def process_event(runtime, event_id: str) -> str:
     db = runtime.db
     events = db.table("events")
     with db.transaction() as conn:
-        claimed = conn.execute(
-            update(events)
-            .where(events.c.id == event_id, events.c.status.in_(("received", "processing", "failed")))
-            .values(status="processing", attempts=events.c.attempts + 1, lease_until=utcnow() + LEASE)
-            .returning(*events.c)
-        ).mappings().first()
+        claimed = conn.execute(_built(events).claim, {"b_id": event_id, "b_lease": utcnow() + LEASE}
+                               ).mappings().first()
         if claimed is None:
             status = conn.execute(select(events.c.status).where(events.c.id == event_id)).scalar()
             if status is None:
@@ -111,7 +134,7 @@ def _run_handler(runtime, event_id: str, customer_id: str | None = None) -> str:
     events = db.table("events")
     with db.transaction() as conn:
         hold_customer(conn, db, customer_id)  # before any other lock: see worker/erasure.py
-        row = conn.execute(db.lock(select(events).where(events.c.id == event_id))).mappings().first()
+        row = conn.execute(_built(events, db.is_sqlite).lock, {"b_id": event_id}).mappings().first()
         if row is None:
             raise EventNotFound(f"event {event_id} is not stored")
         if row["status"] in ("processed", "ignored"):
@@ -135,9 +158,7 @@ def _run_handler(runtime, event_id: str, customer_id: str | None = None) -> str:
                 status = "ignored"
         # An erased customer stays erased: scrub what the handler wrote and strip this payload (same transaction).
         after_handler(ctx, event, event_customer_id(event))
-        conn.execute(update(events).where(events.c.id == event_id).values(
-            status=status, processed_at=utcnow(), last_error=None, lease_until=None,
-            failed_transient=False, first_failed_at=None, redrive_at=None))
+        conn.execute(_built(events).finish, {"b_id": event_id, "b_status": status, "b_at": utcnow()})
     log.info("event.processed", status=status)
     ctx.run_after_commit()
     return status
