@@ -38,8 +38,11 @@ def payment_failed(ctx: HandlerContext, event: StripeEvent):
     """Occurs when an automatic (or manual) payment attempt fails: open the case, or record the attempt.
 
     https://docs.stripe.com/api/events/types#event_types-invoice.payment_failed
+    The PaymentIntent read before the transaction (worker.payment_prefetch) names the card and the
+    decline when the payload carries only its id.
     """
-    invoice = event.object
+    from worker.payment_prefetch import merge_into_invoice
+    invoice = merge_into_invoice(event.object, ctx.prefetched)
     row = _record_invoice(ctx, invoice, event)
     case = dunning.lock_case(ctx, invoice_id=row["id"])
     if row["status"] in FINAL_INVOICE_STATUSES:

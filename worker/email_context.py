@@ -23,7 +23,7 @@ from datetime import date, datetime
 from email.utils import parseaddr
 from typing import Any
 
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import structlog
 from babel.dates import format_date, format_datetime
@@ -58,6 +58,9 @@ KEYS = (
     "attempt_count", "next_payment_attempt", "disrupt_at", "case_state", "service_disrupted", "service_restored",
     "hosted_invoice_url", "invoice_pdf", "payment_link_url", "payment_link_expires_at",
     "payment_link_methods", "action_url", "card_update_path", "card_update_steps", "payment_link_hint", "sender_name",
+    # issue 14: the card-update button, the decline's group and advice, branding
+    "portal_url", "invoice_paid", "card_expired", "decline_group", "decline_reason", "decline_advice", "pay_first",
+    "brand_name", "brand_logo_url", "brand_color", "support_url",
 )
 
 
@@ -115,7 +118,11 @@ def build_context(*, case: dict | None = None, invoice: dict | None = None,
         "sender_name": _sender_name(settings),
     })
     _set_card(context, brand, last4, exp_month, exp_year)
+    _set_decline(context, case.get("last_failure_code"))
+    _set_brand(context, settings, case, invoice, customer)
 
+    if isinstance(extra.get("decline"), dict):
+        _set_decline(context, extra["decline"].get("decline_code"), extra["decline"].get("code"))
     extra = _flatten_extra(extra)
     for key, value in extra.items():
         context[key] = _format_extra(key, value, locale)
@@ -128,6 +135,40 @@ def build_context(*, case: dict | None = None, invoice: dict | None = None,
     context["action_url"] = safe_url(context.get("action_url"), settings) or context["hosted_invoice_url"]
     context["payment_link_url"] = safe_url(context.get("payment_link_url"), settings)
     return context
+
+
+def _set_decline(context: dict, *codes: Any) -> None:
+    """The decline's group (worker.decline_reasons) and the reason and advice an owner reads."""
+    from worker.decline_reasons import AUTHENTICATION_REQUIRED, advice_for, group_of
+    group = group_of(*codes)
+    if group is None:
+        return
+    context["decline_group"] = group
+    context["card_expired"] = any(isinstance(c, str) and c.strip().lower() == "expired_card" for c in codes)
+    context["decline_reason"], context["decline_advice"] = advice_for(group)
+    # 3-D Secure: confirming on the invoice page is the fix, a new card is not.
+    context["pay_first"] = group == AUTHENTICATION_REQUIRED
+
+
+def _set_brand(context: dict, settings: Any, case: dict, invoice: dict, customer: dict) -> None:
+    """BRAND_* and SUPPORT_URL, and the card-update page (BILLING_PORTAL_URL, placeholders filled)."""
+    context["brand_name"] = _clip(one_line(getattr(settings, "brand_name", None) or ""), NAME_MAX) \
+        or context["sender_name"]
+    context["brand_logo_url"] = getattr(settings, "brand_logo_url", None)
+    context["brand_color"] = getattr(settings, "brand_color", None) or "#1d4ed8"
+    context["support_url"] = getattr(settings, "support_url", None)
+    context["invoice_paid"] = invoice.get("status") == "paid" or case.get("state") == "recovered"
+    portal = getattr(settings, "billing_portal_url", None)
+    if not portal:
+        return
+    values = {"customer": context["customer_id"],
+              "subscription": case.get("subscription_id") or invoice.get("subscription_id")}
+    for name, value in values.items():
+        if "{" + name + "}" in portal:
+            if not value:
+                return  # a portal page for an unknown account would be a wrong link: the path text instead
+            portal = portal.replace("{" + name + "}", quote(str(value), safe=""))
+    context["portal_url"] = safe_url(portal, settings)
 
 
 def _flatten_extra(extra: dict) -> dict:
@@ -248,11 +289,22 @@ def _allowed_link(url: str, settings: Any) -> bool:
     host = (parts.hostname or "").lower()
     if host in STRIPE_LINK_HOSTS:
         return True
-    billing = getattr(settings, "billing_page_url", None)
-    if not billing:
-        return False
-    base = urlsplit(billing)
-    return host == (base.hostname or "").lower() and parts.path.startswith(base.path or "/")
+    # The operator's own pages: BILLING_PAGE_URL, BILLING_PORTAL_URL (up to its first placeholder),
+    # SUPPORT_URL and BRAND_LOGO_URL, each only under its own host and path.
+    for name in ("billing_page_url", "billing_portal_url", "support_url", "brand_logo_url"):
+        configured = getattr(settings, name, None)
+        if not configured:
+            continue
+        base = urlsplit(configured.split("{", 1)[0])
+        prefix = base.path or "/"
+        if name == "brand_logo_url":
+            prefix = base.path  # the image itself only
+            if host == (base.hostname or "").lower() and parts.path == prefix:
+                return True
+            continue
+        if host == (base.hostname or "").lower() and parts.path.startswith(prefix):
+            return True
+    return False
 
 
 def _format_extra(key: str, value: Any, locale: str) -> Any:

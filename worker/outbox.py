@@ -105,7 +105,7 @@ def _add_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case:
         case = {**case, "next_payment_attempt": None}  # a "next automatic retry" in the past is never shown
     context = build_context(case=case, invoice=invoice, customer=customer, card=card,
                             extra=extra, settings=ctx.settings)
-    rendered = render(template, context)
+    rendered = render(template, context, getattr(ctx.settings, "email_templates_dir", None))
 
     email_id = new_id("em")
     now = utcnow()
