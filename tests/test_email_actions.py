@@ -200,3 +200,58 @@ def test_reply_to_is_set_from_email_reply_to(tmp_path):
     msg = build_mime(email, "Acme Billing <billing@acme.example>", "Acme Support <support@acme.example>")
     assert msg["Reply-To"] == "Acme Support <support@acme.example>"
     assert build_mime(email, "billing@acme.example")["Reply-To"] is None
+
+
+# -- the day-0 email reads the failed PaymentIntent (STRIPE_API_KEY set; the strict local fake) ---
+from tests.fake_stripe import FakeStripe, FakeStripeServer  # noqa: E402
+from tests.fixtures_dunning import emails as email_rows, failed  # noqa: E402
+from tests.fixtures_dunning import _store_and_process as deliver  # noqa: E402
+from tests.helpers import rows  # noqa: E402
+
+API_KEY = "sk_test_" + "k" * 24
+
+
+@pytest.fixture
+def stripe_fake():
+    with FakeStripeServer(FakeStripe(api_key=API_KEY)) as served:
+        yield served
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def keyed(make_runtime, stripe_fake, request):
+    return make_runtime(db=request.param, STRIPE_API_KEY=API_KEY, STRIPE_API_BASE=stripe_fake.base_url,
+                        BILLING_PORTAL_URL="https://app.example.com/billing/{customer}")
+
+
+def _failure_naming(intent_id):
+    event = failed()
+    event["data"]["object"]["payments"] = {"object": "list", "data": [
+        {"object": "invoice_payment", "payment": {"type": "payment_intent", "payment_intent": intent_id}}]}
+    return event
+
+
+def test_day0_email_names_the_card_and_the_expiry_decline_read_from_the_payment_intent(keyed, stripe_fake):
+    stripe_fake.add_customer("cus_test_1", email="owner@example.com")
+    stripe_fake.payment_intents["pi_day0"] = {
+        "id": "pi_day0", "object": "payment_intent", "status": "requires_payment_method",
+        "last_payment_error": {"type": "card_error", "code": "expired_card", "message": "Your card has expired.",
+                               "payment_method": {"id": "pm_1", "object": "payment_method", "type": "card",
+                                                  "card": {"brand": "visa", "last4": "4242", "exp_month": 11,
+                                                           "exp_year": 2026, "fingerprint": "fp_secret",
+                                                           "country": "US"}}}}
+    assert deliver(keyed, _failure_naming("pi_day0")) == "processed"
+    (email,) = email_rows(keyed)
+    assert email["subject"].startswith("Your Visa ending in 4242 has expired")
+    assert "https://app.example.com/billing/cus_test_1" in email["body_text"]
+    assert "Add a card with current details" in email["body_text"]
+    (case,) = rows(keyed, "cases")
+    assert (case["card_brand"], case["card_last4"], case["last_failure_code"]) == ("visa", "4242", "expired_card")
+    assert not any("fp_secret" in str(v) for row in rows(keyed, "cases") + rows(keyed, "cards") for v in row.values())
+    assert any(r.path == "/v1/payment_intents/pi_day0" for r in stripe_fake.requests)
+
+
+def test_an_unreadable_payment_intent_never_holds_the_day0_email_back(keyed, stripe_fake):
+    stripe_fake.add_customer("cus_test_1", email="owner@example.com")
+    assert deliver(keyed, _failure_naming("pi_missing")) == "processed"  # Stripe answers 404
+    (email,) = email_rows(keyed)
+    assert email["template"] == "payment-failed" and "the card on file" in email["body_text"]
