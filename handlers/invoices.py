@@ -270,12 +270,12 @@ def _owner_was_dunned(ctx: HandlerContext, case: dict) -> bool:
 
 
 def _thank_owner(ctx: HandlerContext, case: dict, restored: bool) -> None:
-    """payment-received (and service-restored when this payment lifted the disruption), once each."""
+    """One payment-received email, once; it also says service is restored when this payment lifted the
+    disruption (issue 14: two emails in the same second read oddly; service-restored is no longer sent
+    for a payment)."""
     from worker import outbox
     # The case has ended: say what happened to the service (restored, or still disrupted by
     # another unpaid invoice of the account), not what the case state implies.
     still_disrupted = accounts.lock_account(ctx, case)["status"] == accounts.DISRUPTED
     outbox.add_case_email(ctx, "payment-received", case["id"], f"case:{case['id']}:payment-received",
                           {"service_disrupted": restored or still_disrupted, "service_restored": restored})
-    if restored:
-        outbox.add_case_email(ctx, "service-restored", case["id"], f"case:{case['id']}:service-restored")

@@ -255,3 +255,35 @@ def test_an_unreadable_payment_intent_never_holds_the_day0_email_back(keyed, str
     assert deliver(keyed, _failure_naming("pi_missing")) == "processed"  # Stripe answers 404
     (email,) = email_rows(keyed)
     assert email["template"] == "payment-failed" and "the card on file" in email["body_text"]
+
+
+# -- recovery in one message --------------------------------------------------------------
+from tests.fixtures_dunning import DAY, T0, paid, templates, tick  # noqa: E402
+from tests.fixtures_dunning import deliver as flow_deliver  # noqa: E402
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def flow_runtime(make_runtime, request):
+    return make_runtime(db=request.param)
+
+
+def test_paid_while_disrupted_sends_one_email_received_and_restored_without_pay_wording(flow_runtime):
+    flow_deliver(flow_runtime, failed("in_test_1", created=T0))
+    tick(flow_runtime, T0 + 15 * DAY)
+    before = len(templates(flow_runtime))
+    flow_deliver(flow_runtime, paid("in_test_1", created=T0 + 16 * DAY))
+    after = email_rows(flow_runtime)[before:]
+    assert [e["template"] for e in after] == ["payment-received"]
+    (email,) = after
+    assert "restored" in email["subject"] and "has been restored" in email["body_text"]
+    for part in (email["subject"], email["body_text"], email["body_html"]):
+        words = re.sub(r"https://\S+|<[^>]+>", " ", part)  # the words an owner reads, not addresses
+        assert not re.search(r"\bpay\b", words, re.IGNORECASE), part
+    assert "View receipt" in email["body_text"]
+
+
+def test_a_payment_link_on_the_invoice_page_claims_no_expiry():
+    context = build_context(invoice=_invoice(), extra={"payment_link": {
+        "url": "https://invoice.stripe.com/i/acct_1/test_x", "expires_at": datetime(2026, 12, 4, 15, 30)}})
+    email = render("payment-link", context)
+    assert "expires" not in email.text and "invoice's own payment page" in email.text

@@ -59,7 +59,7 @@ KEYS = (
     "hosted_invoice_url", "invoice_pdf", "payment_link_url", "payment_link_expires_at",
     "payment_link_methods", "action_url", "card_update_path", "card_update_steps", "payment_link_hint", "sender_name",
     # issue 14: the card-update button, the decline's group and advice, branding
-    "portal_url", "invoice_paid", "card_expired", "decline_group", "decline_reason", "decline_advice", "pay_first",
+    "portal_url", "invoice_paid", "payment_link_is_invoice_page", "card_expired", "decline_group", "decline_reason", "decline_advice", "pay_first",
     "brand_name", "brand_logo_url", "brand_color", "support_url",
 )
 
@@ -134,6 +134,10 @@ def build_context(*, case: dict | None = None, invoice: dict | None = None,
             extra["payment_link_amount"], extra.get("payment_link_currency") or currency, locale) or context["amount"]
     context["action_url"] = safe_url(context.get("action_url"), settings) or context["hosted_invoice_url"]
     context["payment_link_url"] = safe_url(context.get("payment_link_url"), settings)
+    # The invoice's hosted page does not expire when our payment_links row says (issue 14): say only what is true.
+    context["payment_link_is_invoice_page"] = _host_of(context["payment_link_url"] or "") == "invoice.stripe.com"
+    if context["payment_link_is_invoice_page"]:
+        context["payment_link_expires_at"] = None
     return context
 
 
