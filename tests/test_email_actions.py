@@ -287,3 +287,46 @@ def test_a_payment_link_on_the_invoice_page_claims_no_expiry():
         "url": "https://invoice.stripe.com/i/acct_1/test_x", "expires_at": datetime(2026, 12, 4, 15, 30)}})
     email = render("payment-link", context)
     assert "expires" not in email.text and "invoice's own payment page" in email.text
+
+
+# -- their time -----------------------------------------------------------------------------
+def _policy_raw() -> dict:
+    import tomllib
+    from config.settings import PROJECT_ROOT
+    return tomllib.loads((PROJECT_ROOT / "config" / "policy.toml").read_text())
+
+
+def test_deadlines_are_date_time_and_zone_in_the_owners_time_zone():
+    from worker.email_time import owner_timezone
+    from handlers.policy import parse_policy
+    policy = parse_policy({**_policy_raw(), "emails": {"timezone_metadata_key": "tz",
+                                                      "default_timezone": "America/Los_Angeles"}})
+    assert owner_timezone(policy, {"metadata": '{"tz": "Europe/Berlin"}'}) == "Europe/Berlin"
+    assert owner_timezone(policy, {"metadata": {"tz": "Mars/Olympus"}}) == "America/Los_Angeles"
+    assert owner_timezone(policy, None) == "America/Los_Angeles"
+    case = _case(disrupt_at=datetime(2026, 12, 16, 17, 0), next_payment_attempt=datetime(2026, 12, 5, 2, 30))
+    pacific = render("reminder", build_context(case=case, invoice=_invoice(), tz="America/Los_Angeles"))
+    assert "December 16, 2026 at 09:00 PST" in pacific.text and "December 4, 2026 at 18:30 PST" in pacific.text
+    berlin = render("reminder", build_context(case=case, invoice=_invoice(), tz="Europe/Berlin"))
+    assert "December 16, 2026 at 18:00 CET" in berlin.text
+
+
+def test_a_bad_default_time_zone_stops_the_policy_at_load():
+    from handlers.policy import PolicyError, parse_policy
+    with pytest.raises(PolicyError, match="default_timezone"):
+        parse_policy({**_policy_raw(), "emails": {"default_timezone": "Europe/Nowhere"}})
+
+
+def test_the_warning_states_the_disruption_in_the_customers_metadata_zone(make_runtime):
+    runtime = make_runtime()
+    event = failed()
+    flow_deliver(runtime, event)
+    (case,) = rows(runtime, "cases")
+    customers = runtime.db.table("customers")
+    with runtime.db.transaction() as conn:
+        conn.execute(customers.update().values(metadata='{"timezone": "Asia/Tokyo"}'))
+    tick(runtime, T0 + 3 * DAY)
+    tick(runtime, T0 + 7 * DAY)
+    warning = [e for e in email_rows(runtime) if e["template"] == "disruption-warning"]
+    assert warning and re.search(r"disrupted\.?\s", warning[0]["body_text"])
+    assert re.search(r"\d{4} at \d\d:\d\d JST", warning[0]["body_text"]) and " UTC" not in warning[0]["body_text"]

@@ -78,8 +78,11 @@ def latest_card(conn: Connection, cards: Table, customer_id: str | None) -> dict
 def build_context(*, case: dict | None = None, invoice: dict | None = None,
                   customer: dict | None = None, card: dict | None = None,
                   extra: dict | None = None, settings: Any = None,
-                  locale: str = DEFAULT_LOCALE) -> dict[str, Any]:
-    """A complete, formatted context for any template (see KEYS)."""
+                  locale: str = DEFAULT_LOCALE, tz: str | None = None) -> dict[str, Any]:
+    """A complete, formatted context for any template (see KEYS).
+
+    tz: the owner's IANA zone (worker.email_time.owner_timezone); deadlines are stated as date,
+    time and zone in it (UTC when None)."""
     case, invoice, customer, card, extra = case or {}, invoice or {}, customer or {}, card or {}, extra or {}
 
     currency = case.get("currency") or invoice.get("currency")
@@ -106,8 +109,8 @@ def build_context(*, case: dict | None = None, invoice: dict | None = None,
         "currency": currency.upper() if currency else None,
         "failure_message": _clip(case.get("last_failure_message"), MESSAGE_MAX),
         "attempt_count": case.get("attempt_count") or None,
-        "next_payment_attempt": format_day(case.get("next_payment_attempt"), locale),
-        "disrupt_at": format_day(case.get("disrupt_at"), locale),
+        "next_payment_attempt": format_deadline(case.get("next_payment_attempt"), tz, locale),
+        "disrupt_at": format_deadline(case.get("disrupt_at"), tz, locale),
         "case_state": case.get("state"),
         "service_disrupted": case.get("state") == "disrupted",
         "hosted_invoice_url": safe_url(invoice.get("hosted_invoice_url"), settings),
@@ -251,6 +254,29 @@ def format_day(value: Any, locale: str = DEFAULT_LOCALE) -> str | None:
     if isinstance(value, date):
         return format_date(value, format="long", locale=locale)
     return None
+
+
+def format_deadline(value: Any, tz: str | None = None, locale: str = DEFAULT_LOCALE) -> str | None:
+    """'December 16, 2026 at 09:00 PST': the date, the time and the zone of a deadline in the owner's
+    zone (issue 14); a bare date when only a date is known."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        from worker.clock import from_unix
+        value = from_unix(value)
+    if isinstance(value, str):
+        from worker.clock import parse_instant
+        try:
+            value = parse_instant(value)
+        except ValueError:
+            return _clip(one_line(value), 40)
+    if not isinstance(value, datetime):
+        return format_day(value, locale)
+    from worker.email_time import as_zone
+    local = as_zone(value, tz)
+    return (format_date(local.date(), format="long", locale=locale) + " at "
+            + format_datetime(local, format="HH:mm", tzinfo=local.tzinfo, locale=locale)
+            + " " + (local.tzname() or "UTC"))  # tzdata's abbreviation: PST, CET, JST, UTC
 
 
 def format_moment(value: datetime | None, locale: str = DEFAULT_LOCALE) -> str | None:
