@@ -15,14 +15,11 @@ export HOST ?= 127.0.0.1
 
 venv: $(STAMP)
 
-$(STAMP): requirements.lock requirements-dev.lock requirements-nodeps.lock pyproject.toml
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock -r requirements-dev.lock
-	# dramatiq-dashboard pins dramatiq<2 and redis<5 in its metadata but runs with the current ones:
-	# install it alone, without letting pip downgrade them.
-	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements-nodeps.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

@@ -48,6 +48,11 @@ def upsert_customer(ctx: HandlerContext, customer: dict, created: int) -> None:
     default_pm = (expandable_id((customer.get("invoice_settings") or {}).get("default_payment_method"))
                   or expandable_id(customer.get("default_source")))
     values["default_payment_method"] = default_pm
+    from worker.erasure import is_erased
+    if is_erased(ctx.conn, ctx.db.tables, cid):
+        # Erased: what Stripe still holds (a step's re-read, a late customer.* event) never brings
+        # the personal values back; ids and the default payment method stay, as erasure keeps them.
+        values.update(email=None, name=None, metadata="{}", deleted=True)
     _upsert(ctx, "customers", cid, values, created)
 
 

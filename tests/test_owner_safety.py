@@ -331,7 +331,10 @@ def test_a_year_10000_created_fails_permanently_at_once(any_runtime):
     from handlers.context import PermanentEventError
     from worker.event_store import parse_envelope, store_event
     from worker.processing import process_event
-    evt = failed("in_future", created=253402300800)
+    from worker.event_store import InvalidEvent
+    with pytest.raises(InvalidEvent, match="created"):  # the envelope's own created: refused at the door (400)
+        parse_envelope(json.dumps(failed("in_future_envelope", created=253402300800)))
+    evt = failed("in_future", created=T0, next_payment_attempt=253402300800)  # a signed value inside the object
     store_event(any_runtime.db, parse_envelope(json.dumps(evt)), known_type=True)
     with pytest.raises(PermanentEventError):
         process_event(any_runtime, evt["id"])

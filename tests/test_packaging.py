@@ -89,3 +89,13 @@ def test_dunning_run_from_the_installed_package_serves_and_stops_cleanly(install
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def test_the_installed_requirements_are_consistent_and_the_vendored_dashboard_ships(installed):
+    """`pip check` passes (the dashboard's stale pins are not installed: it is vendored), and the
+    wheel carries the vendored dashboard's templates, Lua script and licence."""
+    checked = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    shipped = installed / "worker" / "vendor" / "dramatiq_dashboard"
+    for name in ("templates/dashboard.html", "redis/dispatch.lua", "COPYING", "COPYING.LESSER", "application.py"):
+        assert (shipped / name).is_file(), name

@@ -89,6 +89,11 @@ def history(runtime, fake, cid: str = "cus_priv", invoice_id: str = "in_priv", *
     (with recover) the payment; plus another customer with a case of its own."""
     fake.add_invoice(invoice_id, cid, 4200, "usd", subscription=f"sub_{cid}")
     fake.add_invoice("in_other", "cus_other", 5100, "usd", subscription="sub_cus_other")
+    # The owner of record is read again from Stripe (issue 12): the fake knows both customers as the
+    # customer.created events below describe them (email and name).
+    fake.add_customer(cid, email=EMAIL).update(customer_object(cid, EMAIL, NAME))
+    fake.add_customer("cus_other", email=OTHER_EMAIL).update(customer_object("cus_other", OTHER_EMAIL, OTHER_NAME,
+                                                                             phone=None))
     assert deliver(runtime, make_event("customer.created", customer_object(cid, EMAIL, NAME),
                                        event_id=f"evt_cc_{cid}", created=T0 - 100)) == "processed"
     assert deliver(runtime, make_event("customer.created", customer_object("cus_other", OTHER_EMAIL, OTHER_NAME,

@@ -6,6 +6,8 @@ The actions are the existing operations with their own rules, never a second cop
   replay-event   worker.event_store.requeue_events, for a FAILED event of this case only.
   retry-email    worker.cli.outbox.retry, for an undelivered email or notice of this case only.
   retry-notice
+  release-hold   handlers.reachability.release_case: disruption of a case held because its owner
+                 is unreachable may proceed on schedule (as `dunning cases release`).
 Each successful action writes one `console_actions` row (actor, action, case, invoice, target,
 reason, outcome); the case page lists them in its timeline.
 """
@@ -87,6 +89,18 @@ def replay_event(runtime, invoice_id: str, event_id: str, *, actor: str, reason:
     record(runtime, actor=actor, action="replay-event", invoice_id=invoice_id,
            case_id=story["case"]["id"] if story["case"] else None, target=event_id, reason=reason,
            outcome="requeued")
+
+
+def release_hold(runtime, invoice_id: str, *, actor: str, reason: str) -> None:
+    """Lift the hold of a case whose owner is unreachable, as `dunning cases release` does."""
+    from handlers.reachability import ReleaseError, release_case
+    reason = check_reason(reason)
+    try:
+        case = release_case(runtime, invoice_id, released_by=f"console:{actor}", reason=reason)
+    except ReleaseError as exc:
+        raise ActionRefused(409, str(exc)) from None
+    record(runtime, actor=actor, action="release-hold", invoice_id=invoice_id, case_id=case["id"],
+           target=case["id"], reason=reason, outcome="hold released: disruption may proceed on schedule")
 
 
 def retry_outbox(runtime, invoice_id: str, row_id: str, *, actor: str, reason: str) -> str:

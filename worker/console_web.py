@@ -7,6 +7,7 @@ Routes (a contract):
   POST /console/cases/{invoice}/payment-link      reason + csrf: email the owner a payment link
   POST /console/cases/{invoice}/events/{event}/replay     reason + csrf: replay a failed event
   POST /console/cases/{invoice}/outbox/{row}/retry        reason + csrf: retry an email or notice
+  POST /console/cases/{invoice}/release                    reason + csrf: release a held (owner unreachable) case
   GET|POST /console/login, POST /console/logout, GET /console/static/console.css
 
 ConsoleGuard (a Falcon middleware, /console paths only) answers 401 with the login page to a
@@ -25,7 +26,7 @@ from markupsafe import Markup
 
 from config.settings import PROJECT_ROOT
 from worker import console_auth as auth
-from worker.console_actions import ActionRefused, replay_event, retry_outbox, send_payment_link
+from worker.console_actions import ActionRefused, release_hold, replay_event, retry_outbox, send_payment_link
 from worker.console_cases import SORTS, STATES, CaseFilter, case_story, list_cases
 from worker.console_recovery import WINDOWS, snapshot
 from worker.http_util import read_body
@@ -40,6 +41,7 @@ PUBLIC = (PREFIX + "/login", PREFIX + "/static/console.css")
 DONE = {"payment-link": "Payment link requested: the owner of record gets it by email.",
         "replay-event": "Event replayed: it is queued for processing again.",
         "retry-email": "Email retry queued.", "retry-notice": "Notice retry queued.",
+        "release-hold": "Hold released: disruption may proceed on schedule.",
         "recovery": "Recovery view recomputed."}
 log = structlog.get_logger("worker.console")
 
@@ -252,6 +254,10 @@ class Case:
         self.act(req, resp, invoice_id, "replay-event", lambda reason: replay_event(
             self.runtime, invoice_id, event_id, actor=req.context.actor, reason=reason))
 
+    def on_post_release(self, req, resp, invoice_id):
+        self.act(req, resp, invoice_id, "release-hold", lambda reason: release_hold(
+            self.runtime, invoice_id, actor=req.context.actor, reason=reason))
+
     def on_post_retry(self, req, resp, invoice_id, row_id):
         self.act(req, resp, invoice_id, "retry", lambda reason: "retry-" + retry_outbox(
             self.runtime, invoice_id, row_id, actor=req.context.actor, reason=reason))
@@ -301,4 +307,5 @@ def add_routes(app: falcon.App, runtime) -> None:
     app.add_route(PREFIX + "/cases/{invoice_id}/payment-link", case, suffix="payment_link")
     app.add_route(PREFIX + "/cases/{invoice_id}/events/{event_id}/replay", case, suffix="replay")
     app.add_route(PREFIX + "/cases/{invoice_id}/outbox/{row_id}/retry", case, suffix="retry")
+    app.add_route(PREFIX + "/cases/{invoice_id}/release", case, suffix="release")
 

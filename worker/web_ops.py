@@ -220,7 +220,7 @@ def dashboard_app(runtime):
     from dramatiq.brokers.redis import RedisBroker
     if not isinstance(runtime.broker, RedisBroker):
         return None
-    from dramatiq_dashboard import DashboardApp
+    from worker.vendor.dramatiq_dashboard import DashboardApp
     return DashboardInputs(LinkToConsole(DashboardApp(broker=runtime.broker, prefix=DASHBOARD_PREFIX)))
 
 
