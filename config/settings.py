@@ -9,6 +9,7 @@ ConfigError whose message is one line naming the variable.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -65,6 +66,14 @@ class Settings:
     database_pool_size: int = 10
     database_max_overflow: int = 20
     sentry_dsn: str | None = None  # SENTRY_DSN: optional error tracking (worker/error_tracking.py)
+    # Emails an owner acts on (issue 14): the card-update page, branding, replies, template overrides.
+    billing_portal_url: str | None = None  # BILLING_PORTAL_URL: https, may hold {customer} / {subscription}
+    email_reply_to: str | None = None  # EMAIL_REPLY_TO: where the owner's replies go
+    brand_name: str | None = None  # BRAND_NAME: the signature and the footer (else EMAIL_FROM's name)
+    brand_logo_url: str | None = None  # BRAND_LOGO_URL: https image above the heading
+    brand_color: str = "#1d4ed8"  # BRAND_COLOR: #rrggbb of the button
+    support_url: str | None = None  # SUPPORT_URL: https help page named in the footer
+    email_templates_dir: Path | None = None  # EMAIL_TEMPLATES_DIR: files here replace built-in ones by name
 
     @property
     def uses_rabbitmq(self) -> bool:
@@ -167,6 +176,22 @@ def _platform_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
     return secrets
 
 
+def _brand_color(env: Mapping[str, str]) -> str:
+    value = _optional(env, "BRAND_COLOR") or "#1d4ed8"
+    if not re.fullmatch(r"#[0-9a-fA-F]{6}", value):
+        raise ConfigError(f"BRAND_COLOR must be a #rrggbb colour, got {value!r}")
+    return value.lower()
+
+
+def _templates_dir(env: Mapping[str, str]) -> Path | None:
+    value = _optional(env, "EMAIL_TEMPLATES_DIR")
+    if value is None:
+        return None
+    if not Path(value).is_dir():
+        raise ConfigError(f"EMAIL_TEMPLATES_DIR must name a readable folder, got {value!r}")
+    return Path(value).resolve()
+
+
 def normalise_database_url(url: str) -> str:
     """Pick the psycopg 3 driver for plain postgres URLs (Heroku-style postgres:// too)."""
     for prefix in ("postgres://", "postgresql://"):
@@ -257,6 +282,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_max_overflow=_int(env, "DATABASE_MAX_OVERFLOW", 20, 0, 500),
         sentry_dsn=_url(env, "SENTRY_DSN", ("http", "https")),
         first_email_delay_seconds=_int(env, "FIRST_EMAIL_DELAY_SECONDS", 5, 0, 3600),
+        billing_portal_url=_url(env, "BILLING_PORTAL_URL", ("https",)),
+        email_reply_to=_optional(env, "EMAIL_REPLY_TO"),
+        brand_name=_optional(env, "BRAND_NAME"),
+        brand_logo_url=_url(env, "BRAND_LOGO_URL", ("https",)),
+        brand_color=_brand_color(env),
+        support_url=_url(env, "SUPPORT_URL", ("https",)),
+        email_templates_dir=_templates_dir(env),
     )
     check_bind(settings, env.get("HOST", "").strip() or "0.0.0.0")
     return settings

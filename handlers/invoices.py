@@ -38,8 +38,11 @@ def payment_failed(ctx: HandlerContext, event: StripeEvent):
     """Occurs when an automatic (or manual) payment attempt fails: open the case, or record the attempt.
 
     https://docs.stripe.com/api/events/types#event_types-invoice.payment_failed
+    The PaymentIntent read before the transaction (worker.payment_prefetch) names the card and the
+    decline when the payload carries only its id.
     """
-    invoice = event.object
+    from worker.payment_prefetch import merge_into_invoice
+    invoice = merge_into_invoice(event.object, ctx.prefetched)
     row = _record_invoice(ctx, invoice, event)
     case = dunning.lock_case(ctx, invoice_id=row["id"])
     if row["status"] in FINAL_INVOICE_STATUSES:
@@ -267,7 +270,9 @@ def _owner_was_dunned(ctx: HandlerContext, case: dict) -> bool:
 
 
 def _thank_owner(ctx: HandlerContext, case: dict, restored: bool) -> None:
-    """payment-received (and service-restored when this payment lifted the disruption), once each."""
+    """One payment-received email, once; it also says service is restored when this payment lifted the
+    disruption (issue 14: two emails in the same second read oddly; service-restored is no longer sent
+    for a payment)."""
     from worker import outbox
     # The case has ended: say what happened to the service (restored, or still disrupted by
     # another unpaid invoice of the account), not what the case state implies.
@@ -275,5 +280,3 @@ def _thank_owner(ctx: HandlerContext, case: dict, restored: bool) -> None:
     outbox.add_case_email(ctx, "payment-received", case["id"], f"case:{case['id']}:payment-received",
                           {"service_disrupted": restored or still_disrupted, "service_restored": restored},
                           case=case)
-    if restored:
-        outbox.add_case_email(ctx, "service-restored", case["id"], f"case:{case['id']}:service-restored", case=case)

@@ -10,19 +10,23 @@ import pytest
 from click.testing import CliRunner
 
 from worker.cli import main
-from worker.email_previews import VARIANTS
+from worker.email_previews import DECLINE_CODES, DECLINE_TEMPLATES, VARIANTS
 from worker.emails import TEMPLATES
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 WIDTHS = (375, 1024)
+PHONE_FOLD = 667  # an iPhone SE's viewport height: the main button must be visible without scrolling
+PREVIEW_COUNT = len(TEMPLATES) * len(VARIANTS) + len(DECLINE_TEMPLATES) * len(DECLINE_CODES)
 
 # Runs in the page: what a reader would notice.
 INSPECT = """() => ({
   overflow: document.scrollingElement.scrollWidth - window.innerWidth,
   brokenImages: [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src),
   links: [...document.querySelectorAll('a[href]')].map(a => a.href),
+  buttons: [...document.querySelectorAll('a.button')].map(a => {
+    const r = a.getBoundingClientRect(); return {href: a.getAttribute('href'), bottom: r.bottom, width: r.width}; }),
 })"""
 
 
@@ -59,7 +63,7 @@ def test_previews_show_the_currency_and_card_they_were_made_for(previews):
 def test_preview_json_lists_what_it_wrote(tmp_path):
     result = CliRunner().invoke(main, ["emails", "preview", "--out", str(tmp_path), "--json"])
     data = json.loads(result.output)
-    assert len(data["emails"]) == len(TEMPLATES) * len(VARIANTS)
+    assert len(data["emails"]) == PREVIEW_COUNT
     assert all((tmp_path / e["html"]).is_file() for e in data["emails"])
 
 
@@ -70,7 +74,7 @@ def test_every_preview_fits_phone_and_desktop_widths_with_no_broken_image_or_lin
         pytest.skip("Chromium is not installed at /usr/bin/chromium")
     from playwright.sync_api import sync_playwright
     pages = [previews / "index.html"] + sorted(previews.glob("*/*.html"))
-    assert len(pages) == 1 + len(TEMPLATES) * len(VARIANTS)
+    assert len(pages) == 1 + PREVIEW_COUNT
     problems = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -85,6 +89,17 @@ def test_every_preview_fits_phone_and_desktop_widths_with_no_broken_image_or_lin
                     name = f"{path.relative_to(previews)} @ {width}px"
                     if found["overflow"] > 0:
                         problems.append(f"{name}: overflows horizontally by {found['overflow']} px")
+                    if path.name != "index.html":
+                        if len(found["buttons"]) > 1:
+                            problems.append(f"{name}: {len(found['buttons'])} buttons, one primary action expected")
+                        text = path.with_suffix(".txt").read_text()
+                        for button in found["buttons"]:
+                            if width == 375 and button["bottom"] > PHONE_FOLD:
+                                problems.append(f"{name}: the button ends at {button['bottom']:.0f} px, below the fold")
+                            if button["width"] <= 0:
+                                problems.append(f"{name}: the button is not visible")
+                            if button["href"] not in text:
+                                problems.append(f"{name}: the text part lacks the button's link {button['href']}")
                     for src in found["brokenImages"]:
                         problems.append(f"{name}: broken image {src}")
                     for href in found["links"]:
@@ -118,3 +133,11 @@ def test_the_overflow_check_catches_a_page_wider_than_a_phone(tmp_path):
         finally:
             browser.close()
     assert found["overflow"] > 0 and found["brokenImages"]
+
+
+def test_previews_cover_every_decline_group_with_its_advice(previews):
+    from worker.decline_reasons import ADVICE, group_of
+    for template in DECLINE_TEMPLATES:
+        for code in DECLINE_CODES:
+            text = (previews / template / f"{VARIANTS[0].name}-{code}.txt").read_text()
+            assert ADVICE[group_of(code)][0] in text

@@ -23,7 +23,7 @@ from datetime import date, datetime
 from email.utils import parseaddr
 from typing import Any
 
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import structlog
 from babel.dates import format_date, format_datetime
@@ -58,6 +58,9 @@ KEYS = (
     "attempt_count", "next_payment_attempt", "disrupt_at", "case_state", "service_disrupted", "service_restored",
     "hosted_invoice_url", "invoice_pdf", "payment_link_url", "payment_link_expires_at",
     "payment_link_methods", "action_url", "card_update_path", "card_update_steps", "payment_link_hint", "sender_name",
+    # issue 14: the card-update button, the decline's group and advice, branding
+    "portal_url", "invoice_paid", "payment_link_is_invoice_page", "card_expired", "decline_group", "decline_reason", "decline_advice", "pay_first",
+    "brand_name", "brand_logo_url", "brand_color", "support_url",
 )
 
 
@@ -75,8 +78,11 @@ def latest_card(conn: Connection, cards: Table, customer_id: str | None) -> dict
 def build_context(*, case: dict | None = None, invoice: dict | None = None,
                   customer: dict | None = None, card: dict | None = None,
                   extra: dict | None = None, settings: Any = None,
-                  locale: str = DEFAULT_LOCALE) -> dict[str, Any]:
-    """A complete, formatted context for any template (see KEYS)."""
+                  locale: str = DEFAULT_LOCALE, tz: str | None = None) -> dict[str, Any]:
+    """A complete, formatted context for any template (see KEYS).
+
+    tz: the owner's IANA zone (worker.email_time.owner_timezone); deadlines are stated as date,
+    time and zone in it (UTC when None)."""
     case, invoice, customer, card, extra = case or {}, invoice or {}, customer or {}, card or {}, extra or {}
 
     currency = case.get("currency") or invoice.get("currency")
@@ -103,8 +109,8 @@ def build_context(*, case: dict | None = None, invoice: dict | None = None,
         "currency": currency.upper() if currency else None,
         "failure_message": _clip(case.get("last_failure_message"), MESSAGE_MAX),
         "attempt_count": case.get("attempt_count") or None,
-        "next_payment_attempt": format_day(case.get("next_payment_attempt"), locale),
-        "disrupt_at": format_day(case.get("disrupt_at"), locale),
+        "next_payment_attempt": format_deadline(case.get("next_payment_attempt"), tz, locale),
+        "disrupt_at": format_deadline(case.get("disrupt_at"), tz, locale),
         "case_state": case.get("state"),
         "service_disrupted": case.get("state") == "disrupted",
         "hosted_invoice_url": safe_url(invoice.get("hosted_invoice_url"), settings),
@@ -115,7 +121,11 @@ def build_context(*, case: dict | None = None, invoice: dict | None = None,
         "sender_name": _sender_name(settings),
     })
     _set_card(context, brand, last4, exp_month, exp_year)
+    _set_decline(context, case.get("last_failure_code"))
+    _set_brand(context, settings, case, invoice, customer)
 
+    if isinstance(extra.get("decline"), dict):
+        _set_decline(context, extra["decline"].get("decline_code"), extra["decline"].get("code"))
     extra = _flatten_extra(extra)
     for key, value in extra.items():
         context[key] = _format_extra(key, value, locale)
@@ -127,7 +137,45 @@ def build_context(*, case: dict | None = None, invoice: dict | None = None,
             extra["payment_link_amount"], extra.get("payment_link_currency") or currency, locale) or context["amount"]
     context["action_url"] = safe_url(context.get("action_url"), settings) or context["hosted_invoice_url"]
     context["payment_link_url"] = safe_url(context.get("payment_link_url"), settings)
+    # The invoice's hosted page does not expire when our payment_links row says (issue 14): say only what is true.
+    context["payment_link_is_invoice_page"] = _host_of(context["payment_link_url"] or "") == "invoice.stripe.com"
+    if context["payment_link_is_invoice_page"]:
+        context["payment_link_expires_at"] = None
     return context
+
+
+def _set_decline(context: dict, *codes: Any) -> None:
+    """The decline's group (worker.decline_reasons) and the reason and advice an owner reads."""
+    from worker.decline_reasons import AUTHENTICATION_REQUIRED, advice_for, group_of
+    group = group_of(*codes)
+    if group is None:
+        return
+    context["decline_group"] = group
+    context["card_expired"] = any(isinstance(c, str) and c.strip().lower() == "expired_card" for c in codes)
+    context["decline_reason"], context["decline_advice"] = advice_for(group)
+    # 3-D Secure: confirming on the invoice page is the fix, a new card is not.
+    context["pay_first"] = group == AUTHENTICATION_REQUIRED
+
+
+def _set_brand(context: dict, settings: Any, case: dict, invoice: dict, customer: dict) -> None:
+    """BRAND_* and SUPPORT_URL, and the card-update page (BILLING_PORTAL_URL, placeholders filled)."""
+    context["brand_name"] = _clip(one_line(getattr(settings, "brand_name", None) or ""), NAME_MAX) \
+        or context["sender_name"]
+    context["brand_logo_url"] = getattr(settings, "brand_logo_url", None)
+    context["brand_color"] = getattr(settings, "brand_color", None) or "#1d4ed8"
+    context["support_url"] = getattr(settings, "support_url", None)
+    context["invoice_paid"] = invoice.get("status") == "paid" or case.get("state") == "recovered"
+    portal = getattr(settings, "billing_portal_url", None)
+    if not portal:
+        return
+    values = {"customer": context["customer_id"],
+              "subscription": case.get("subscription_id") or invoice.get("subscription_id")}
+    for name, value in values.items():
+        if "{" + name + "}" in portal:
+            if not value:
+                return  # a portal page for an unknown account would be a wrong link: the path text instead
+            portal = portal.replace("{" + name + "}", quote(str(value), safe=""))
+    context["portal_url"] = safe_url(portal, settings)
 
 
 def _flatten_extra(extra: dict) -> dict:
@@ -208,6 +256,29 @@ def format_day(value: Any, locale: str = DEFAULT_LOCALE) -> str | None:
     return None
 
 
+def format_deadline(value: Any, tz: str | None = None, locale: str = DEFAULT_LOCALE) -> str | None:
+    """'December 16, 2026 at 09:00 PST': the date, the time and the zone of a deadline in the owner's
+    zone (issue 14); a bare date when only a date is known."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        from worker.clock import from_unix
+        value = from_unix(value)
+    if isinstance(value, str):
+        from worker.clock import parse_instant
+        try:
+            value = parse_instant(value)
+        except ValueError:
+            return _clip(one_line(value), 40)
+    if not isinstance(value, datetime):
+        return format_day(value, locale)
+    from worker.email_time import as_zone
+    local = as_zone(value, tz)
+    return (format_date(local.date(), format="long", locale=locale) + " at "
+            + format_datetime(local, format="HH:mm", tzinfo=local.tzinfo, locale=locale)
+            + " " + (local.tzname() or "UTC"))  # tzdata's abbreviation: PST, CET, JST, UTC
+
+
 def format_moment(value: datetime | None, locale: str = DEFAULT_LOCALE) -> str | None:
     """'December 1, 2026 at 2:00 PM UTC': for expiries, where the hour matters."""
     if value is None:
@@ -248,11 +319,22 @@ def _allowed_link(url: str, settings: Any) -> bool:
     host = (parts.hostname or "").lower()
     if host in STRIPE_LINK_HOSTS:
         return True
-    billing = getattr(settings, "billing_page_url", None)
-    if not billing:
-        return False
-    base = urlsplit(billing)
-    return host == (base.hostname or "").lower() and parts.path.startswith(base.path or "/")
+    # The operator's own pages: BILLING_PAGE_URL, BILLING_PORTAL_URL (up to its first placeholder),
+    # SUPPORT_URL and BRAND_LOGO_URL, each only under its own host and path.
+    for name in ("billing_page_url", "billing_portal_url", "support_url", "brand_logo_url"):
+        configured = getattr(settings, name, None)
+        if not configured:
+            continue
+        base = urlsplit(configured.split("{", 1)[0])
+        prefix = base.path or "/"
+        if name == "brand_logo_url":
+            prefix = base.path  # the image itself only
+            if host == (base.hostname or "").lower() and parts.path == prefix:
+                return True
+            continue
+        if host == (base.hostname or "").lower() and parts.path.startswith(prefix):
+            return True
+    return False
 
 
 def _format_extra(key: str, value: Any, locale: str) -> Any:

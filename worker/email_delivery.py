@@ -121,7 +121,7 @@ def message_id_for(email: OutgoingEmail, sender: Address) -> str:
     return f"<{email.id}@{sender.domain or 'dunning.invalid'}>"
 
 
-def build_mime(email: OutgoingEmail, email_from: str) -> EmailMessage:
+def build_mime(email: OutgoingEmail, email_from: str, reply_to: str | None = None) -> EmailMessage:
     """The RFC 5322 message: text and HTML alternatives, dunning headers, stable Message-ID.
 
     email.message.EmailMessage refuses CR/LF in any header value (ValueError), a second guard
@@ -134,6 +134,8 @@ def build_mime(email: OutgoingEmail, email_from: str) -> EmailMessage:
     msg["Subject"] = header_value(email.subject)
     msg["Date"] = format_datetime(email.created_at.replace(tzinfo=timezone.utc))
     msg["Message-ID"] = message_id_for(email, sender)
+    if reply_to:  # EMAIL_REPLY_TO: the owner's answer reaches a person, not the sending address
+        msg["Reply-To"] = sender_address(reply_to)
     for name, value in email.dunning_headers().items():
         msg[name] = value
     msg.set_content(email.text)
@@ -156,7 +158,7 @@ class FileOutboxSender:
 
     def send(self, email: OutgoingEmail) -> str | None:
         try:
-            msg = build_mime(email, self.email_from)
+            msg = build_mime(email, self.email_from, getattr(self, "reply_to", None))
             data = msg.as_bytes(policy=EML_POLICY)
         except (ValueError, HeaderParseError) as exc:  # a header that cannot be made safe
             raise PermanentSendError(f"cannot build the message: {exc}") from exc
@@ -200,6 +202,10 @@ class SendGridSender:
                     plain_text_content=email.text, html_content=email.html)
         for name, value in email.dunning_headers().items():
             mail.header = Header(name, value)
+        if getattr(self, "reply_to", None):  # EMAIL_REPLY_TO
+            from sendgrid.helpers.mail import ReplyTo
+            reply = sender_address(self.reply_to)
+            mail.reply_to = ReplyTo(reply.addr_spec, reply.display_name or None)
         mail.category = [Category("dunning"), Category(header_value(email.template))]
         args = {"email_id": email.id, "template": email.template, "invoice_id": email.invoice_id,
                 "customer_id": email.customer_id, "case_id": email.case_id}
@@ -238,8 +244,11 @@ def email_sender(runtime) -> EmailSender:
     def build(rt):
         s = rt.settings
         if s.sendgrid_api_key:
-            return SendGridSender(s.sendgrid_api_key, s.email_from, s.sendgrid_api_host)
-        return FileOutboxSender(s.email_outbox_dir, s.email_from)
+            sender = SendGridSender(s.sendgrid_api_key, s.email_from, s.sendgrid_api_host)
+        else:
+            sender = FileOutboxSender(s.email_outbox_dir, s.email_from)
+        sender.reply_to = getattr(s, "email_reply_to", None)  # EMAIL_REPLY_TO (issue 14)
+        return sender
     return runtime.service("email_sender", build)
 
 

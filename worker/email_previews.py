@@ -6,6 +6,10 @@ its service disruption. Each is rendered by the real path (worker.email_context.
 then worker.emails.render), so a preview is exactly what would be sent for those rows.
 
 Output: `<out>/<template>/<variant>.html` and `.txt`, plus `<out>/index.html` linking them all.
+The failure emails (DECLINE_TEMPLATES) are also rendered once per decline group of
+worker.decline_reasons (`<variant>-<code>`), since the advice and the button change with it.
+Without settings (no environment), the previews use PREVIEW_SETTINGS: an example BILLING_PORTAL_URL and
+brand, so the card-update button is shown as it looks once configured.
 """
 
 from __future__ import annotations
@@ -17,10 +21,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from types import SimpleNamespace
+
 from worker.email_context import build_context
 from worker.emails import TEMPLATES, render
 
 NOW = datetime(2026, 11, 30, 9, 0, 0)
+DECLINE_TEMPLATES = ("payment-failed", "reminder")
+DECLINE_CODES = ("expired_card", "insufficient_funds", "do_not_honor", "lost_card", "authentication_required",
+                 "processing_error")  # one per group of worker.decline_reasons
+PREVIEW_SETTINGS = SimpleNamespace(
+    billing_portal_url="https://billing.example.com/plans/{customer}", billing_page_url=None,
+    brand_name="Example Cloud", brand_logo_url=None, brand_color="#1d4ed8",
+    support_url="https://billing.example.com/help", email_from="Example Cloud <billing@example.com>",
+    email_templates_dir=None)
 CURRENCIES = {"usd": 4200, "jpy": 5000}
 
 
@@ -91,11 +105,24 @@ def extra_for(template: str, variant: Variant) -> dict:
     return {}
 
 
-def render_variant(template: str, variant: Variant, settings=None):
+def render_variant(template: str, variant: Variant, settings=None, decline_code: str | None = None):
     rows = rows_for(variant)
+    if decline_code:
+        rows["case"]["last_failure_code"] = decline_code
+    settings = settings if settings is not None else PREVIEW_SETTINGS
     context = build_context(case=rows["case"], invoice=rows["invoice"], customer=rows["customer"],
                             card=rows["card"], extra=extra_for(template, variant), settings=settings)
-    return render(template, context)
+    return render(template, context, getattr(settings, "email_templates_dir", None))
+
+
+def _renderings(template: str):
+    """(file name, label, variant, decline code) of every preview of one template."""
+    for variant in VARIANTS:
+        yield variant.name, variant.label, variant, None
+    if template in DECLINE_TEMPLATES:
+        variant = VARIANTS[0]
+        for code in DECLINE_CODES:
+            yield f"{variant.name}-{code}", f"{variant.label}, declined: {code}", variant, code
 
 
 def write_previews(out: Path, settings=None, templates=TEMPLATES) -> list[dict]:
@@ -107,14 +134,13 @@ def write_previews(out: Path, settings=None, templates=TEMPLATES) -> list[dict]:
         folder = out / template
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        for variant in VARIANTS:
-            email = render_variant(template, variant, settings)
-            (folder / f"{variant.name}.html").write_text(email.html, encoding="utf-8")
-            (folder / f"{variant.name}.txt").write_text(f"Subject: {email.subject}\n\n{email.text}",
-                                                          encoding="utf-8")
-            written.append({"template": template, "variant": variant.name, "label": variant.label,
-                            "subject": email.subject, "html": f"{template}/{variant.name}.html",
-                            "text": f"{template}/{variant.name}.txt"})
+        for name, label, variant, code in _renderings(template):
+            email = render_variant(template, variant, settings, code)
+            (folder / f"{name}.html").write_text(email.html, encoding="utf-8")
+            (folder / f"{name}.txt").write_text(f"Subject: {email.subject}\n\n{email.text}", encoding="utf-8")
+            written.append({"template": template, "variant": name, "label": label,
+                            "subject": email.subject, "html": f"{template}/{name}.html",
+                            "text": f"{template}/{name}.txt"})
     (out / "index.html").write_text(index_html(written), encoding="utf-8")
     return written
 

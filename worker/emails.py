@@ -6,6 +6,10 @@ StrictUndefined turns a misspelt variable into an error at render time instead o
 an owner's inbox: the context builder (worker.email_context) defines every optional value,
 as None when unknown. The subject is forced onto one line (a header cannot hold a newline),
 and the CSS of the HTML part is inlined, since many mail clients drop <style> blocks.
+
+EMAIL_TEMPLATES_DIR (issue 14) is searched before the built-in folder: a file there replaces the
+built-in file of the same name (`reminder/subject.txt`, `_base.html` ...) and nothing else, so an
+operator rewords one subject without copying every template.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import css_inline
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from config.settings import PROJECT_ROOT
 
@@ -46,11 +50,14 @@ class RenderedEmail:
     html: str
 
 
-@lru_cache(maxsize=4)
-def environment(directory: Path = TEMPLATES_DIR) -> Environment:
-    """The Jinja2 environment: autoescape for .html only, undefined variables are errors."""
+@lru_cache(maxsize=8)
+def environment(directory: Path = TEMPLATES_DIR, override: Path | None = None) -> Environment:
+    """The Jinja2 environment: autoescape for .html only, undefined variables are errors.
+
+    `override` (EMAIL_TEMPLATES_DIR) is searched first, file by file."""
+    loaders = [FileSystemLoader(str(override))] if override else []
     env = Environment(
-        loader=FileSystemLoader(str(directory)),
+        loader=ChoiceLoader([*loaders, FileSystemLoader(str(directory))]),
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False,
                                      default=False),
         undefined=StrictUndefined,
@@ -73,20 +80,22 @@ def one_line(value: Any) -> str:
     return _WHITESPACE.sub(" ", str(value if value is not None else "")).strip()
 
 
-def render_subject(template: str, context: dict[str, Any]) -> str:
-    subject = one_line(environment().get_template(f"{template}/subject.txt").render(context))
+def render_subject(template: str, context: dict[str, Any], templates_dir: Path | None = None) -> str:
+    subject = one_line(environment(TEMPLATES_DIR, templates_dir).get_template(f"{template}/subject.txt").render(context))
     if len(subject) > SUBJECT_MAX:
         subject = subject[: SUBJECT_MAX - 1].rstrip() + "…"
     return subject
 
 
-def render(template: str, context: dict[str, Any]) -> RenderedEmail:
-    """Render the subject (one line), the plain-text part and the HTML part (CSS inlined)."""
+def render(template: str, context: dict[str, Any], templates_dir: Path | None = None) -> RenderedEmail:
+    """Render the subject (one line), the plain-text part and the HTML part (CSS inlined).
+
+    templates_dir: EMAIL_TEMPLATES_DIR, whose files replace the built-in ones name by name."""
     if template not in TEMPLATES:
         raise ValueError(f"unknown email template {template!r}")
-    env = environment()
+    env = environment(TEMPLATES_DIR, templates_dir)
     context = {**context, "template": template}
-    subject = render_subject(template, context)
+    subject = render_subject(template, context, templates_dir)
     context["subject"] = subject
     text = env.get_template(f"{template}/body.txt").render(context)
     html = env.get_template(f"{template}/body.html").render(context)

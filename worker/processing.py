@@ -27,6 +27,7 @@ from handlers.registry import handler_for
 from worker.clock import utcnow
 from worker.customer_data import is_stripped
 from worker.customer_prefetch import ensure_customer_known
+from worker.payment_prefetch import failed_payment
 from worker.erasure import after_handler, hold_customer
 from worker.event_store import load_event
 from worker.log_context import bind_in_message, ids_from_event_object
@@ -84,7 +85,8 @@ def process_event(runtime, event_id: str) -> str:
         try:
             claimed_event = load_event(claimed)
             ensure_customer_known(runtime, claimed_event)  # Stripe I/O, outside the handler's transaction
-            return _run_handler(runtime, event_id, event_customer_id(claimed_event))
+            prefetched = failed_payment(runtime, claimed_event)  # the card and the decline (issue 14)
+            return _run_handler(runtime, event_id, event_customer_id(claimed_event), prefetched)
         except (DataError, OverflowError) as exc:  # the payload does not fit a column: the same every try
             reason = _one_line(getattr(exc, "orig", None) or exc)  # not the SQL and its parameters
             raise PermanentEventError(f"a value does not fit the schema: {reason}"[:1000]) from exc
@@ -129,7 +131,7 @@ def bind_event(event) -> None:
     bind_in_message(event_type=event.type, **ids)
 
 
-def _run_handler(runtime, event_id: str, customer_id: str | None = None) -> str:
+def _run_handler(runtime, event_id: str, customer_id: str | None = None, prefetched: dict | None = None) -> str:
     db = runtime.db
     events = db.table("events")
     with db.transaction() as conn:
@@ -148,7 +150,8 @@ def _run_handler(runtime, event_id: str, customer_id: str | None = None) -> str:
         event = load_event(row)
         bind_event(event)
         handler = handler_for(event.type)
-        ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=event, log=log)
+        ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=event, log=log,
+                             prefetched=prefetched)
         status = "processed"
         if handler is None:
             status = "ignored"

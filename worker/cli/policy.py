@@ -34,7 +34,7 @@ def policy_document(policy) -> dict:
         "transitions": transition_rows(),
         "schedules": schedules,
         "on_end": {
-            "recovered": "steps cancelled; payment-received email; service-restored email and service.restored"
+            "recovered": "steps cancelled; payment-received email (saying service is restored) and service.restored"
                          " when service had been disrupted and no unpaid invoice of the account remains;"
                          " service.disruption_cancelled when paid before the date",
             "voided": "steps cancelled; service.disruption_cancelled before the date; after it service.restored"
