@@ -48,6 +48,8 @@ _SERVICE_VARS = (
     "DUNNING_VAR_DIR", "QUEUE_NAMESPACE", "LOG_FORMAT", "WORKER_PROCESSES", "WORKER_THREADS",
     "SCHEDULER_INTERVAL", "DASHBOARD_USER", "DASHBOARD_PASSWORD", "HOST", "WEB_CONCURRENCY",
     "PLATFORM_API_TOKEN",
+    # the test process's own metrics folder: each started service keeps its metrics under its var/
+    "PROMETHEUS_MULTIPROC_DIR", "dramatiq_prom_db",
 )
 
 
