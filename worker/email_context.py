@@ -236,19 +236,28 @@ def brand_display(brand: Any) -> str | None:
     return BRANDS.get(key) or _clip(one_line(key.replace("_", " ").title()), 30)
 
 
+def _as_moment(value: Any) -> Any:
+    """A date field as given to a template (unix seconds, ISO text, datetime or date) read as a
+    datetime or date; unparsable text comes back as the text to show, clipped."""
+    if isinstance(value, (int, float)):
+        from worker.clock import from_unix
+        return from_unix(value)
+    if isinstance(value, str):
+        from worker.clock import parse_instant
+        try:
+            return parse_instant(value)
+        except ValueError:
+            return _clip(one_line(value), 40)
+    return value
+
+
 def format_day(value: Any, locale: str = DEFAULT_LOCALE) -> str | None:
     """'December 1, 2026' for a datetime or date (UTC); None when unknown."""
     if value is None or value == "":
         return None
-    if isinstance(value, (int, float)):
-        from worker.clock import from_unix
-        value = from_unix(value)
+    value = _as_moment(value)
     if isinstance(value, str):
-        from worker.clock import parse_instant
-        try:
-            value = parse_instant(value)
-        except ValueError:
-            return _clip(one_line(value), 40)
+        return value
     if isinstance(value, datetime):
         return format_date(value.date(), format="long", locale=locale)
     if isinstance(value, date):
@@ -261,15 +270,9 @@ def format_deadline(value: Any, tz: str | None = None, locale: str = DEFAULT_LOC
     zone (issue 14); a bare date when only a date is known."""
     if value is None or value == "":
         return None
-    if isinstance(value, (int, float)):
-        from worker.clock import from_unix
-        value = from_unix(value)
+    value = _as_moment(value)
     if isinstance(value, str):
-        from worker.clock import parse_instant
-        try:
-            value = parse_instant(value)
-        except ValueError:
-            return _clip(one_line(value), 40)
+        return value
     if not isinstance(value, datetime):
         return format_day(value, locale)
     from worker.email_time import as_zone
