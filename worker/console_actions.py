@@ -14,9 +14,10 @@ reason, outcome); the case page lists them in its timeline.
 
 from __future__ import annotations
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
 from worker.clock import utcnow
+from worker.db import about_case
 from worker.ids import new_id
 
 MAX_REASON = 1000
@@ -113,9 +114,7 @@ def retry_outbox(runtime, invoice_id: str, row_id: str, *, actor: str, reason: s
     with db.engine.connect() as conn:
         found = None
         for kind, table in (("email", emails), ("notice", notices)):
-            mine = table.c.invoice_id == invoice_id
-            if case_id:
-                mine = or_(mine, table.c.case_id == case_id)
+            mine = about_case(table, invoice_id, case_id)
             row = conn.execute(select(table.c.status).where(table.c.id == row_id, mine)).first()
             if row is not None:
                 found = (kind, row.status)

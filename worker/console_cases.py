@@ -21,6 +21,7 @@ from sqlalchemy import and_, or_, select, true, tuple_
 
 from worker.cli.cases import _next_step
 from worker.clock import from_unix, utcnow
+from worker.db import about_case
 from worker.logs import mask_email
 
 PAGE_SIZE = 50
@@ -173,17 +174,13 @@ def case_story(runtime, invoice_id: str) -> dict | None:
             .where(_events_about(db, invoice_id, named)).order_by(ev.c.created, ev.c.id).limit(500)).mappings()]
 
         em = t["emails"]
-        about = em.c.invoice_id == invoice_id
-        if case_id:
-            about = or_(about, em.c.case_id == case_id)
+        about = about_case(em, invoice_id, case_id)
         emails = [dict(r) for r in conn.execute(
             select(em.c.id, em.c.template, em.c.recipient, em.c.subject, em.c.status, em.c.attempts,
                    em.c.last_error, em.c.created_at, em.c.sent_at, em.c.body_html)
             .where(about).order_by(em.c.created_at, em.c.id).limit(200)).mappings()]
         nt = t["platform_notices"]
-        about = nt.c.invoice_id == invoice_id
-        if case_id:
-            about = or_(about, nt.c.case_id == case_id)
+        about = about_case(nt, invoice_id, case_id)
         notices = [dict(r) for r in conn.execute(
             select(nt.c.id, nt.c.type, nt.c.status, nt.c.attempts, nt.c.last_error, nt.c.created_at,
                    nt.c.delivered_at, nt.c.seq).where(about).order_by(nt.c.created_at, nt.c.seq).limit(200)

@@ -182,3 +182,11 @@ def loads(value: str | None, default: Any = None) -> Any:
     if value in (None, ""):
         return default
     return json.loads(value)
+
+
+def about_case(table: Table, invoice_id: str, case_id: str | None):
+    """WHERE clause for a case's rows of an outbox-like table (emails, platform notices): those
+    naming its invoice, or its case when there is one (account-level rows carry only the case)."""
+    from sqlalchemy import or_
+    clause = table.c.invoice_id == invoice_id
+    return or_(clause, table.c.case_id == case_id) if case_id else clause

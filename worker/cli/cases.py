@@ -14,6 +14,7 @@ from sqlalchemy import or_, select
 
 from worker.cli import emit, get_runtime, main
 from worker.clock import from_unix, isoformat
+from worker.db import about_case
 from worker.logs import mask_email
 
 
@@ -87,9 +88,7 @@ def case_detail(runtime, key: str) -> dict | None:
             .where(about).order_by(events.c.created, events.c.id)).mappings()]
 
         emails_t = t["emails"]
-        email_about = emails_t.c.invoice_id == invoice_id
-        if case_id:
-            email_about = or_(email_about, emails_t.c.case_id == case_id)
+        email_about = about_case(emails_t, invoice_id, case_id)
         emails = [dict(r) for r in conn.execute(
             select(emails_t.c.id, emails_t.c.template, emails_t.c.recipient, emails_t.c.status,
                    emails_t.c.attempts, emails_t.c.last_error, emails_t.c.created_at, emails_t.c.sent_at,
@@ -99,9 +98,7 @@ def case_detail(runtime, key: str) -> dict | None:
             email["recipient"] = mask_email(email["recipient"])
 
         nt = t["platform_notices"]
-        notice_about = nt.c.invoice_id == invoice_id
-        if case_id:
-            notice_about = or_(notice_about, nt.c.case_id == case_id)
+        notice_about = about_case(nt, invoice_id, case_id)
         notices = [dict(r) for r in conn.execute(
             select(nt.c.id, nt.c.type, nt.c.account_id, nt.c.seq, nt.c.status, nt.c.attempts,
                    nt.c.last_error, nt.c.created_at, nt.c.delivered_at)
