@@ -12,7 +12,7 @@ baseline is the same posting without the attack, in the same run.
 Metrics (PostgreSQL, LARGE stored events): the time of one scrape, and the webhook p99 with no
 scraper, one and 16 (each scraping once a second), in alternating rounds.
 
-The functions are plain threads and sockets so tests/test_front_door_slow.py runs the same
+The functions are plain threads and sockets so tests/integration/test_front_door.py runs the same
 scenario against the process it starts.
 """
 

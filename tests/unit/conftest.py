@@ -1,0 +1,37 @@
+"""The unit tier's rule, checked: nothing outside the test process but the database.
+
+A unit test that asks for a broker server or starts a child process fails here with the tier it
+belongs to, instead of quietly making the fast tier slow and dependent on what runs on the machine.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+
+def _belongs_elsewhere(what: str):
+    pytest.fail(f"a unit test uses {what}: move it to tests/integration/ (or tests/system/)", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    _belongs_elsewhere("Redis")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url():
+    _belongs_elsewhere("RabbitMQ")
+
+
+@pytest.fixture(scope="session")
+def embedded_redis_url():
+    _belongs_elsewhere("the embedded valkey server")
+
+
+@pytest.fixture(autouse=True)
+def _no_child_process(monkeypatch):
+    def refuse(*args, **kwargs):
+        _belongs_elsewhere(f"a child process ({args[0] if args else kwargs.get('args')!r})")
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
