@@ -13,10 +13,29 @@
 
 tests/support/ holds builders, drivers and the fakes of what lies outside our walls (one fake
 HTTP server base for Stripe, SendGrid and the platform receivers); tests/fixtures/ the fixtures.
+
+`make test` and `make test-all` run on two pytest-xdist workers (`--dist loadgroup`): the tests that
+start the service's processes (tests/system/ and every `slow` test) form one group, run one at a
+time on one worker, so their timings and kills never compete with each other; everything else is
+spread over both workers.
 """
+
+from pathlib import Path
+
+import pytest
+
+SYSTEM = Path(__file__).parent / "system"
 
 pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.runtime",
     "tests.fixtures.stripe",
 ]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    one_at_a_time = pytest.mark.xdist_group("processes")
+    for item in items:
+        if item.path.is_relative_to(SYSTEM) or item.get_closest_marker("slow"):
+            item.add_marker(one_at_a_time)
