@@ -6,41 +6,12 @@ import json
 from datetime import timedelta
 
 import pytest
-from click.testing import CliRunner
 
+from tests.support.cli import run, run_json
 from tests.support.dunning import DAY, T0, at, deliver, failed, paid
-from tests.support.helpers import rows, wait_until
-from worker.cli import main
+from tests.support.helpers import rows
+from tests.support.queues import dead_letter, take_one
 from worker.clock import utcnow
-
-
-def cli_env(runtime) -> dict[str, str]:
-    """The environment a `dunning` process of this test's service would have."""
-    s = runtime.settings
-    return {"STRIPE_WEBHOOK_SECRET": ",".join(s.stripe_webhook_secrets), "ADMIN_TOKEN": s.admin_token,
-            "DATABASE_URL": s.database_url, "DUNNING_VAR_DIR": str(s.var_dir),
-            "DUNNING_POLICY": str(s.dunning_policy), "LOG_FORMAT": "json",
-            "QUEUE_NAMESPACE": s.queue_namespace, "REDIS_URL": s.redis_url or "", "BROKER_URL": s.broker_url or ""}
-
-
-def run(*args, code: int = 0) -> str:
-    """Invoke `dunning ARGS` as a process of the current test runtime would (and keep that runtime current:
-    read-only commands build their own runtime on the same database, as a separate process does)."""
-    import dramatiq
-
-    from worker import runtime as rt
-    current = rt.current()
-    try:
-        result = CliRunner().invoke(main, list(args), env=cli_env(current))
-    finally:
-        rt._current = current
-        dramatiq.set_broker(current.broker)
-    assert result.exit_code == code, result.output
-    return result.output
-
-
-def run_json(*args):
-    return json.loads(run(*args, "--json"))
 
 
 @pytest.fixture
@@ -150,16 +121,6 @@ def redis_runtime(make_runtime):
     return make_runtime(broker="redis" if redis_reachable() else "embedded")
 
 
-def dead_letter(runtime, queue: str):
-    consumer = runtime.broker.consume(queue, prefetch=1, timeout=2000)
-    try:
-        message = wait_until(lambda: next(consumer), timeout=10, message=f"a message on {queue}")
-        consumer.nack(message)
-        return message
-    finally:
-        consumer.close()
-
-
 def test_dlq_lists_dead_letters_and_requeues_them_by_id(redis_runtime):
     runtime = redis_runtime
     client, ns = runtime.broker.client, runtime.settings.queue_namespace
@@ -180,14 +141,9 @@ def test_dlq_lists_dead_letters_and_requeues_them_by_id(redis_runtime):
     assert client.llen(f"{ns}:emails") == 1
     assert client.zcard(f"{ns}:events.XQ") == 1  # the other one stays dead
 
-    consumer = runtime.broker.consume("emails", prefetch=1, timeout=2000)
-    try:
-        again = wait_until(lambda: next(consumer), timeout=10, message="the requeued message")
-        assert again.message_id == first.message_id and tuple(again.args) == ("em_dead_1",)
-        assert again.options.get("retries", 0) == 0
-        consumer.ack(again)
-    finally:
-        consumer.close()
+    again = take_one(runtime, "emails")
+    assert again.message_id == first.message_id and tuple(again.args) == ("em_dead_1",)
+    assert again.options.get("retries", 0) == 0
 
     assert "no dead letter with id nope" in run("dlq", "requeue", "nope", code=1)
     everything = run_json("dlq", "requeue", "--queue", "events")

@@ -19,10 +19,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, select, update
 
-from tests.support.fake_stripe import API_KEY, FakeStripeServer
+from tests.support.cli import cli_env, invoke
 from tests.support.dunning import DAY, T0, deliver, event, invoice, tick
-from tests.support.helpers import ADMIN_TOKEN, drain, make_event, post_event, rows
-from tests.integration.test_cli_ops import cli_env
+from tests.support.fake_stripe import API_KEY, FakeStripeServer
+from tests.support.helpers import admin_client, bearer, drain, make_event, post_event, rows
 from worker.cli import main
 from worker.clock import utcnow
 from worker.customer_data import ERASED, KEPT, customer_tables, is_stripped, unclassified
@@ -44,21 +44,11 @@ OTHER_NAME = "Bartholomew Keepsake"
 
 
 def run(*args, code: int = 0) -> str:
-    """`dunning ARGS` as a process of the test's service would run it; its stdout (logs go to stderr)."""
-    import dramatiq
-
-    from worker import runtime as rt
-    current = rt.current()
-    try:
-        result = CliRunner().invoke(main, list(args), env=cli_env(current))
-    finally:
-        rt._current = current
-        dramatiq.set_broker(current.broker)
-    assert result.exit_code == code, result.output
+    """`dunning ARGS`: its stdout (logs go to stderr), or its stderr when it fails."""
+    result = invoke(*args, code=code)
     return result.stdout if code == 0 else result.stderr
 
 
-# -- building a customer's history ----------------------------------------------------------------
 def customer_object(cid: str, email: str, name: str, phone: str | None = PHONE) -> dict:
     return {"id": cid, "object": "customer", "email": email, "name": name, "phone": phone,
             "address": ADDRESS if phone else None, "description": None,
@@ -116,17 +106,6 @@ def history(runtime, fake, cid: str = "cus_priv", invoice_id: str = "in_priv", *
     assert {"payment-failed", "reminder", "payment-link"} <= {e["template"] for e in mine}
     assert any(NAME in e["body_text"] for e in mine) and all(e["recipient"] == EMAIL for e in mine)
     assert rows(runtime, "payment_links", invoice_id=invoice_id)[0]["note"] == NOTE
-
-
-def admin_client(runtime):
-    import falcon.testing
-
-    from worker.web import create_app
-    return falcon.testing.TestClient(create_app(runtime))
-
-
-def bearer() -> dict[str, str]:
-    return {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
 
 
 # -- dumps ----------------------------------------------------------------------------------------

@@ -15,9 +15,10 @@ import pytest
 
 from config.settings import load_settings
 from tests.support.services import base_env
+from tests.support.cli import run, run_json
 from tests.support.dunning import T0, failed, know_owner
 from tests.support.helpers import ADMIN_TOKEN, post_event, wait_until
-from tests.integration.test_cli_ops import dead_letter, run, run_json
+from tests.support.queues import dead_letter, take_one
 from worker.queue_state import broker_kind, message_counts, waiting
 
 
@@ -112,14 +113,9 @@ def test_dlq_lists_and_requeues_rabbitmq_dead_letters_by_id(rabbit):
     assert message_counts(rabbit.broker)["emails"] == (1, 0, 0)
     assert message_counts(rabbit.broker)["events"] == (0, 0, 1)  # the other one stays dead
 
-    consumer = rabbit.broker.consume("emails", prefetch=1, timeout=2000)
-    try:
-        again = wait_until(lambda: next(consumer), timeout=10, message="the requeued message")
-        assert again.message_id == first.message_id and tuple(again.args) == ("em_dead_1",)
-        assert again.options.get("retries", 0) == 0
-        consumer.ack(again)
-    finally:
-        consumer.close()
+    again = take_one(rabbit, "emails")
+    assert again.message_id == first.message_id and tuple(again.args) == ("em_dead_1",)
+    assert again.options.get("retries", 0) == 0
     assert "no dead letter with id nope" in run("dlq", "requeue", "nope", code=1)
     everything = run_json("dlq", "requeue", "--queue", "events")
     assert [d["message_id"] for d in everything["requeued"]] == [second.message_id]

@@ -24,7 +24,8 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from tests.support.helpers import drain, signed_headers
+from tests.support.dunning import bare_invoice
+from tests.support.helpers import drain, make_event, signed_headers
 from tests.support.processes import build_service
 from worker.web import create_app
 
@@ -35,23 +36,18 @@ DAY = 86400
 
 
 def _event(event_id, event_type, obj, created):
-    return {"id": event_id, "object": "event", "api_version": "2025-03-31.basil", "created": created,
-            "livemode": False, "pending_webhooks": 1, "type": event_type, "data": {"object": obj},
-            "request": {"id": None, "idempotency_key": None}}
+    return make_event(event_type, obj, event_id=event_id, created=created)
 
 
 def _invoice(i, status, attempt, base, **extra):
-    return {"id": f"in_cc{i:03d}", "object": "invoice", "customer": f"cus_cc{i:03d}", "status": status,
-            "currency": "eur" if i % 3 else "jpy", "amount_due": 2500 + i, "amount_paid": 0,
-            "amount_remaining": 2500 + i, "attempt_count": attempt, "number": f"CC-{i:04d}",
-            "customer_email": f"owner{i}@cc.example.com", "hosted_invoice_url": f"https://pay.example/{i}",
-            "next_payment_attempt": base + (attempt + 2) * DAY if status == "open" else None,
-            "parent": {"type": "subscription_details",
-                       "subscription_details": {"subscription": f"sub_cc{i:03d}", "metadata": {"plan": "pro"}}},
-            "lines": {"object": "list", "data": [{"id": f"il_cc{i}", "amount": 2500 + i,
-                                                  "pricing": {"price_details": {"price": "price_pro",
-                                                                                "product": "prod_pro"}}}]},
-            **extra}
+    return bare_invoice(
+        f"in_cc{i:03d}", customer=f"cus_cc{i:03d}", subscription=f"sub_cc{i:03d}", status=status,
+        number=f"CC-{i:04d}", email=f"owner{i}@cc.example.com", amount=2500 + i,
+        currency="eur" if i % 3 else "jpy", attempt_count=attempt, subscription_metadata={"plan": "pro"},
+        lines=[{"id": f"il_cc{i}", "amount": 2500 + i,
+                "pricing": {"price_details": {"price": "price_pro", "product": "prod_pro"}}}],
+        hosted_invoice_url=f"https://pay.example/{i}",
+        next_payment_attempt=base + (attempt + 2) * DAY if status == "open" else None, **extra)
 
 
 def failure_week(base: int) -> list[dict]:

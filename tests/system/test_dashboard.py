@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import ADMIN_TOKEN, wait_until
+from tests.support.helpers import ADMIN_TOKEN
+from tests.support.queues import dead_letter, take_one
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -58,17 +59,6 @@ def redis_counts(runtime, queue) -> tuple[int, int, int]:
     return (client.llen(f"{ns}:{queue}"), client.llen(f"{ns}:{queue}.DQ"), client.zcard(f"{ns}:{queue}.XQ"))
 
 
-def dead_letter_one(runtime, queue):
-    """Take one message off `queue` and reject it, as a worker does when retries run out."""
-    consumer = runtime.broker.consume(queue, prefetch=1, timeout=2000)
-    try:
-        message = wait_until(lambda: next(consumer), timeout=10, message=f"a message on {queue}")
-        consumer.nack(message)
-        return message
-    finally:
-        consumer.close()
-
-
 def test_dashboard_without_credentials_is_401_with_a_basic_challenge(server):
     for path in ("/dashboard", "/dashboard/", "/dashboard/queues/events"):
         status, headers, _ = get(server + path)
@@ -97,7 +87,7 @@ def test_dashboard_in_a_browser_lists_queues_matching_redis_and_requeues_a_dead_
     actors.process_event.send("evt_dashboard_2")
     actors.send_email.send_with_options(args=("em_delayed",), delay=3_600_000)
     actors.send_email.send("em_dead")
-    dead = dead_letter_one(runtime, "emails")
+    dead = dead_letter(runtime, "emails")
     queues = sorted(q for q in runtime.broker.queues if not q.endswith((".DQ", ".XQ")))
     assert {"events", "steps", "emails", "notices", "stripe"} <= set(queues)
     assert redis_counts(runtime, "emails") == (0, 1, 1)
@@ -145,13 +135,8 @@ def test_dashboard_in_a_browser_lists_queues_matching_redis_and_requeues_a_dead_
             browser.close()
 
     # The requeued message is the same message (same id and payload), ready for a worker.
-    consumer = runtime.broker.consume("emails", prefetch=1, timeout=2000)
-    try:
-        again = wait_until(lambda: next(consumer), timeout=10, message="the requeued message")
-        assert again.message_id == dead.message_id and tuple(again.args) == ("em_dead",)
-        consumer.ack(again)
-    finally:
-        consumer.close()
+    again = take_one(runtime, "emails")
+    assert again.message_id == dead.message_id and tuple(again.args) == ("em_dead",)
 
 
 def test_dashboard_and_console_link_to_each_other(server):

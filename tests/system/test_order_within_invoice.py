@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.support.helpers import signed_headers
+from tests.support.dunning import bare_invoice
+from tests.support.helpers import make_event, signed_headers
 from tests.support.processes import build_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -30,19 +31,12 @@ CONTROLS = 5
 
 
 def _event(event_id, event_type, obj, created):
-    return {"id": event_id, "object": "event", "api_version": "2025-03-31.basil", "created": created,
-            "livemode": False, "pending_webhooks": 1, "type": event_type, "data": {"object": obj},
-            "request": {"id": None, "idempotency_key": None}}
+    return make_event(event_type, obj, event_id=event_id, created=created)
 
 
 def _invoice(i: int, status: str) -> dict:
-    return {"id": f"in_pair{i:03d}", "object": "invoice", "customer": f"cus_pair{i:03d}", "status": status,
-            "currency": "usd", "amount_due": 2500, "amount_paid": 2500 if status == "paid" else 0,
-            "amount_remaining": 0 if status == "paid" else 2500, "attempt_count": 1, "number": f"P-{i:04d}",
-            "customer_email": f"snapshot{i}@pair.example.com",
-            "parent": {"type": "subscription_details",
-                       "subscription_details": {"subscription": f"sub_pair{i:03d}", "metadata": {}}},
-            "lines": {"object": "list", "data": []}}
+    return bare_invoice(f"in_pair{i:03d}", customer=f"cus_pair{i:03d}", subscription=f"sub_pair{i:03d}",
+                        status=status, number=f"P-{i:04d}", email=f"snapshot{i}@pair.example.com")
 
 
 def _post_all(url: str, groups: list[list[dict]], threads: int = 8) -> None:
