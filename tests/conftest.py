@@ -6,7 +6,9 @@
   tests/unit/conftest.py fails a test that asks for one.
 - tests/integration/: still in the test process, against what the unit tier may not touch: real
   Redis, RabbitMQ or valkey brokers, PostgreSQL's own behaviour (statements, dumps, migrations),
-  and short-lived commands (`dunning db upgrade`, promtool, pg_dump).
+  and short-lived commands (`dunning db upgrade`, promtool, pg_dump). Four files keep the `slow`
+  variant of their catalogue over real HTTP beside it (front door, hostile inputs, OpenAPI, secrets
+  in logs): it reuses the file's cases, and runs with the system tests (below).
 - tests/system/: the service's real long-running processes (gunicorn web, worker pool, scheduler,
   `dunning run`, an installed wheel, localstripe), a browser, faults (kills, outages) and many hosts.
   Most are marked `slow` (`make test` leaves them out; `make test-all` and CI run them).

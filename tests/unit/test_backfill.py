@@ -6,10 +6,8 @@ Stripe is faked at its HTTP boundary: a local server for GET /v1/events that pag
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
-import threading
 from urllib.parse import parse_qsl, urlparse
 
 import pytest
@@ -18,33 +16,30 @@ from click.testing import CliRunner
 from handlers.registry import known_types
 from tests.support.dunning import DAY, T0, failed, paid
 from tests.support.helpers import make_event, post_event, rows
+from tests.support.http_fake import FakeHandler, FakeHTTPServer
 from worker.cli import main
 
 API_KEY = "sk_test_backfill_key_123456"
 SINCE = "2026-11-16"  # T0 (the first failure) is 2026-11-18
 
 
-class FakeStripeEvents:
+class _EventsHandler(FakeHandler):
+    def do_GET(self):  # noqa: N802
+        self.fake.handle(self)
+
+
+class FakeStripeEvents(FakeHTTPServer):
     """GET /v1/events as Stripe serves it; `page_cap` is the server's own page size (forces paging)."""
 
+    handler = _EventsHandler
+
     def __init__(self, events: list[dict], page_cap: int = 2):
+        super().__init__()
         self.events = sorted(events, key=lambda e: (e["created"], e["id"]), reverse=True)
         self.page_cap = page_cap
         self.requests: list[dict] = []
         self.fail_after: int | None = None  # answer 500 once this many pages were served
         self.served = 0
-        fake = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                fake.handle(self)
-
-            def log_message(self, *_args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def handle(self, request) -> None:
         url = urlparse(request.path)
@@ -75,20 +70,7 @@ class FakeStripeEvents:
 
     @staticmethod
     def reply(request, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        request.send_response(status)
-        request.send_header("Content-Type", "application/json")
-        request.send_header("Content-Length", str(len(data)))
-        request.end_headers()
-        request.wfile.write(data)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.thread.join(5)
+        request.answer(status, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
 
 @pytest.fixture

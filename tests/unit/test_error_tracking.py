@@ -4,46 +4,39 @@ integrations on and the same scrubbing as the logs; unset, nothing is sent."""
 from __future__ import annotations
 
 import gzip
-import threading
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.support.helpers import ADMIN_TOKEN, wait_until
+from tests.support.http_fake import FakeHandler, FakeHTTPServer
 
 
-class FakeSentry:
+class _SentryHandler(FakeHandler):
+    def do_POST(self):  # noqa: N802
+        raw = self.read_body()
+        encoding = self.headers.get("Content-Encoding", "")
+        if encoding == "gzip":
+            raw = gzip.decompress(raw)
+        elif encoding == "deflate":
+            raw = zlib.decompress(raw)
+        elif encoding == "br":
+            import brotli  # pragma: no cover - only if the SDK picks brotli
+            raw = brotli.decompress(raw)
+        self.fake.bodies.append(raw.decode("utf-8", "replace"))
+        self.answer(200)
+
+
+class FakeSentry(FakeHTTPServer):
     """Accepts envelopes at /api/<project>/envelope/ and keeps their bodies."""
 
+    handler = _SentryHandler
+
     def __init__(self):
+        super().__init__()
         self.bodies: list[str] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                encoding = self.headers.get("Content-Encoding", "")
-                if encoding == "gzip":
-                    raw = gzip.decompress(raw)
-                elif encoding == "deflate":
-                    raw = zlib.decompress(raw)
-                elif encoding == "br":
-                    import brotli  # pragma: no cover - only if the SDK picks brotli
-                    raw = brotli.decompress(raw)
-                fake.bodies.append(raw.decode("utf-8", "replace"))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *_):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.dsn = f"http://publickey0123456789abcdef@127.0.0.1:{self.server.server_port}/1"
-
-    def stop(self):
-        self.server.shutdown()
+        self.start()
+        self.dsn = f"http://publickey0123456789abcdef@127.0.0.1:{self.port}/1"
 
 
 @pytest.fixture

@@ -3,13 +3,12 @@ timeouts kept (worker/http_pool.py): a fake server at the HTTP boundary counts c
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.support.http_fake import FakeHandler, FakeHTTPServer
 from worker.email_delivery import OutgoingEmail, SendGridSender, TransientSendError
 from worker.notices import DeliveryFailed, post_notice
 
@@ -17,40 +16,23 @@ KEY = "SG.pool-test-key-0123456789abcdef"
 SECRET = "platform-notice-secret-0123456789abcdef"
 
 
-class CountingServer:
+class _CountingHandler(FakeHandler):
+    def do_POST(self):  # noqa: N802
+        self.read_body()
+        self.fake.ports.append(self.client_address[1])
+        time.sleep(self.fake.delay)
+        self.answer(202, headers={"X-Message-Id": f"sg-{len(self.fake.ports)}"})
+
+
+class CountingServer(FakeHTTPServer):
     """HTTP/1.1 keep-alive server: answers 202 (after `delay` seconds) and records client ports."""
 
+    handler = _CountingHandler
+
     def __init__(self, delay: float = 0.0):
+        super().__init__()
         self.ports: list[int] = []
         self.delay = delay
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):  # noqa: N802
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                outer.ports.append(self.client_address[1])
-                time.sleep(outer.delay)
-                self.send_response(202)
-                self.send_header("X-Message-Id", f"sg-{len(outer.ports)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _email(n: int) -> OutgoingEmail:
