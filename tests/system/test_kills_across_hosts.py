@@ -17,10 +17,9 @@ from datetime import timedelta
 import pytest
 import requests
 
+from tests.support.fault_load import (BROKERS, Poster, assert_no_loss_no_duplicate, figures, invoice_batch, iso,
+                                      processed_count, service_env, wait_effects_delivered)
 from tests.support.processes import DUNNING, build_service, free_port
-from tests.system.test_crash_and_outage import (BROKERS, Poster, assert_no_loss_no_duplicate, fakes,  # noqa: F401
-                                         figures, invoice_batch, iso, processed_count, service_env,
-                                         wait_effects_delivered)
 
 pytestmark = [pytest.mark.slow]
 
