@@ -380,23 +380,54 @@ def measure_front(run) -> dict:
     base, attacked = out["baseline"]["p99_ms"], out["attack"]["events"]["p99_ms"]
     out["p99_ratio"] = round(attacked / base, 3) if base and attacked else None
 
-    if run.postgres_server():
-        from bench.scaling import _load_events
-        url = run.new_database("front_metrics")
-        rows = cfg.scale_large
-        out["metrics_rows"] = rows
-        out["metrics_load_s"] = round(_load_events(url, 1, rows), 1)
-        env = run.service_env(url, run.namespace("front-metrics"), free_port(), {"LOG_LEVEL": "WARNING"})
-        web, port = run.start_web("web-front-metrics", env)
-        try:
-            out["metrics"] = metrics_under_scrapers("127.0.0.1", port, WEBHOOK_SECRET, rounds=1 if smoke else 2,
-                                                    events=60 if smoke else 300, prefix=f"m{run.tag}")
-        finally:
-            run.stop(web)
-    else:
-        out["metrics"] = {"skipped": f"needs PostgreSQL: {run.postgres_problem}"}
+    out.update(measure_front_metrics(run))
     return out
 
+
+def domain_read_ms(url: str, repeats: int = 20) -> float:
+    """Median time of one read of the domain figures (what a snapshot refresh runs), in process."""
+    from worker.db import Database
+    from worker.metrics import DomainCollector
+    db = Database(url)
+    try:
+        collector = DomainCollector(db)
+        list(collector.collect())  # reflection and connection made once
+        times = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            list(collector.collect())
+            times.append((time.perf_counter() - began) * 1000)
+    finally:
+        db.dispose()
+    return round(statistics.median(times), 2)
+
+
+def measure_front_metrics(run) -> dict:
+    """/metrics over LARGE stored events (PostgreSQL): the domain read at 0 events and at LARGE,
+    one scrape, and webhook p99 with and without scrapers."""
+    from bench.services import free_port
+    from bench.setup import WEBHOOK_SECRET
+    if not run.postgres_server():
+        return {"metrics": {"skipped": f"needs PostgreSQL: {run.postgres_problem}"}}
+    from bench.scaling import _load_events
+    smoke = run.cfg.mode == "smoke"
+    out: dict = {}
+    url = run.new_database("front_metrics")
+    rows = run.cfg.scale_large
+    empty_ms = domain_read_ms(url)
+    out["metrics_rows"] = rows
+    out["metrics_load_s"] = round(_load_events(url, 1, rows), 1)
+    large_ms = domain_read_ms(url)
+    env = run.service_env(url, run.namespace("front-metrics"), free_port(), {"LOG_LEVEL": "WARNING"})
+    web, port = run.start_web("web-front-metrics", env)
+    try:
+        out["metrics"] = metrics_under_scrapers("127.0.0.1", port, WEBHOOK_SECRET, rounds=1 if smoke else 2,
+                                                events=60 if smoke else 300, prefix=f"m{run.tag}")
+    finally:
+        run.stop(web)
+    out["metrics"].update(domain_read_ms_empty=empty_ms, domain_read_ms_large=large_ms,
+                          domain_read_ratio=round(large_ms / empty_ms, 3) if empty_ms else None)
+    return out
 
 if __name__ == "__main__":
     import sys

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 
 SHARDS = 64
 LABEL_COLUMNS = ("label1", "label2", "label3", "label4")
@@ -136,13 +136,16 @@ class Counts:
 
 def read(conn, opened_since: datetime) -> Counts:
     """Every family's counts, and the opening hours from `opened_since`'s hour on: one query over
-    metric_counts (its size is label sets x shards, whatever the counted tables hold)."""
+    metric_counts by its primary key (label sets x shards, whatever the counted tables hold; the
+    older opening hours are not read)."""
     columns = ", ".join(LABEL_COLUMNS)
+    others = [f.name for f in FAMILIES if f.name != OPENED_HOUR]
     rows = conn.execute(text(
         f"SELECT family, {columns}, sum(n), sum(total) FROM metric_counts "
-        f"WHERE family <> :hours OR label1 >= :since "
-        f"GROUP BY family, {columns} HAVING sum(n) <> 0 OR sum(total) <> 0"),
-        {"hours": OPENED_HOUR, "since": opened_since.strftime("%Y-%m-%d %H")})
+        f"WHERE family IN :others OR (family = :hours AND label1 >= :since) "
+        f"GROUP BY family, {columns} HAVING sum(n) <> 0 OR sum(total) <> 0")
+        .bindparams(bindparam("others", expanding=True)),
+        {"others": others, "hours": OPENED_HOUR, "since": opened_since.strftime("%Y-%m-%d %H")})
     return Counts({tuple(r[:5]): (int(r[5]), int(r[6])) for r in rows})
 
 
@@ -154,13 +157,14 @@ INSERT_HEAD = "INSERT INTO metric_counts (family, label1, label2, label3, label4
 
 def _pg_upsert(table: str, sources: list[tuple[str, int]]) -> str:
     """One statement: the deltas of every family of `table` over the transition tables, summed
-    per label set (an unchanged label set nets to zero and is not written)."""
+    per label set (an unchanged label set nets to zero and is not written), written in label
+    order so two transactions on one shard lock the rows they share in the same order."""
     deltas = " UNION ALL ".join(_rows_sql(f, source, "r", sign, "postgresql")
                                 for source, sign in sources for f in _families_of(table))
     columns = ", ".join(LABEL_COLUMNS)
     return (f"{INSERT_HEAD}SELECT family, {columns}, mod(pg_backend_pid(), {SHARDS}), sum(n), sum(total) "
             f"FROM ({deltas}) AS d GROUP BY family, {columns} HAVING sum(n) <> 0 OR sum(total) <> 0 "
-            f"{UPSERT_TAIL};")
+            f"ORDER BY family, {columns} {UPSERT_TAIL};")
 
 
 def postgres_statements(table: str) -> list[str]:

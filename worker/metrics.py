@@ -371,7 +371,11 @@ def _oldest_pending(conn, table):
 
 class DomainSnapshot:
     """The domain families of the last refresh; a refresh runs in the background, at most once
-    per `refresh_seconds` however many scrapes arrive (0: compute at every scrape, for tests)."""
+    per `refresh_seconds` however many scrapes arrive (0: compute at every scrape, for tests).
+    A scrape before the first refresh has finished waits for it (FIRST_WAIT_SECONDS at most): the
+    read is a few rows, so the first scrape gets the figures instead of none."""
+
+    FIRST_WAIT_SECONDS = 5.0
 
     def __init__(self, db, refresh_seconds: float = 30.0, amounts: bool = False):
         self.collector = DomainCollector(db, amounts=amounts)
@@ -382,6 +386,7 @@ class DomainSnapshot:
         self._taken_at: float | None = None  # monotonic end of the last finished refresh
         self._running = False
         self._took: float | None = None  # seconds the last refresh took
+        self._first = threading.Event()  # set when the first refresh has finished (or failed)
 
     def describe(self):
         return []
@@ -402,13 +407,14 @@ class DomainSnapshot:
         began = time.monotonic()
         try:
             families = list(self.collector.collect())
+            with self._lock:
+                self._families, self._taken_at, self._took = families, time.monotonic(), time.monotonic() - began
         except Exception:  # noqa: BLE001 - e.g. a closed log stream: keep the last figures, never kill the thread
             return
         finally:
             with self._lock:
                 self._running = False
-        with self._lock:
-            self._families, self._taken_at, self._took = families, time.monotonic(), time.monotonic() - began
+            self._first.set()
 
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
@@ -416,6 +422,7 @@ class DomainSnapshot:
             yield from self.collector.collect()
             return
         self.start()
+        self._first.wait(self.FIRST_WAIT_SECONDS)
         with self._lock:
             families, taken, took = list(self._families), self._taken_at, self._took
         yield from families
