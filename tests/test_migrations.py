@@ -253,3 +253,17 @@ def test_the_procfile_migrates_in_its_release_phase_and_make_run_does_not_keep_t
     from worker.launcher import procfile_entries
     assert "release: dunning db upgrade" in (PROJECT_ROOT / "Procfile").read_text().splitlines()
     assert set(procfile_entries()) == {"web", "worker", "scheduler"}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_an_upgrade_puts_back_a_counting_trigger_a_revision_lost(kind, fresh_url):
+    """On SQLite a batch ALTER copies the table and drops its triggers: every upgrade reinstalls them."""
+    from worker import metric_counts
+    db = Database(fresh_url(kind))
+    migrate.upgrade(db)
+    with db.transaction() as conn:
+        conn.exec_driver_sql("DROP TRIGGER metric_counts_cases_update" + ("" if db.is_sqlite else " ON cases"))
+    assert "metric_counts_cases_update" not in triggers_of(db, "cases")
+    migrate.upgrade(db)  # nothing to migrate: the triggers are checked all the same
+    assert triggers_of(db, "cases") == sorted(n for n in metric_counts.trigger_names() if "_cases_" in n)
+    db.dispose()
