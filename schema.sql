@@ -306,3 +306,20 @@ CREATE TABLE IF NOT EXISTS case_releases (
 CREATE INDEX IF NOT EXISTS case_releases_case ON case_releases (case_id);
 CREATE INDEX IF NOT EXISTS cases_unreachable ON cases (owner_unreachable);
 CREATE INDEX IF NOT EXISTS events_failed_transient ON events (status, failed_transient);
+
+-- Domain counts for /metrics, moved by triggers in the statement that writes the counted row
+-- (worker/metric_counts.py makes them for both databases): a scrape reads these few rows.
+CREATE TABLE IF NOT EXISTS metric_counts (
+    family      TEXT NOT NULL,                  -- events, cases, emails, ... (metric_counts.FAMILIES)
+    label1      TEXT NOT NULL DEFAULT '',
+    label2      TEXT NOT NULL DEFAULT '',
+    label3      TEXT NOT NULL DEFAULT '',
+    label4      TEXT NOT NULL DEFAULT '',
+    shard       INTEGER NOT NULL DEFAULT 0,     -- PostgreSQL backend % 64: writers never queue on one row
+    n           BIGINT NOT NULL DEFAULT 0,      -- rows with these labels (summed over shards)
+    total       BIGINT NOT NULL DEFAULT 0,      -- an amount summed over them (recovered cases)
+    PRIMARY KEY (family, label1, label2, label3, label4, shard)
+);
+-- The oldest undelivered outbox row, read by /metrics, in one index step whatever the backlog.
+CREATE INDEX IF NOT EXISTS emails_pending_age ON emails (status, created_at);
+CREATE INDEX IF NOT EXISTS platform_notices_pending_age ON platform_notices (status, created_at);

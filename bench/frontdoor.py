@@ -9,8 +9,10 @@ is polled every 0.25 s. Figures: statuses and p50/p99 of the events, /healthz fa
 long the server took to close each stalled connection (target: WEB_READ_TIMEOUT + 5 s). The
 baseline is the same posting without the attack, in the same run.
 
-Metrics (PostgreSQL, LARGE stored events): the time of one scrape, and the webhook p99 with no
-scraper, one and 16 (each scraping once a second), in alternating rounds.
+Metrics (PostgreSQL, LARGE stored events): the read of the domain figures (what a snapshot
+refresh runs) at 0 and at LARGE events, the database's own time (EXPLAIN ANALYZE) and the
+wall time; the time of one scrape; and the webhook p99 with no scraper, one and 16 (each
+scraping once a second), in alternating rounds.
 
 The functions are plain threads and sockets so tests/integration/test_front_door.py runs the same
 scenario against the process it starts.
@@ -380,23 +382,72 @@ def measure_front(run) -> dict:
     base, attacked = out["baseline"]["p99_ms"], out["attack"]["events"]["p99_ms"]
     out["p99_ratio"] = round(attacked / base, 3) if base and attacked else None
 
-    if run.postgres_server():
-        from bench.scaling import _load_events
-        url = run.new_database("front_metrics")
-        rows = cfg.scale_large
-        out["metrics_rows"] = rows
-        out["metrics_load_s"] = round(_load_events(url, 1, rows), 1)
-        env = run.service_env(url, run.namespace("front-metrics"), free_port(), {"LOG_LEVEL": "WARNING"})
-        web, port = run.start_web("web-front-metrics", env)
-        try:
-            out["metrics"] = metrics_under_scrapers("127.0.0.1", port, WEBHOOK_SECRET, rounds=1 if smoke else 2,
-                                                    events=60 if smoke else 300, prefix=f"m{run.tag}")
-        finally:
-            run.stop(web)
-    else:
-        out["metrics"] = {"skipped": f"needs PostgreSQL: {run.postgres_problem}"}
+    out.update(measure_front_metrics(run))
     return out
 
+
+def domain_read_ms(url: str, repeats: int = 20) -> tuple[float, float, int]:
+    """One read of the domain figures (what a snapshot refresh runs): the median wall time in
+    process, the median of the database's own execution time of its statements (EXPLAIN
+    ANALYZE), and the pages they touch (BUFFERS: what could grow with the tables, free of the
+    machine's scheduling noise)."""
+    from sqlalchemy import event as sa_event
+
+    from worker.db import Database
+    from worker.metrics import DomainCollector
+    db = Database(url)
+    try:
+        collector = DomainCollector(db)
+        statements: list = []
+        capture = lambda conn, cursor, stmt, params, *_: statements.append((stmt, params))  # noqa: E731
+        sa_event.listen(db.engine, "before_cursor_execute", capture)
+        list(collector.collect())  # reflection and connection made once; its statements captured
+        sa_event.remove(db.engine, "before_cursor_execute", capture)
+        wall, server = [], []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            list(collector.collect())
+            wall.append((time.perf_counter() - began) * 1000)
+        selects = [(stmt, params) for stmt, params in statements if stmt.lstrip().upper().startswith("SELECT")]
+        with db.engine.connect() as conn:
+            for _ in range(repeats):
+                plans = [conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + stmt, params).scalar()[0]
+                         for stmt, params in selects]
+                server.append(sum(plan["Execution Time"] for plan in plans))
+            pages = sum(plan["Plan"]["Shared Hit Blocks"] + plan["Plan"]["Shared Read Blocks"] for plan in plans)
+    finally:
+        db.dispose()
+    return round(statistics.median(wall), 2), round(statistics.median(server), 3), pages
+
+
+def measure_front_metrics(run) -> dict:
+    """/metrics over LARGE stored events (PostgreSQL): the domain read at 0 events and at LARGE,
+    one scrape, and webhook p99 with and without scrapers."""
+    from bench.services import free_port
+    from bench.setup import WEBHOOK_SECRET
+    if not run.postgres_server():
+        return {"metrics": {"skipped": f"needs PostgreSQL: {run.postgres_problem}"}}
+    from bench.scaling import _load_events
+    smoke = run.cfg.mode == "smoke"
+    out: dict = {}
+    url = run.new_database("front_metrics")
+    rows = run.cfg.scale_large
+    empty_ms = domain_read_ms(url)
+    out["metrics_rows"] = rows
+    out["metrics_load_s"] = round(_load_events(url, 1, rows), 1)
+    large_ms = domain_read_ms(url)
+    env = run.service_env(url, run.namespace("front-metrics"), free_port(), {"LOG_LEVEL": "WARNING"})
+    web, port = run.start_web("web-front-metrics", env)
+    try:
+        out["metrics"] = metrics_under_scrapers("127.0.0.1", port, WEBHOOK_SECRET, rounds=1 if smoke else 2,
+                                                events=60 if smoke else 300, prefix=f"m{run.tag}")
+    finally:
+        run.stop(web)
+    out["metrics"].update(domain_read_ms_empty=empty_ms[0], domain_read_ms_large=large_ms[0],
+                          domain_read_server_ms_empty=empty_ms[1], domain_read_server_ms_large=large_ms[1],
+                          domain_read_pages_empty=empty_ms[2], domain_read_pages_large=large_ms[2],
+                          domain_read_ratio=round(large_ms[1] / empty_ms[1], 3) if empty_ms[1] else None)
+    return out
 
 if __name__ == "__main__":
     import sys

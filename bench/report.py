@@ -198,6 +198,12 @@ def _front_rows(fr: dict, rows: list[Row], check) -> None:
         rows.append(Row("front", f"/metrics scrape with {fr['metrics_rows']:,} events (p50, max)",
                         f"{_ms(m['scrape_p50_ms'])} (max {_ms(m['scrape_max_ms'])})",
                         f"one refresh: {_ms(m.get('refresh_ms'))} per 30 s", target=t.replace("50", "50 ms"), result=r))
+        if m.get("domain_read_ratio") is not None:
+            rows.append(Row("front", f"domain figures read (a snapshot refresh), database time, "
+                            f"{fr['metrics_rows']:,} events vs 0", _ms(m["domain_read_server_ms_large"]),
+                            _ms(m["domain_read_server_ms_empty"]), _n(m["domain_read_ratio"], digits=2)))
+            rows.append(Row("front", "  the same, pages it touches (EXPLAIN BUFFERS)", _n(m["domain_read_pages_large"]),
+                            _n(m["domain_read_pages_empty"])))
         t, r = check("metrics_p99_ratio", m["p99_ratio"])
         rows.append(Row("front", f"webhook p99 at {m['rate']:g}/s with 16 scrapers (1/s each) vs none",
                         _ms(m["webhook_p99_ms_with_16_scrapers"]), _ms(m["webhook_p99_ms_without"]),

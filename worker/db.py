@@ -76,13 +76,15 @@ class Database:
 
     # -- schema ---------------------------------------------------------------------------
     def init_schema(self) -> None:
-        """Apply schema.sql; every statement is IF NOT EXISTS, so this is idempotent."""
+        """Apply schema.sql and the metric-counting triggers; idempotent (IF NOT EXISTS)."""
         with self.transaction() as conn:
             if not self.is_sqlite:
                 # Two `db init` at once must not race on CREATE TABLE IF NOT EXISTS.
                 conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
             for statement in schema_statements():
                 conn.exec_driver_sql(statement)
+            from worker.metric_counts import install_triggers
+            install_triggers(conn)  # triggers are per database kind: made from Python, not schema.sql
         self._tables = None
 
     @property

@@ -8,11 +8,12 @@ which is why nothing here imports prometheus_client at module level: `prepare(se
 the environment first (runtime.setup calls it through `install_broker_middleware`).
 
 The domain's numbers (cases by state, emails by template, recovery rate...) are not counted in
-process memory: the database already holds them, so a collector reads them. They are right after
-a restart, and no process can forget to count. Those queries group whole tables (0.7 s at 1M
-events), so a scrape never runs them: DomainSnapshot keeps the last result and refreshes it in
-a background thread at most once per METRICS_REFRESH_SECONDS (default 30), so a scrape costs the
-same at 10 rows and at 10M, and any number of scrapers cause at most one refresh per interval.
+process memory: database triggers keep them in `metric_counts` in the very statement that writes
+the counted row (worker/metric_counts.py), so they are right after a restart, a crash or a
+replay, and no code path can forget to count. A scrape reads those few rows (label sets x
+shards) and two index steps, never the events or cases tables: it costs the same at 10 rows and
+at 10M. DomainSnapshot still keeps the last result for up to METRICS_REFRESH_SECONDS (default
+30), so any number of scrapers cause at most one read per interval per web process.
 Amounts recovered are business figures: published only with METRICS_AMOUNTS=1.
 """
 
@@ -26,12 +27,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from worker.clock import utcnow
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 RECOVERY_WINDOW = timedelta(days=30)
+UNDELIVERED = ("pending", "sending")
 WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 log = structlog.get_logger("worker.metrics")
 
@@ -174,9 +176,11 @@ def webhook_received(event_type: str, is_new: bool, seconds: float) -> None:
     duration.observe(seconds)
 
 
-# -- the domain, read from the database at scrape time -------------------------------------------
+# -- the domain, read from counts kept as the work happens -------------------------------------------
 class DomainCollector:
-    """Domain metrics computed from the tables on every scrape (they survive restarts)."""
+    """Domain metrics from `metric_counts` (worker/metric_counts.py): rows the triggers move in
+    the transaction that does the work, so a read costs the same at 10 rows and at 10M, and the
+    figures survive restarts."""
 
     def __init__(self, db, amounts: bool = True):
         self.db = db
@@ -200,175 +204,178 @@ class DomainCollector:
                                 "database at this scrape, else 0.", value=up)
 
     def _families(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-        t = self.db.tables
+        from worker import metric_counts
+        from worker.reconciler import exhausted_count
         now = utcnow()
-        with self.db.engine.connect() as conn:
-            def grouped(table, *columns, where=None, value=None):
-                value = value if value is not None else func.count()
-                stmt = select(*columns, value).select_from(table)
-                if where is not None:
-                    stmt = stmt.where(where)
-                return [tuple(row) for row in conn.execute(stmt.group_by(*columns))]
+        outboxes = (("emails", self.db.table("emails")), ("notices", self.db.table("platform_notices")))
+        with self.db.engine.connect() as conn:  # (tables reflected first: SQLite's BEGIN takes the lock)
+            counts = metric_counts.read(conn, now - RECOVERY_WINDOW)
+            exhausted = exhausted_count(conn, self.db, now)
+            oldest = {name: _oldest_pending(conn, table) for name, table in outboxes}
+        yield from _event_families(counts, exhausted)
+        yield from _case_families(counts, self.amounts)
+        yield from _outbox_families(counts, oldest, now)
 
-            events = t["events"]
-            # One scan of the largest table for its three families (it was three scans).
-            counts: dict[tuple, int] = {}
-            for etype, source, status, done, n in grouped(
-                    events, events.c.type, events.c.source, events.c.status,
-                    events.c.processed_at.is_not(None).label("done")):
-                counts[(etype, source, status, bool(done))] = counts.get((etype, source, status, bool(done)), 0) + n
 
-            def summed(*fields, where=lambda key: True):
-                out: dict[tuple, int] = {}
-                for key, n in counts.items():
-                    if where(key):
-                        sub = tuple(key[i] for i in fields)
-                        out[sub] = out.get(sub, 0) + n
-                return sorted(out.items(), key=lambda kv: tuple(str(v) for v in kv[0]))
+def _summed(rows, *fields, where=lambda labels: True) -> list[tuple[tuple, int]]:
+    """Counts re-grouped by some of their labels, in label order."""
+    out: dict[tuple, int] = {}
+    for labels, n, _total in rows:
+        if where(labels):
+            key = tuple(labels[i] for i in fields)
+            out[key] = out.get(key, 0) + n
+    return sorted(out.items())
 
-            received = CounterMetricFamily("dunning_events_received", "Stripe events stored, by type "
-                                           "and source (webhook or backfill).", labels=["type", "source"])
-            for (etype, source), n in summed(0, 1):
-                received.add_metric([etype, source], n)
-            yield received
-            processed = CounterMetricFamily("dunning_events_processed", "Stripe events whose handler "
-                                            "ran to the end (processed or ignored), by type.", labels=["type"])
-            for (etype,), n in summed(0, where=lambda key: key[3]):
-                processed.add_metric([etype], n)
-            yield processed
-            by_status = GaugeMetricFamily("dunning_events", "Stored Stripe events by type and current "
-                                          "status (failed = handler error kept).", labels=["type", "status"])
-            failed = GaugeMetricFamily("dunning_events_failed", "Stripe events currently failed, by type.",
-                                       labels=["type"])
-            for (etype, status), n in summed(0, 2):
-                by_status.add_metric([etype, status], n)
-                if status == "failed":
-                    failed.add_metric([etype], n)
-            yield by_status
-            yield failed
-            from worker.reconciler import exhausted_count
-            yield GaugeMetricFamily("dunning_events_redrive_exhausted", "Events failed transiently for longer "
-                                    "than the reconciler re-drives them (3 days): replay with `dunning events "
-                                    "replay --failed`.", value=exhausted_count(conn, self.db, now))
 
-            cases = t["cases"]
-            states = GaugeMetricFamily("dunning_cases", "Dunning cases by state.", labels=["state"])
-            for state, n in grouped(cases, cases.c.state):
-                states.add_metric([state], n)
-            yield states
-            from handlers.reachability import unreachable_count
-            yield GaugeMetricFamily("dunning_cases_owner_unreachable", "Open cases whose owner has no "
-                                    "deliverable address (disruption held unless released).",
-                                    value=unreachable_count(conn, self.db))
+def _event_families(counts, exhausted: int):
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    events = counts.rows("events")  # labels: type, source, status, processed ('1'/'0')
+    received = CounterMetricFamily("dunning_events_received", "Stripe events stored, by type "
+                                   "and source (webhook or backfill).", labels=["type", "source"])
+    for (etype, source), n in _summed(events, 0, 1):
+        received.add_metric([etype, source], n)
+    yield received
+    processed = CounterMetricFamily("dunning_events_processed", "Stripe events whose handler "
+                                    "ran to the end (processed or ignored), by type.", labels=["type"])
+    for (etype,), n in _summed(events, 0, where=lambda labels: labels[3] == "1"):
+        processed.add_metric([etype], n)
+    yield processed
+    by_status = GaugeMetricFamily("dunning_events", "Stored Stripe events by type and current "
+                                  "status (failed = handler error kept).", labels=["type", "status"])
+    failed = GaugeMetricFamily("dunning_events_failed", "Stripe events currently failed, by type.",
+                               labels=["type"])
+    for (etype, status), n in _summed(events, 0, 2):
+        by_status.add_metric([etype, status], n)
+        if status == "failed":
+            failed.add_metric([etype], n)
+    yield by_status
+    yield failed
+    yield GaugeMetricFamily("dunning_events_redrive_exhausted", "Events failed transiently for longer "
+                            "than the reconciler re-drives them (3 days): replay with `dunning events "
+                            "replay --failed`.", value=exhausted)
 
-            transitions = t["case_transitions"]
-            moved = CounterMetricFamily("dunning_case_transitions", "Case state transitions, by from "
-                                        "state, to state and trigger.", labels=["from_state", "to_state", "trigger"])
-            for src, dst, trigger, n in grouped(transitions, transitions.c.from_state,
-                                                transitions.c.to_state, transitions.c.trigger):
-                moved.add_metric([src or "", dst, trigger], n)
-            yield moved
 
-            emails = t["emails"]
-            sent = CounterMetricFamily("dunning_emails_sent", "Emails delivered, by template.", labels=["template"])
-            email_states = GaugeMetricFamily("dunning_emails", "Outbox emails by template and status "
-                                             "(pending, sending, sent, failed).", labels=["template", "status"])
-            email_failed = GaugeMetricFamily("dunning_emails_failed", "Emails that gave up, by template.",
-                                             labels=["template"])
-            for template, status, n in grouped(emails, emails.c.template, emails.c.status):
-                email_states.add_metric([template, status], n)
-                if status == "sent":
-                    sent.add_metric([template], n)
-                elif status == "failed":
-                    email_failed.add_metric([template], n)
-            yield sent
-            yield email_failed
-            yield email_states
+def _case_families(counts, amounts: bool):
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-            notices = t["platform_notices"]
-            notice_states = GaugeMetricFamily("dunning_platform_notices", "Platform notices by type and "
-                                              "status (pending, sent, failed).", labels=["type", "status"])
-            delivered = CounterMetricFamily("dunning_platform_notices_delivered", "Platform notices "
-                                            "delivered, by type.", labels=["type"])
-            notice_failed = GaugeMetricFamily("dunning_platform_notices_failed", "Platform notices that gave "
-                                              "up after the retry window, by type (redeliver them with "
-                                              "`dunning notices redeliver --failed`).", labels=["type"])
-            for ntype, status, n in grouped(notices, notices.c.type, notices.c.status):
-                notice_states.add_metric([ntype, status], n)
-                if status == "sent":
-                    delivered.add_metric([ntype], n)
-                elif status == "failed":
-                    notice_failed.add_metric([ntype], n)
-            yield notice_states
-            yield delivered
-            yield notice_failed
+    from handlers.dunning import OPEN_STATES
+    cases = counts.rows("cases")  # labels: state, owner unreachable ('1'/'0')
+    states = GaugeMetricFamily("dunning_cases", "Dunning cases by state.", labels=["state"])
+    for (state,), n in _summed(cases, 0):
+        states.add_metric([state], n)
+    yield states
+    unreachable = sum(n for (state, flag), n, _ in cases if flag == "1" and state in OPEN_STATES)
+    yield GaugeMetricFamily("dunning_cases_owner_unreachable", "Open cases whose owner has no "
+                            "deliverable address (disruption held unless released).", value=unreachable)
 
-            links = t["payment_links"]
-            created = CounterMetricFamily("dunning_payment_links_created", "Payment links created at "
-                                          "Stripe, by currency.", labels=["currency"])
-            link_states = GaugeMetricFamily("dunning_payment_links", "Payment link requests by status.",
-                                            labels=["status"])
-            for status, currency, n in grouped(links, links.c.status, links.c.currency):
-                if status == "created":
-                    created.add_metric([currency or ""], n)
-            for status, n in grouped(links, links.c.status):
-                link_states.add_metric([status], n)
-            yield created
-            yield link_states
+    moved = CounterMetricFamily("dunning_case_transitions", "Case state transitions, by from "
+                                "state, to state and trigger.", labels=["from_state", "to_state", "trigger"])
+    for labels, n, _ in counts.rows("case_transitions"):
+        moved.add_metric(list(labels), n)
+    yield moved
 
-            retries = t["card_retries"]
-            retry_outcomes = CounterMetricFamily("dunning_card_retries", "Immediate invoice retries after "
-                                                 "a card update, by outcome (pending, succeeded, declined, "
-                                                 "failed).", labels=["outcome"])
-            for status, n in grouped(retries, retries.c.status):
-                retry_outcomes.add_metric([status], n)
-            yield retry_outcomes
+    amount = CounterMetricFamily("dunning_recovered_amount", "Amount recovered, in the currency's "
+                                 "minor units (cents, yen), by currency.", labels=["currency"])
+    count = CounterMetricFamily("dunning_recovered_cases", "Cases recovered, by currency.",
+                                labels=["currency"])
+    for (currency,), n, total in counts.rows("cases_recovered"):
+        amount.add_metric([currency], total)
+        count.add_metric([currency], n)
+    if amounts:
+        yield amount
+    yield count
 
-            recovered = cases.c.state == "recovered"
-            amount = CounterMetricFamily("dunning_recovered_amount", "Amount recovered, in the currency's "
-                                         "minor units (cents, yen), by currency.", labels=["currency"])
-            count = CounterMetricFamily("dunning_recovered_cases", "Cases recovered, by currency.",
-                                        labels=["currency"])
-            for currency, total, n in conn.execute(
-                    select(cases.c.currency,
-                           func.coalesce(func.sum(func.coalesce(cases.c.recovered_amount, cases.c.amount_due)), 0),
-                           func.count()).where(recovered).group_by(cases.c.currency)):
-                amount.add_metric([currency], int(total))
-                count.add_metric([currency], n)
-            if self.amounts:
-                yield amount
-            yield count
+    # Cases per opening hour: the window starts at the hour holding "30 days ago" (at most an
+    # hour more than 30 days).
+    from worker.metric_counts import OPENED_HOUR
+    hours = counts.rows(OPENED_HOUR)  # labels: hour, recovered ('1'/'0')
+    opened_n = sum(n for _labels, n, _ in hours)
+    recovered_n = sum(n for (_hour, recovered), n, _ in hours if recovered == "1")
+    yield GaugeMetricFamily("dunning_cases_opened_30d", "Cases opened in the last 30 days.", value=opened_n)
+    yield GaugeMetricFamily("dunning_cases_recovered_30d", "Cases opened in the last 30 days that "
+                            "are recovered.", value=recovered_n)
+    rate = GaugeMetricFamily("dunning_recovery_30d_ratio", "Recovered / opened, over cases opened in "
+                             "the last 30 days (absent when none opened).", labels=[])
+    if opened_n:
+        rate.add_metric([], recovered_n / opened_n)
+    yield rate
 
-            since = now - RECOVERY_WINDOW
-            opened_n, recovered_n = conn.execute(
-                select(func.count(), func.coalesce(func.sum(_case_when(recovered)), 0))
-                .where(cases.c.opened_at >= since)).one()
-            opened = GaugeMetricFamily("dunning_cases_opened_30d", "Cases opened in the last 30 days.",
-                                       value=opened_n)
-            won = GaugeMetricFamily("dunning_cases_recovered_30d", "Cases opened in the last 30 days that "
-                                    "are recovered.", value=int(recovered_n))
-            rate = GaugeMetricFamily("dunning_recovery_30d_ratio", "Recovered / opened, over cases opened in "
-                                     "the last 30 days (absent when none opened).", labels=[])
-            if opened_n:
-                rate.add_metric([], int(recovered_n) / opened_n)
-            yield opened
-            yield won
-            yield rate
 
-            oldest = GaugeMetricFamily("dunning_outbox_oldest_pending_age_seconds", "Age of the oldest "
-                                       "undelivered outbox row (0 when none), by outbox.", labels=["outbox"])
-            for name, table, pending in (
-                    ("emails", emails, emails.c.status.in_(("pending", "sending"))),
-                    ("notices", notices, notices.c.status.in_(("pending", "sending")))):
-                first = conn.execute(select(func.min(table.c.created_at)).where(pending)).scalar()
-                oldest.add_metric([name], max(0.0, (now - first).total_seconds()) if first else 0.0)
-            yield oldest
+def _outbox_families(counts, oldest: dict, now):
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    sent = CounterMetricFamily("dunning_emails_sent", "Emails delivered, by template.", labels=["template"])
+    email_states = GaugeMetricFamily("dunning_emails", "Outbox emails by template and status "
+                                     "(pending, sending, sent, failed).", labels=["template", "status"])
+    email_failed = GaugeMetricFamily("dunning_emails_failed", "Emails that gave up, by template.",
+                                     labels=["template"])
+    for (template, status), n, _ in counts.rows("emails"):
+        email_states.add_metric([template, status], n)
+        if status == "sent":
+            sent.add_metric([template], n)
+        elif status == "failed":
+            email_failed.add_metric([template], n)
+    yield sent
+    yield email_failed
+    yield email_states
+
+    notice_states = GaugeMetricFamily("dunning_platform_notices", "Platform notices by type and "
+                                      "status (pending, sent, failed).", labels=["type", "status"])
+    delivered = CounterMetricFamily("dunning_platform_notices_delivered", "Platform notices "
+                                    "delivered, by type.", labels=["type"])
+    notice_failed = GaugeMetricFamily("dunning_platform_notices_failed", "Platform notices that gave "
+                                      "up after the retry window, by type (redeliver them with "
+                                      "`dunning notices redeliver --failed`).", labels=["type"])
+    for (ntype, status), n, _ in counts.rows("platform_notices"):
+        notice_states.add_metric([ntype, status], n)
+        if status == "sent":
+            delivered.add_metric([ntype], n)
+        elif status == "failed":
+            notice_failed.add_metric([ntype], n)
+    yield notice_states
+    yield delivered
+    yield notice_failed
+
+    links = counts.rows("payment_links")  # labels: status, currency
+    created = CounterMetricFamily("dunning_payment_links_created", "Payment links created at "
+                                  "Stripe, by currency.", labels=["currency"])
+    link_states = GaugeMetricFamily("dunning_payment_links", "Payment link requests by status.",
+                                    labels=["status"])
+    for (currency,), n in _summed(links, 1, where=lambda labels: labels[0] == "created"):
+        created.add_metric([currency], n)
+    for (status,), n in _summed(links, 0):
+        link_states.add_metric([status], n)
+    yield created
+    yield link_states
+
+    retry_outcomes = CounterMetricFamily("dunning_card_retries", "Immediate invoice retries after "
+                                         "a card update, by outcome (pending, succeeded, declined, "
+                                         "failed).", labels=["outcome"])
+    for (status,), n, _ in counts.rows("card_retries"):
+        retry_outcomes.add_metric([status], n)
+    yield retry_outcomes
+
+    age = GaugeMetricFamily("dunning_outbox_oldest_pending_age_seconds", "Age of the oldest "
+                            "undelivered outbox row (0 when none), by outbox.", labels=["outbox"])
+    for name, first in oldest.items():
+        age.add_metric([name], max(0.0, (now - first).total_seconds()) if first else 0.0)
+    yield age
+
+
+def _oldest_pending(conn, table):
+    """created_at of the oldest pending or sending row: one step down (status, created_at) per status."""
+    firsts = [conn.execute(select(table.c.created_at).where(table.c.status == status)
+                           .order_by(table.c.created_at).limit(1)).scalar() for status in UNDELIVERED]
+    firsts = [first for first in firsts if first is not None]
+    return min(firsts) if firsts else None
 
 
 class DomainSnapshot:
     """The domain families of the last refresh; a refresh runs in the background, at most once
-    per `refresh_seconds` however many scrapes arrive (0: compute at every scrape, for tests)."""
+    per `refresh_seconds` however many scrapes arrive (0: compute at every scrape, for tests).
+    A scrape before the first refresh has finished waits for it (FIRST_WAIT_SECONDS at most): the
+    read is a few rows, so the first scrape gets the figures instead of none."""
+
+    FIRST_WAIT_SECONDS = 5.0
 
     def __init__(self, db, refresh_seconds: float = 30.0, amounts: bool = False):
         self.collector = DomainCollector(db, amounts=amounts)
@@ -379,6 +386,7 @@ class DomainSnapshot:
         self._taken_at: float | None = None  # monotonic end of the last finished refresh
         self._running = False
         self._took: float | None = None  # seconds the last refresh took
+        self._first = threading.Event()  # set when the first refresh has finished (or failed)
 
     def describe(self):
         return []
@@ -399,13 +407,14 @@ class DomainSnapshot:
         began = time.monotonic()
         try:
             families = list(self.collector.collect())
+            with self._lock:
+                self._families, self._taken_at, self._took = families, time.monotonic(), time.monotonic() - began
         except Exception:  # noqa: BLE001 - e.g. a closed log stream: keep the last figures, never kill the thread
             return
         finally:
             with self._lock:
                 self._running = False
-        with self._lock:
-            self._families, self._taken_at, self._took = families, time.monotonic(), time.monotonic() - began
+            self._first.set()
 
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
@@ -413,6 +422,7 @@ class DomainSnapshot:
             yield from self.collector.collect()
             return
         self.start()
+        self._first.wait(self.FIRST_WAIT_SECONDS)
         with self._lock:
             families, taken, took = list(self._families), self._taken_at, self._took
         yield from families
@@ -448,11 +458,6 @@ class QueueCollector:
             log.warning("metrics.queue_depth_unavailable", error=str(exc)[:200])
             family = GaugeMetricFamily(family.name, family.documentation, labels=["queue", "kind"])
         yield family
-
-
-def _case_when(condition):
-    from sqlalchemy import case
-    return case((condition, 1), else_=0)
 
 
 # -- exposition ---------------------------------------------------------------------------------------

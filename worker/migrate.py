@@ -41,8 +41,19 @@ def upgrade(db: Database, revision: str = "head") -> tuple[str | None, str | Non
     before = current_revision(db)
     with db.transaction() as conn:
         command.upgrade(alembic_config(conn), revision)
+        _keep_counting(conn)
     db._tables = None  # reflect the new shape on next use
     return before, current_revision(db)
+
+
+def _keep_counting(conn) -> None:
+    """Put back any metric-counting trigger a revision lost: on SQLite a batch ALTER (table copy)
+    drops the old table's triggers with it (worker/metric_counts.py)."""
+    from sqlalchemy import inspect
+
+    from worker.metric_counts import install_triggers
+    if inspect(conn).has_table("metric_counts"):
+        install_triggers(conn)
 
 
 def downgrade(db: Database, revision: str) -> None:

@@ -3,8 +3,9 @@
 /metrics carries counts, never ids or addresses, and recovered amounts only with
 METRICS_AMOUNTS=1. It needs `Authorization: Bearer <METRICS_TOKEN>` when METRICS_TOKEN is set;
 without it, only a loopback peer may scrape it (a sidecar Prometheus), so a public port never
-serves it anonymously. Its domain figures come from a snapshot refreshed in the background
-(worker.metrics.DomainSnapshot), so scrapers cannot turn it into database load.
+serves it anonymously. Its domain figures are counts kept by triggers (worker/metric_counts.py),
+read at most once per METRICS_REFRESH_SECONDS (worker.metrics.DomainSnapshot): scrapers cannot
+turn it into database load.
 
 The dashboard sits behind the admin credentials (it can requeue and delete messages), answers
 400 to a malformed query string instead of letting it reach the dashboard's int() as a 500, and
