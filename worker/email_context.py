@@ -61,6 +61,9 @@ KEYS = (
     # issue 14: the card-update button, the decline's group and advice, branding
     "portal_url", "invoice_paid", "payment_link_is_invoice_page", "card_expired", "decline_group", "decline_reason", "decline_advice", "pay_first",
     "brand_name", "brand_logo_url", "brand_color", "support_url",
+    # issue 14, one email per account and step: every unpaid invoice and the total owed per currency
+    # (worker/account_emails.py ListedInvoice; the step templates include _invoices.*)
+    "invoices", "invoice_totals",
 )
 
 

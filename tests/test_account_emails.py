@@ -1,0 +1,157 @@
+"""One email per account and step (issue 14): several unpaid invoices of one customer, one email each step.
+
+Events are posted signed to the real webhook, processed by real dramatiq Workers on the stub broker,
+stepped by the scheduler as of chosen instants, and delivered to a local fake SendGrid: the checks
+are on what SendGrid received and on the email_steps rows (each invoice's step satisfied once).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import falcon.testing
+import pytest
+
+from tests import fixtures_dunning as fx
+from tests.fixtures_delivery import scripted_server
+from tests.fixtures_dunning import DAY, T0
+from tests.fixtures_stripe import fake_stripe, open_case, sqlite_stripe_runtime  # noqa: F401 (fixtures)
+from tests.helpers import post_event, rows
+from worker.web import create_app
+
+SENDGRID_KEY = "SG.account-emails-test-key-0123456789"
+STEP_TEMPLATES = ["payment-failed", "reminder", "disruption-warning", "final-notice", "service-disrupted"]
+
+
+def accepted(n, request):
+    return 202, {"X-Message-Id": f"sg-msg-{n}"}, b""
+
+
+def failed_invoice(invoice_id: str, amount: int, *, created: int = T0, currency: str = "usd",
+                   subscription: str | None = None) -> dict:
+    evt = fx.failed(invoice_id, customer="cus_acct", subscription=subscription or f"sub_{invoice_id}",
+                    amount=amount, currency=currency, created=created)
+    evt["data"]["object"]["hosted_invoice_url"] = f"https://invoice.stripe.com/i/acct_{invoice_id}"
+    return evt
+
+
+def post(runtime, client, evt: dict) -> None:
+    fx.know_owner(runtime, evt)
+    assert post_event(client, evt).status_code == 200
+    fx.drain_queues(runtime, ("events", "steps"))
+
+
+def sent(sendgrid) -> list[dict]:
+    """What SendGrid accepted, as its JSON bodies, in order."""
+    return [json.loads(r["raw"]) for r in sendgrid.requests if r.get("answered") == 202]
+
+
+def text_of(body: dict) -> str:
+    return next(c["value"] for c in body["content"] if c["type"] == "text/plain")
+
+
+def html_of(body: dict) -> str:
+    return next(c["value"] for c in body["content"] if c["type"] == "text/html")
+
+
+def assert_each_step_satisfied_once(runtime) -> None:
+    claims = rows(runtime, "email_steps")
+    assert len({c["dedupe_key"] for c in claims}) == len(claims)
+    emails = {e["id"]: e for e in rows(runtime, "emails")}
+    for claim in claims:
+        assert claim["email_id"] in emails
+
+
+@pytest.fixture
+def web_sendgrid(make_runtime, request):
+    with scripted_server(accepted) as sendgrid:
+        runtime = make_runtime(db=request.param, SENDGRID_API_KEY=SENDGRID_KEY, SENDGRID_API_HOST=sendgrid.url)
+        yield runtime, falcon.testing.TestClient(create_app(runtime)), sendgrid
+
+
+@pytest.mark.parametrize("web_sendgrid", ["sqlite", "postgres"], indirect=True)
+def test_two_failing_invoices_of_one_customer_get_one_email_per_step_listing_both_with_the_total(web_sendgrid):
+    runtime, client, sendgrid = web_sendgrid
+    first, second = failed_invoice("in_acct_a", 4900), failed_invoice("in_acct_b", 12000, created=T0 + 60)
+    post(runtime, client, first)
+    post(runtime, client, second)
+    post(runtime, client, first)  # a replayed event adds nothing
+    fx.drain_queues(runtime, ("emails",))
+    fx.tick(runtime, T0 + 20 * DAY)
+    fx.tick(runtime, T0 + 20 * DAY)  # a second pass over the same instant adds nothing
+
+    bodies = sent(sendgrid)
+    templates = [b["headers"]["X-Dunning-Template"] for b in bodies]
+    assert templates == STEP_TEMPLATES  # one email per step, not one per invoice and step
+    for body in bodies:
+        assert body["headers"]["X-Dunning-Invoice"] == "in_acct_a,in_acct_b"
+        assert body["headers"]["X-Dunning-Customer"] == "cus_acct"
+        assert body["personalizations"] == [{"to": [{"email": "owner@example.com"}]}]
+    reminder = next(b for b in bodies if b["headers"]["X-Dunning-Template"] == "reminder")
+    text, html = text_of(reminder), html_of(reminder)
+    for part in (text, html):
+        assert "USD 169.00" in part
+        assert "NUM-acct_a" in part and "NUM-acct_b" in part
+        assert "$49.00" in part and "$120.00" in part
+        assert "https://invoice.stripe.com/i/acct_in_acct_a" in part
+        assert "https://invoice.stripe.com/i/acct_in_acct_b" in part
+    # each invoice keeps its own case and timeline; each step of each invoice satisfied exactly once
+    for invoice_id in ("in_acct_a", "in_acct_b"):
+        case = fx.case_of(runtime, invoice_id)
+        assert case["state"] == "disrupted"
+        steps = sorted(c["step"] for c in rows(runtime, "email_steps", case_id=case["id"]))
+        assert steps == [0, 1, 2, 3, 4]
+    assert_each_step_satisfied_once(runtime)
+    assert {e["status"] for e in rows(runtime, "emails")} == {"sent"}
+
+
+@pytest.mark.parametrize("web_sendgrid", ["sqlite"], indirect=True)
+def test_a_lone_invoice_email_shows_no_list_and_names_its_invoice_as_before(web_sendgrid):
+    runtime, client, sendgrid = web_sendgrid
+    post(runtime, client, failed_invoice("in_alone", 4900))
+    fx.drain_queues(runtime, ("emails",))
+    [body] = sent(sendgrid)
+    assert body["headers"]["X-Dunning-Invoice"] == "in_alone"
+    assert "UNPAID INVOICES" not in text_of(body) and "Total owed" not in html_of(body)
+    [email] = rows(runtime, "emails")
+    assert email["dedupe_key"] == f"case:{email['case_id']}:step:0" and email["invoice_ids"] is None
+
+
+@pytest.mark.parametrize("web_sendgrid", ["sqlite", "postgres"], indirect=True)
+def test_an_invoice_failing_later_gets_its_own_steps_sent_once_each_listing_every_unpaid_invoice(web_sendgrid):
+    runtime, client, sendgrid = web_sendgrid
+    post(runtime, client, failed_invoice("in_early", 4900))
+    fx.drain_queues(runtime, ("emails",))  # its day-0 email went out alone
+    post(runtime, client, failed_invoice("in_late", 2500, currency="eur", created=T0 + DAY))
+    fx.drain_queues(runtime, ("emails",))
+    fx.tick(runtime, T0 + 4 * DAY)
+
+    bodies = sent(sendgrid)
+    got = [(b["headers"]["X-Dunning-Template"], b["headers"]["X-Dunning-Invoice"]) for b in bodies]
+    assert got == [("payment-failed", "in_early"), ("payment-failed", "in_late"),
+                   ("reminder", "in_early"), ("reminder", "in_late")]
+    late_day0 = text_of(bodies[1])
+    assert "NUM-_early" in late_day0 and "NUM-n_late" in late_day0
+    assert "USD 49.00" in late_day0 and "EUR 25.00" in late_day0  # one total per currency, never summed
+    assert_each_step_satisfied_once(runtime)
+    assert Counter((c["invoice_id"], c["step"]) for c in rows(runtime, "email_steps")) == Counter(
+        {("in_early", 0): 1, ("in_late", 0): 1, ("in_early", 1): 1, ("in_late", 1): 1})
+
+
+def test_an_invoice_paid_at_stripe_is_dropped_from_the_list_and_its_case_ends(sqlite_stripe_runtime, fake_stripe):  # noqa: F811
+    runtime = sqlite_stripe_runtime
+    open_case(runtime, fake_stripe, "in_keep", customer="cus_two", amount=4900, subscription="sub_keep")
+    open_case(runtime, fake_stripe, "in_gone", customer="cus_two", amount=12000, subscription="sub_gone")
+    fx.drain_queues(runtime, ("emails",))
+    [day0] = [e for e in fx.emails(runtime) if e["template"] == "payment-failed"]
+    assert day0["invoice_ids"] == "in_keep,in_gone" and "USD 169.00" in day0["body_text"]
+    fake_stripe.invoices["in_gone"]["status"] = "paid"  # paid without a webhook reaching us
+
+    fx.tick(runtime, T0 + 3 * DAY)
+
+    [reminder] = [e for e in fx.emails(runtime) if e["template"] == "reminder"]
+    assert reminder["invoice_id"] == "in_keep" and reminder["invoice_ids"] is None
+    assert "NUM-n_gone" not in reminder["body_text"] and "UNPAID INVOICES" not in reminder["body_text"]
+    assert fx.case_of(runtime, "in_gone")["state"] == "recovered"
+    assert fx.case_of(runtime, "in_keep")["state"] == "failing"
