@@ -155,3 +155,53 @@ def test_an_invoice_paid_at_stripe_is_dropped_from_the_list_and_its_case_ends(sq
     assert "NUM-n_gone" not in reminder["body_text"] and "UNPAID INVOICES" not in reminder["body_text"]
     assert fx.case_of(runtime, "in_gone")["state"] == "recovered"
     assert fx.case_of(runtime, "in_keep")["state"] == "failing"
+
+
+@pytest.mark.parametrize("web_sendgrid", ["sqlite"], indirect=True)
+def test_a_held_email_whose_companion_step_does_not_come_goes_out_when_the_window_lapses(web_sendgrid):
+    from datetime import timedelta
+
+    from worker.clock import utcnow
+    from worker.email_delivery import sweep_emails
+
+    runtime, client, sendgrid = web_sendgrid
+    post(runtime, client, failed_invoice("in_hold_a", 4900))
+    post(runtime, client, failed_invoice("in_hold_b", 12000, created=T0 + 120))  # due 2 min later
+    fx.drain_queues(runtime, ("emails",))
+    fx.tick(runtime, T0 + 3 * DAY)  # only the first invoice's reminder is due: it waits for the other
+
+    [held] = [e for e in fx.emails(runtime) if e["template"] == "reminder"]
+    assert held["status"] == "pending" and held["enqueued_at"] is None
+    sweep_emails(runtime, utcnow() + timedelta(seconds=301))  # the window lapsed: sent as it is
+    fx.drain_queues(runtime, ("emails",))
+    fx.tick(runtime, T0 + 3 * DAY + 120)  # the second invoice's reminder falls due after: its own email
+
+    got = [(b["headers"]["X-Dunning-Template"], b["headers"]["X-Dunning-Invoice"]) for b in sent(sendgrid)]
+    assert got == [("payment-failed", "in_hold_a,in_hold_b"), ("reminder", "in_hold_a"), ("reminder", "in_hold_b")]
+    assert "USD 169.00" in text_of(sent(sendgrid)[2])  # it still lists both unpaid invoices
+    assert_each_step_satisfied_once(runtime)
+
+
+def test_many_invoices_stepped_by_parallel_workers_and_replayed_get_one_email_per_step(make_runtime):
+    """PostgreSQL, four workers: every invoice's step runs in parallel with the others'; each step of
+    each invoice is satisfied once, and each step sends one email however the runs interleave."""
+    with scripted_server(accepted) as sendgrid:
+        runtime = make_runtime(db="postgres", SENDGRID_API_KEY=SENDGRID_KEY, SENDGRID_API_HOST=sendgrid.url)
+        client = falcon.testing.TestClient(create_app(runtime))
+        events = [failed_invoice(f"in_many_{n}", 1000 * (n + 1), created=T0 + n) for n in range(4)]
+        for evt in events + events:  # every event delivered twice
+            fx.know_owner(runtime, evt)
+            assert post_event(client, evt).status_code == 200
+        fx.drain_queues(runtime, ("events", "steps"), threads=4)
+        fx.drain_queues(runtime, ("emails",), threads=4)
+        for moment in (T0 + 3 * DAY + 10, T0 + 3 * DAY + 10):  # one late pass, twice: all four due at once
+            fx.tick_late(runtime, moment)
+        fx.drain_queues(runtime, ("steps", "emails"), threads=4)
+
+    bodies = sent(sendgrid)
+    assert [b["headers"]["X-Dunning-Template"] for b in bodies] == ["payment-failed", "reminder"]
+    for body in bodies:
+        assert sorted(body["headers"]["X-Dunning-Invoice"].split(",")) == [f"in_many_{n}" for n in range(4)]
+        assert "USD 100.00" in text_of(body)
+    assert Counter((c["invoice_id"], c["step"]) for c in rows(runtime, "email_steps")) == Counter(
+        {(f"in_many_{n}", step): 1 for n in range(4) for step in (0, 1)})
