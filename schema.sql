@@ -86,6 +86,8 @@ CREATE TABLE IF NOT EXISTS cases (
     last_failure_message    TEXT,
     card_brand              TEXT,
     card_last4              TEXT,
+    card_exp_month          INTEGER,            -- the failed card's expiry, as the payment said (issue 14)
+    card_exp_year           INTEGER,
     next_step               INTEGER,            -- index into the schedule's steps; NULL when none is left
     next_step_at            TIMESTAMP,          -- the durable timer: NULL when nothing is due
     steps_enqueued_at       TIMESTAMP,          -- a steps message is queued (scheduler lease); NULL once it ran

@@ -26,7 +26,8 @@ ERASED: dict[str, dict[str, Any]] = {
     "customers": {"email": None, "name": None, "metadata": "{}", "deleted": True},
     "subscriptions": {"metadata": "{}"},
     "invoices": {"hosted_invoice_url": None, "invoice_pdf": None},  # pages showing name and address
-    "cases": {"card_brand": None, "card_last4": None, "last_failure_message": None},
+    "cases": {"card_brand": None, "card_last4": None, "card_exp_month": None, "card_exp_year": None,
+              "last_failure_message": None},
     "case_transitions": {},
     "emails": {"recipient": "", "subject": "", "body_text": "", "body_html": "", "last_error": None,
                "status": lambda row: "cancelled" if row["status"] in ("pending", "sending") else row["status"]},

@@ -8,6 +8,8 @@ Create Date: 2026-12-03
   satisfied it: an account email covers the steps of several invoices of one customer.
 - emails.invoice_ids: every invoice an account email covers (X-Dunning-Invoice), NULL for one.
 - index emails (customer_id, template, status): a step finds the account's email still held.
+- cases.card_exp_month, card_exp_year: the expiry of the card whose payment failed, read from the
+  failed payment on day 0 (brand, last four and expiry are all that is kept of a card).
 Existing step emails keep their `case:<id>:step:<n>` dedupe key, which is still read as the claim.
 """
 from alembic import op
@@ -20,6 +22,8 @@ depends_on = None
 
 COLUMNS = (
     ("emails", sa.Column("invoice_ids", sa.Text(), nullable=True)),
+    ("cases", sa.Column("card_exp_month", sa.Integer(), nullable=True)),
+    ("cases", sa.Column("card_exp_year", sa.Integer(), nullable=True)),
 )
 
 # Copied from schema.sql (op.execute keeps TEXT PRIMARY KEY NOT NULL on SQLite, as schema.sql does).
