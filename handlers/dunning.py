@@ -172,9 +172,6 @@ def apply(ctx: HandlerContext, case: dict, trigger: str, *, event_id: str | None
         values.update(next_step=None, next_step_at=None, closed_at=ctx.now)
     new = update_case(ctx, case, values)
     _record(ctx, case["id"], case["state"], to_state, trigger, event_id=event_id, step=step)
-    if to_state in TERMINAL_STATES:  # an account email not sent yet drops this invoice from its list
-        from worker.account_emails import case_ended
-        case_ended(ctx, new)
     log.info("case.transitioned", case_id=case["id"], invoice_id=case["invoice_id"], from_state=case["state"],
              to_state=to_state, trigger=trigger, event_id=event_id, step=step)
     return new

@@ -255,9 +255,6 @@ def _send_step_email(ctx: HandlerContext, case: dict, index: int, template: str)
     the older failure (issue 12) cancels it before delivery (worker/email_delivery.py)."""
     from worker import account_emails
     delay = ctx.settings.first_email_delay_seconds if index == 0 else 0
-    if account_emails.is_satisfied(ctx, account_emails.step_key(case["id"], index)):
-        log.info("case.step_email_satisfied", case_id=case["id"], step=index, template=template)
-        return  # an account email listing this invoice covered this step already
     email_id = account_emails.add_step_email(ctx, case, index, template, delay_seconds=delay)
     if email_id is None:
         log.warning("case.step_email_not_added", case_id=case["id"], step=index, template=template)

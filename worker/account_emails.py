@@ -8,13 +8,15 @@ satisfied it. The caller holds the case locked; this module then takes the custo
 advisory lock until commit). A step that falls due:
 
 1. is satisfied when its row exists already (an account email covered it): nothing is sent;
+   a lone unpaid invoice's step email is written as before, its dedupe key its claim (no row);
 2. joins the account's email of the same template that is still unsent (pending, never attempted),
    locked FOR UPDATE: the sender locks the row before claiming it (worker/email_delivery.py), so it
    sends either the body before the join (and the join then finds nothing to join) or the body
    after it, never a stale one. The email is rendered again, its dedupe key becomes
    `account:<customer>:<template>:<invoice>@<step>,...` (account, step, set of invoices) and
    X-Dunning-Invoice names every invoice it covers (emails.invoice_ids);
-3. else gets its own email; a lone invoice's looks exactly as before. When another open case of
+3. else gets its own email; a lone invoice's looks exactly as before (first failures processed at
+   the same instant by parallel workers may each go alone: a writer sees only committed cases). When another open case of
    the customer has a step of the same template due within the policy's `[emails]
    coalesce_seconds`, the new email is held (not queued) for that long so the other step can join;
    the last expected step to join releases it at once, else the sweeper sends it when the window
@@ -33,7 +35,7 @@ from datetime import timedelta
 
 import structlog
 from babel.numbers import format_decimal
-from sqlalchemy import select, text, update
+from sqlalchemy import func, or_, select, text, update
 
 from worker.clock import utcnow
 from worker.money import DEFAULT_LOCALE, exponent, format_amount_with_code, to_major
@@ -78,12 +80,17 @@ def coalesce_window(policy) -> timedelta:
 
 # -- the step email -----------------------------------------------------------------------------
 def add_step_email(ctx, case: dict, index: int, template: str, *, delay_seconds: int = 0) -> str | None:
-    """Satisfy step `index` of the (locked) case by an email; the email's id, None when already
-    satisfied or refused (no owner address, erased)."""
+    """Satisfy step `index` of the (locked) case by an email; the id of the email that satisfies it
+    (this one, or an account email that covered it already), None when refused (no owner address, erased)."""
     from worker import outbox
     key = step_key(case["id"], index)
-    if is_satisfied(ctx, key):
-        return None
+    satisfied_by, others = _look(ctx, case, key)
+    if satisfied_by:
+        log.info("case.step_email_satisfied", case_id=case["id"], step=index, template=template, email_id=satisfied_by)
+        return satisfied_by
+    if not others:  # a lone unpaid invoice: its email as before, its dedupe key is its claim
+        return outbox.add_case_email(ctx, template, case["id"], key, delay_seconds=delay_seconds, case=case,
+                                     checked=True)
     _lock_account_emails(ctx, case["customer_id"])
     listing = _listing(ctx, case["customer_id"])
     held = _held_email(ctx, case, template) if len(listing["invoices"]) > 1 else None
@@ -92,7 +99,7 @@ def add_step_email(ctx, case: dict, index: int, template: str, *, delay_seconds:
     expected = _expected_steps(ctx, case["customer_id"], template, covered={case["id"]})
     hold = int(coalesce_window(ctx.policy).total_seconds()) if expected else 0
     email_id = outbox.add_case_email(ctx, template, case["id"], key, delay_seconds=max(delay_seconds, hold),
-                                     case=case, extra=_extra(listing), enqueue=not hold)
+                                     case=case, extra=_extra(listing), enqueue=not hold, checked=True)
     if email_id is None:
         return None
     _claim(ctx, key, email_id, case, index)
@@ -100,6 +107,19 @@ def add_step_email(ctx, case: dict, index: int, template: str, *, delay_seconds:
         log.info("email.held_for_account", email_id=email_id, template=template, customer_id=case["customer_id"],
                  expected=[c["invoice_id"] for c in expected], hold_seconds=hold)
     return email_id
+
+
+def _look(ctx, case: dict, key: str) -> tuple[str | None, int]:
+    """(the email satisfying the step already, how many other open cases the customer has): one statement."""
+    from handlers.dunning import OPEN_STATES
+    steps, emails, cases = ctx.table("email_steps"), ctx.table("emails"), ctx.table("cases")
+    claimed = select(steps.c.email_id).where(steps.c.dedupe_key == key).scalar_subquery()
+    own = select(emails.c.id).where(emails.c.dedupe_key == key).scalar_subquery()
+    others = (select(func.count()).select_from(cases)
+              .where(cases.c.customer_id == case["customer_id"], cases.c.id != case["id"],
+                     cases.c.state.in_(OPEN_STATES)).scalar_subquery())
+    row = ctx.conn.execute(select(claimed.label("claimed"), own.label("own"), others.label("others"))).one()
+    return row.claimed or row.own, int(row.others or 0)
 
 
 def _lock_account_emails(ctx, customer_id: str) -> None:
@@ -138,14 +158,15 @@ def covered_case_ids(conn, steps_table, email_id: str) -> list[str]:
 # -- joining an email still held ----------------------------------------------------------------
 def _held_email(ctx, case: dict, template: str) -> dict | None:
     """The customer's unsent step email of this template about other invoices, locked (the sender
-    waits for this transaction)."""
+    waits for this transaction). A lone invoice's email (its key `case:<id>:step:<n>`) qualifies."""
     emails, steps = ctx.table("emails"), ctx.table("email_steps")
-    customer_id = case["customer_id"]
-    stmt = (select(emails).where(emails.c.customer_id == customer_id, emails.c.template == template,
-                                 emails.c.status == "pending", emails.c.attempts == 0,
-                                 emails.c.id.in_(select(steps.c.email_id).where(steps.c.customer_id == customer_id)),
-                                 emails.c.id.not_in(select(steps.c.email_id).where(steps.c.case_id == case["id"])))
-            .order_by(emails.c.created_at, emails.c.id).limit(1))
+    stmt = (select(emails).where(
+        emails.c.customer_id == case["customer_id"], emails.c.template == template,
+        emails.c.status == "pending", emails.c.attempts == 0,
+        or_(emails.c.dedupe_key.startswith("account:"), emails.c.dedupe_key.like("case:%:step:%")),
+        ~emails.c.dedupe_key.startswith(f"case:{case['id']}:step:", autoescape=True),
+        emails.c.id.not_in(select(steps.c.email_id).where(steps.c.case_id == case["id"])))
+        .order_by(emails.c.created_at, emails.c.id).limit(1))
     row = ctx.conn.execute(ctx.db.lock(stmt)).mappings().first()
     return dict(row) if row else None
 
@@ -153,6 +174,10 @@ def _held_email(ctx, case: dict, template: str) -> dict | None:
 def _join(ctx, email: dict, case: dict, index: int, key: str) -> str | None:
     """Add the case's step to the held email: claim it, render the email again, release it when complete."""
     steps = ctx.table("email_steps")
+    if not _covered(ctx, email["id"]):  # a lone invoice's email: its own key was its claim, now a row
+        _, own_case, _, own_step = email["dedupe_key"].split(":")
+        _claim(ctx, email["dedupe_key"], email["id"], {"id": own_case, "invoice_id": email["invoice_id"],
+                                                        "customer_id": email["customer_id"]}, int(own_step))
     _claim(ctx, key, email["id"], case, index)
     covered = _covered(ctx, email["id"])
     release = email["enqueued_at"] is None and not _expected_steps(
@@ -167,23 +192,20 @@ def _join(ctx, email: dict, case: dict, index: int, key: str) -> str | None:
     return email["id"]
 
 
-def case_ended(ctx, case: dict) -> None:
-    """The (locked) case ended: account emails not sent yet that cover it along with invoices still
-    unpaid are rendered again without it (the others' steps still need them; handlers/dunning.apply).
-    An email covering only ended cases is left to the sender, which cancels it."""
-    emails, steps = ctx.table("emails"), ctx.table("email_steps")
-    email_ids = list(ctx.conn.execute(select(steps.c.email_id).where(steps.c.case_id == case["id"])).scalars())
-    if not email_ids:
-        return
-    _lock_account_emails(ctx, case["customer_id"])
-    held = ctx.conn.execute(ctx.db.lock(select(emails).where(
-        emails.c.id.in_(email_ids), emails.c.status == "pending", emails.c.attempts == 0))).mappings().all()
-    for email in held:
-        covered = _covered(ctx, email["id"])
-        if len(covered) > 1 and any(row["open"] for row in covered):
-            _render_again(ctx, dict(email), covered, release=False)
-            log.info("email.invoice_dropped", email_id=email["id"], invoice_id=case["invoice_id"],
-                     template=email["template"])
+def without_ended_invoices(runtime, conn, row) -> dict:
+    """At delivery (the sender holds the row locked): an account email some of whose invoices were
+    paid, voided or written off since it was written is rendered again without them (it goes out
+    for the others; one whose invoices all ended is cancelled by the sender). Returns the row to send."""
+    from handlers.context import HandlerContext
+    ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=None, log=log)
+    covered = _covered(ctx, row["id"])
+    if all(item["open"] for item in covered) or not any(item["open"] for item in covered):
+        return row
+    if _render_again(ctx, dict(row), covered, release=False):
+        log.info("email.ended_invoices_dropped", email_id=row["id"], template=row["template"],
+                 dropped=[item["invoice_id"] for item in covered if not item["open"]])
+    emails = ctx.table("emails")
+    return conn.execute(select(emails).where(emails.c.id == row["id"])).mappings().first()
 
 
 def _covered(ctx, email_id: str) -> list[dict]:

@@ -294,6 +294,9 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
                                  last_error=f"not sent: the case ended ({ended}) before delivery"))
             log.info("email.cancelled", email_id=email_id, case_state=ended)
             return "cancelled"
+        if (row["dedupe_key"] or "").startswith("account:"):  # issue 14: paid invoices leave the list
+            from worker.account_emails import without_ended_invoices
+            row = without_ended_invoices(runtime, conn, row)
         if row["status"] == "sending" and _exhausted(row["attempts"], row["created_at"], now):
             # Interrupted again and again (a worker dying on this very message): stop, visibly.
             conn.execute(update(emails).where(emails.c.id == email_id, emails.c.status == "sending",
@@ -343,11 +346,13 @@ def _case_ended_state(runtime, conn, row) -> str | None:
         return None
     from handlers.dunning import TERMINAL_STATES
     from worker.account_emails import covered_case_ids
-    case_ids = covered_case_ids(conn, runtime.db.table("email_steps"), row["id"])
-    if not case_ids:
-        if ":step:" not in (row["dedupe_key"] or ""):
-            return None  # not a step email (payment received, payment link...)
+    key = row["dedupe_key"] or ""
+    if key.startswith("account:"):
+        case_ids = covered_case_ids(conn, runtime.db.table("email_steps"), row["id"]) or [row["case_id"]]
+    elif ":step:" in key:
         case_ids = [row["case_id"]]
+    else:
+        return None  # not a step email (payment received, payment link...)
     cases = runtime.db.table("cases")
     states = list(conn.execute(select(cases.c.state).where(cases.c.id.in_(case_ids))).scalars())
     if states and all(state in TERMINAL_STATES for state in states):

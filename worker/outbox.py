@@ -47,7 +47,7 @@ class UnknownNoticeType(ValueError):
 # -- emails -------------------------------------------------------------------------------
 def add_case_email(ctx, template: str, case_id: str, dedupe_key: str,
                    extra: dict | None = None, delay_seconds: int = 0, case: dict | None = None,
-                   enqueue: bool = True) -> str | None:
+                   enqueue: bool = True, checked: bool = False) -> str | None:
     """Write the email `template` about case `case_id` to the outbox; None if a duplicate or refused.
 
     The context comes from the case, its invoice, its customer and the customer's latest card
@@ -55,7 +55,7 @@ def add_case_email(ctx, template: str, case_id: str, dedupe_key: str,
     `case`: the case row as this transaction just wrote or locked it, when the caller holds it.
     """
     _check_template(template)
-    if _exists(ctx, "emails", dedupe_key):
+    if not checked and _exists(ctx, "emails", dedupe_key):  # checked: the caller just looked (account_emails)
         return None
     if case is None or case.get("id") != case_id:  # a caller holding the current row passes it: no re-read
         case = _load(ctx, "cases", case_id)
