@@ -86,6 +86,8 @@ CREATE TABLE IF NOT EXISTS cases (
     last_failure_message    TEXT,
     card_brand              TEXT,
     card_last4              TEXT,
+    card_exp_month          INTEGER,            -- the failed card's expiry, as the payment said (issue 14)
+    card_exp_year           INTEGER,
     next_step               INTEGER,            -- index into the schedule's steps; NULL when none is left
     next_step_at            TIMESTAMP,          -- the durable timer: NULL when nothing is due
     steps_enqueued_at       TIMESTAMP,          -- a steps message is queued (scheduler lease); NULL once it ran
@@ -142,10 +144,26 @@ CREATE TABLE IF NOT EXISTS emails (
     enqueued_at         TIMESTAMP,              -- a send message is queued (sweeper lease); NULL once claimed
     provider_message_id TEXT,
     created_at          TIMESTAMP NOT NULL,
-    sent_at             TIMESTAMP
+    sent_at             TIMESTAMP,
+    invoice_ids         TEXT                    -- an account email: every invoice it covers, comma-separated
 );
 CREATE INDEX IF NOT EXISTS emails_pending ON emails (status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS emails_case ON emails (case_id);
+CREATE INDEX IF NOT EXISTS emails_customer_template ON emails (customer_id, template, status);
+
+-- Which email satisfied each (invoice, schedule step): one row per case step, ever (issue 14). An
+-- account email covers the steps of several invoices of one customer that fell due together.
+CREATE TABLE IF NOT EXISTS email_steps (
+    dedupe_key  TEXT PRIMARY KEY,   -- case:<case id>:step:<n>: the step's exactly-once key
+    email_id    TEXT NOT NULL,
+    case_id     TEXT NOT NULL,
+    invoice_id  TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    step        INTEGER NOT NULL,
+    created_at  TIMESTAMP NOT NULL
+);
+CREATE INDEX IF NOT EXISTS email_steps_email ON email_steps (email_id);
+CREATE INDEX IF NOT EXISTS email_steps_case ON email_steps (case_id);
 
 -- Signed notices to the platform (service.disruption_scheduled, ...), delivered in order per account.
 CREATE TABLE IF NOT EXISTS platform_notices (

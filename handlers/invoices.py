@@ -212,6 +212,8 @@ def _attempt_facts(invoice: dict) -> dict[str, Any]:
     if card and card.get("last4"):
         facts["card_brand"] = card.get("brand")
         facts["card_last4"] = card.get("last4")
+        facts["card_exp_month"] = card.get("exp_month")  # the failed card's expiry, for the day-0 email
+        facts["card_exp_year"] = card.get("exp_year")
     if invoice.get("amount_due") is not None:
         facts["amount_due"] = int(invoice.get("amount_due") or 0)
     return facts

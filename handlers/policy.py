@@ -179,6 +179,8 @@ def parse_policy(raw: dict[str, Any], path: Path | None = None) -> Policy:
     from worker.email_time import settings_of as email_time_settings
     try:
         email_time_settings(type("P", (), {"raw": raw})())  # [emails]: the owner's time zone (issue 14)
+        from worker.account_emails import coalesce_window
+        coalesce_window(type("P", (), {"raw": raw})())  # [emails] coalesce_seconds: one email per account
     except ValueError as exc:
         raise PolicyError(f"{where}: {exc}") from None
     return Policy(recipient_source=source, exclude_customer_metadata={str(k): str(v) for k, v in exclude.items()},

@@ -72,7 +72,7 @@ def owner_known(ctx: HandlerContext, customer_id: str) -> None:
     day-0 email was refused then (no address yet) and is sent now, once (same dedupe key). A case
     marked unreachable is cleared when the address now works.
     """
-    from worker import outbox
+    from worker import account_emails
     if owner_address(ctx, customer_id) is None:
         return
     cases = ctx.table("cases")
@@ -83,8 +83,8 @@ def owner_known(ctx: HandlerContext, customer_id: str) -> None:
             case = refresh(ctx, case)
         first = ctx.policy.schedule_named(case["schedule"]).step(0)
         if first is not None and case["next_step"] != 0:
-            outbox.add_case_email(ctx, first.email, case["id"], f"case:{case['id']}:step:0",
-                                  delay_seconds=ctx.settings.first_email_delay_seconds)
+            account_emails.add_step_email(ctx, case, 0, first.email,
+                                          delay_seconds=ctx.settings.first_email_delay_seconds)
 
 
 def mark_unreachable(ctx: HandlerContext, case: dict, reason: str) -> dict:

@@ -4,8 +4,9 @@ The scheduler finds due cases with an indexed range query (cost grows with the d
 with all cases) and enqueues their ids; `run_due_steps` then runs every step due as of the
 given instant, in order, one transaction per step. A step runs at most once: it is chosen by
 the case's `next_step` index read under the case row lock, and the same transaction advances
-the index with a guarded update (WHERE version = :seen); its email's dedupe key
-`case:<id>:step:<n>` makes a second send impossible even if all that failed.
+the index with a guarded update (WHERE version = :seen); its email_steps key
+`case:<id>:step:<n>` makes a second send impossible even if all that failed. Steps of several
+invoices of one customer that fall due together share one email (worker/account_emails.py).
 
 A case whose steps message is queued is not queued again before ENQUEUE_LEASE lapses
 (cases.steps_enqueued_at, cleared when the message runs): a backlog, or a second scheduler
@@ -79,6 +80,7 @@ def run_due_steps(runtime, case_id: str, as_of: datetime) -> int:
             break
         if facts is None and verification.enabled(runtime):
             facts = verification.read(runtime, _peek(runtime, case_id))
+            verification.verify_siblings(runtime, _peek(runtime, case_id))  # every invoice the email will list
         with runtime.db.transaction() as conn:
             ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=None, log=log, as_of=as_of)
             case = dunning.lock_case(ctx, case_id=case_id)
@@ -236,10 +238,8 @@ def _disrupt_not_before(ctx: HandlerContext, case: dict, schedule, warn: int | N
 
 
 def _step_email(ctx: HandlerContext, case: dict, index: int) -> dict | None:
-    emails = ctx.table("emails")
-    row = ctx.conn.execute(select(emails).where(emails.c.dedupe_key == f"case:{case['id']}:step:{index}")
-                           ).mappings().first()
-    return dict(row) if row else None
+    from worker.account_emails import step_email
+    return step_email(ctx, case["id"], index)
 
 
 def move_disruption(ctx: HandlerContext, case: dict, new_date: datetime) -> dict:
@@ -253,9 +253,8 @@ def move_disruption(ctx: HandlerContext, case: dict, new_date: datetime) -> dict
 def _send_step_email(ctx: HandlerContext, case: dict, index: int, template: str) -> None:
     """The step's email; day 0 waits FIRST_EMAIL_DELAY_SECONDS so an invoice.paid arriving right behind
     the older failure (issue 12) cancels it before delivery (worker/email_delivery.py)."""
-    from worker import outbox
+    from worker import account_emails
     delay = ctx.settings.first_email_delay_seconds if index == 0 else 0
-    email_id = outbox.add_case_email(ctx, template, case["id"], f"case:{case['id']}:step:{index}",
-                                     delay_seconds=delay, case=case)
+    email_id = account_emails.add_step_email(ctx, case, index, template, delay_seconds=delay)
     if email_id is None:
         log.warning("case.step_email_not_added", case_id=case["id"], step=index, template=template)

@@ -82,6 +82,32 @@ def read(runtime, case: dict) -> StripeFacts:
     return StripeFacts(invoice=invoice, subscription_status=status, customer=customer)
 
 
+def verify_siblings(runtime, case: dict | None) -> None:
+    """Read the customer's other open invoices at Stripe and end those found paid, void or written off
+    (one transaction each, as a step would): an account email lists only invoices still unpaid.
+
+    Network I/O: call outside a transaction. Unreachable Stripe leaves them listed (as a step would)."""
+    from sqlalchemy import select
+    if not case:
+        return
+    cases = runtime.db.table("cases")
+    with runtime.db.engine.connect() as conn:
+        siblings = [dict(r) for r in conn.execute(select(cases).where(
+            cases.c.customer_id == case["customer_id"], cases.c.id != case["id"],
+            cases.c.state.in_(dunning.OPEN_STATES))).mappings()]
+    for sibling in siblings:
+        facts = read(runtime, sibling)
+        if facts.unavailable or (_ENDS.get((facts.invoice or {}).get("status")) is None
+                                 and facts.subscription_status != "canceled"):
+            continue
+        with runtime.db.transaction() as conn:
+            ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=None, log=log)
+            locked = dunning.lock_case(ctx, case_id=sibling["id"])
+            if dunning.is_open(locked):
+                apply(ctx, locked, facts)
+        ctx.run_after_commit()
+
+
 def apply(ctx: HandlerContext, case: dict, facts: StripeFacts) -> dict | None:
     """Bring the (locked) case in line with Stripe; None when the case ended here."""
     if facts.unavailable:

@@ -26,7 +26,8 @@ ERASED: dict[str, dict[str, Any]] = {
     "customers": {"email": None, "name": None, "metadata": "{}", "deleted": True},
     "subscriptions": {"metadata": "{}"},
     "invoices": {"hosted_invoice_url": None, "invoice_pdf": None},  # pages showing name and address
-    "cases": {"card_brand": None, "card_last4": None, "last_failure_message": None},
+    "cases": {"card_brand": None, "card_last4": None, "card_exp_month": None, "card_exp_year": None,
+              "last_failure_message": None},
     "case_transitions": {},
     "emails": {"recipient": "", "subject": "", "body_text": "", "body_html": "", "last_error": None,
                "status": lambda row: "cancelled" if row["status"] in ("pending", "sending") else row["status"]},
@@ -39,6 +40,7 @@ ERASED: dict[str, dict[str, Any]] = {
     "erasures": {},
     "console_actions": {"reason": "[erased]"},  # a support agent's free text may name the owner
     "case_releases": {"reason": "[erased]"},  # likewise an operator's reason for releasing a hold
+    "email_steps": {},
 }
 
 # Columns kept by an erasure: no personal data (ids, amounts, currencies, states, times, counts).
@@ -54,7 +56,8 @@ KEPT: dict[str, tuple[str, ...]] = {
               "warned_at", "final_notice_at", "verify_failures", "steps_enqueued_at"),
     "case_transitions": ("id", "case_id", "from_state", "to_state", "trigger", "event_id", "step", "at"),
     "emails": ("id", "dedupe_key", "template", "case_id", "invoice_id", "customer_id", "attempts",
-               "next_attempt_at", "lease_until", "provider_message_id", "created_at", "sent_at", "enqueued_at"),
+               "next_attempt_at", "lease_until", "provider_message_id", "created_at", "sent_at", "enqueued_at",
+               "invoice_ids"),
     "platform_notices": ("id", "dedupe_key", "type", "account_id", "seq", "case_id", "invoice_id", "customer_id",
                          "status", "attempts", "last_error", "next_attempt_at", "lease_until", "created_at",
                          "delivered_at", "enqueued_at"),
@@ -72,6 +75,7 @@ KEPT: dict[str, tuple[str, ...]] = {
     "erasures": ("customer_id", "erased_at", "requested_by", "event_id", "reason"),
     "console_actions": ("id", "at", "actor", "action", "case_id", "invoice_id", "target", "outcome"),
     "case_releases": ("id", "case_id", "released_by", "released_at"),
+    "email_steps": ("dedupe_key", "email_id", "case_id", "invoice_id", "customer_id", "step", "created_at"),
 }
 
 LINK_COLUMNS = ("customer_id", "invoice_id", "case_id")

@@ -188,7 +188,14 @@ def loads(value: str | None, default: Any = None) -> Any:
 
 def about_case(table: Table, invoice_id: str, case_id: str | None):
     """WHERE clause for a case's rows of an outbox-like table (emails, platform notices): those
-    naming its invoice, or its case when there is one (account-level rows carry only the case)."""
-    from sqlalchemy import or_
+    naming its invoice, or its case when there is one (account-level rows carry only the case),
+    and the account emails that covered one of its steps (email_steps, issue 14)."""
+    from sqlalchemy import or_, select
     clause = table.c.invoice_id == invoice_id
-    return or_(clause, table.c.case_id == case_id) if case_id else clause
+    if not case_id:
+        return clause
+    clauses = [clause, table.c.case_id == case_id]
+    steps = table.metadata.tables.get("email_steps") if table.name == "emails" else None
+    if steps is not None:
+        clauses.append(table.c.id.in_(select(steps.c.email_id).where(steps.c.case_id == case_id)))
+    return or_(*clauses)

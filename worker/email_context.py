@@ -61,6 +61,9 @@ KEYS = (
     # issue 14: the card-update button, the decline's group and advice, branding
     "portal_url", "invoice_paid", "payment_link_is_invoice_page", "card_expired", "decline_group", "decline_reason", "decline_advice", "pay_first",
     "brand_name", "brand_logo_url", "brand_color", "support_url",
+    # issue 14, one email per account and step: every unpaid invoice and the total owed per currency
+    # (worker/account_emails.py ListedInvoice; the step templates include _invoices.*)
+    "invoices", "invoice_totals",
 )
 
 
@@ -92,7 +95,9 @@ def build_context(*, case: dict | None = None, invoice: dict | None = None,
 
     brand = case.get("card_brand") or card.get("brand")
     last4 = case.get("card_last4") or card.get("last4")
-    if case.get("card_last4") and card.get("last4") != case.get("card_last4"):
+    if case.get("card_last4") and case.get("card_exp_month") and case.get("card_exp_year"):
+        exp_month, exp_year = case["card_exp_month"], case["card_exp_year"]  # read from the failed payment
+    elif case.get("card_last4") and card.get("last4") != case.get("card_last4"):
         exp_month, exp_year = None, None  # the failed card is not the recorded one
     else:
         exp_month, exp_year = card.get("exp_month"), card.get("exp_year")

@@ -76,19 +76,20 @@ class OutgoingEmail:
     customer_id: str | None
     case_id: str | None
     created_at: datetime
+    invoice_ids: str | None = None  # an account email: every invoice it covers, comma-separated
 
     @classmethod
     def from_row(cls, row) -> "OutgoingEmail":
         return cls(id=row["id"], template=row["template"], recipient=row["recipient"],
                    subject=row["subject"], text=row["body_text"], html=row["body_html"],
                    invoice_id=row["invoice_id"], customer_id=row["customer_id"],
-                   case_id=row["case_id"], created_at=row["created_at"])
+                   case_id=row["case_id"], created_at=row["created_at"], invoice_ids=row.get("invoice_ids"))
 
     def dunning_headers(self) -> dict[str, str]:
         """X-Dunning-Template / -Invoice / -Customer: on every message, one safe line each."""
         return {
             "X-Dunning-Template": header_value(self.template),
-            "X-Dunning-Invoice": header_value(self.invoice_id or "none"),
+            "X-Dunning-Invoice": header_value(self.invoice_ids or self.invoice_id or "none"),
             "X-Dunning-Customer": header_value(self.customer_id or "none"),
         }
 
@@ -267,7 +268,8 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
     db = runtime.db
     emails = db.table("emails")
     with db.transaction() as conn:
-        row = conn.execute(select(emails).where(emails.c.id == email_id)).mappings().first()
+        # Locked: a step joining this account email (worker/account_emails.py) finishes first or waits.
+        row = conn.execute(db.lock(select(emails).where(emails.c.id == email_id))).mappings().first()
         if row is None:
             log.warning("email.unknown", email_id=email_id)
             return "missing"
@@ -292,6 +294,9 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
                                  last_error=f"not sent: the case ended ({ended}) before delivery"))
             log.info("email.cancelled", email_id=email_id, case_state=ended)
             return "cancelled"
+        if (row["dedupe_key"] or "").startswith("account:"):  # issue 14: paid invoices leave the list
+            from worker.account_emails import without_ended_invoices
+            row = without_ended_invoices(runtime, conn, row)
         if row["status"] == "sending" and _exhausted(row["attempts"], row["created_at"], now):
             # Interrupted again and again (a worker dying on this very message): stop, visibly.
             conn.execute(update(emails).where(emails.c.id == email_id, emails.c.status == "sending",
@@ -335,13 +340,24 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
 
 
 def _case_ended_state(runtime, conn, row) -> str | None:
-    """The end state of the case of a schedule-step email (dedupe key case:<id>:step:<n>), if ended."""
-    if not row["case_id"] or ":step:" not in (row["dedupe_key"] or ""):
+    """The end state of the case of a schedule-step email, if ended; for an account email, the end
+    of its last covered case (it goes out while any invoice it covers is still unpaid)."""
+    if not row["case_id"]:
         return None
     from handlers.dunning import TERMINAL_STATES
+    from worker.account_emails import covered_case_ids
+    key = row["dedupe_key"] or ""
+    if key.startswith("account:"):
+        case_ids = covered_case_ids(conn, runtime.db.table("email_steps"), row["id"]) or [row["case_id"]]
+    elif ":step:" in key:
+        case_ids = [row["case_id"]]
+    else:
+        return None  # not a step email (payment received, payment link...)
     cases = runtime.db.table("cases")
-    state = conn.execute(select(cases.c.state).where(cases.c.id == row["case_id"])).scalar()
-    return state if state in TERMINAL_STATES else None
+    states = list(conn.execute(select(cases.c.state).where(cases.c.id.in_(case_ids))).scalars())
+    if states and all(state in TERMINAL_STATES for state in states):
+        return states[0]
+    return None
 
 
 def _exhausted(attempts: int, created_at: datetime, now: datetime) -> bool:

@@ -46,7 +46,8 @@ class UnknownNoticeType(ValueError):
 
 # -- emails -------------------------------------------------------------------------------
 def add_case_email(ctx, template: str, case_id: str, dedupe_key: str,
-                   extra: dict | None = None, delay_seconds: int = 0, case: dict | None = None) -> str | None:
+                   extra: dict | None = None, delay_seconds: int = 0, case: dict | None = None,
+                   enqueue: bool = True, checked: bool = False) -> str | None:
     """Write the email `template` about case `case_id` to the outbox; None if a duplicate or refused.
 
     The context comes from the case, its invoice, its customer and the customer's latest card
@@ -54,14 +55,15 @@ def add_case_email(ctx, template: str, case_id: str, dedupe_key: str,
     `case`: the case row as this transaction just wrote or locked it, when the caller holds it.
     """
     _check_template(template)
-    if _exists(ctx, "emails", dedupe_key):
+    if not checked and _exists(ctx, "emails", dedupe_key):  # checked: the caller just looked (account_emails)
         return None
     if case is None or case.get("id") != case_id:  # a caller holding the current row passes it: no re-read
         case = _load(ctx, "cases", case_id)
     if case is None:
         raise LookupError(f"case {case_id} is not stored")
     return _add_email(ctx, template, dedupe_key, extra, case=case,
-                      customer_id=case["customer_id"], invoice_id=case["invoice_id"], delay_seconds=delay_seconds)
+                      customer_id=case["customer_id"], invoice_id=case["invoice_id"], delay_seconds=delay_seconds,
+                      enqueue=enqueue)
 
 
 def add_customer_email(ctx, template: str, customer_id: str, dedupe_key: str,
@@ -82,8 +84,9 @@ def add_customer_email(ctx, template: str, customer_id: str, dedupe_key: str,
                       customer_id=customer_id, invoice_id=invoice_id)
 
 
-def _add_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case: dict | None,
-               customer_id: str, invoice_id: str | None, delay_seconds: int = 0) -> str | None:
+def compose_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case: dict | None,
+                  customer_id: str, invoice_id: str | None):
+    """(recipient, rendered email, case as shown) for `template`; None when refused (erased, no owner)."""
     from worker.email_context import build_context, latest_card
     from worker.emails import render
 
@@ -109,6 +112,18 @@ def _add_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case:
     context = build_context(case=case, invoice=invoice, customer=customer, card=card,
                             extra=extra, settings=ctx.settings, tz=owner_timezone(ctx.policy, customer))
     rendered = render(template, context, getattr(ctx.settings, "email_templates_dir", None))
+    return recipient, rendered, case
+
+
+def _add_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case: dict | None,
+               customer_id: str, invoice_id: str | None, delay_seconds: int = 0,
+               enqueue: bool = True) -> str | None:
+    """Render and insert the email row; `enqueue=False` leaves it to the sweeper (a held account email)."""
+    composed = compose_email(ctx, template, dedupe_key, extra, case=case, customer_id=customer_id,
+                             invoice_id=invoice_id)
+    if composed is None:
+        return None
+    recipient, rendered, case = composed
 
     email_id = new_id("em")
     now = utcnow()
@@ -126,20 +141,27 @@ def _add_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case:
         "status": "pending",
         "attempts": 0,
         "next_attempt_at": now + timedelta(seconds=delay_seconds),
-        "enqueued_at": now,  # sent after commit, below: the sweeper leaves it to that message
+        # sent after commit, below: the sweeper leaves it to that message (a held one is the sweeper's)
+        "enqueued_at": now if enqueue else None,
         "created_at": now,
     }, "dedupe_key")
     if not inserted:
         return None
+    if enqueue:
+        enqueue_send(ctx, email_id, delay_seconds)
+    log.info("email.queued", email_id=email_id, template=template, customer_id=customer_id,
+             invoice_id=invoice_id, dedupe_key=dedupe_key, recipient=mask_email(recipient))
+    return email_id
+
+
+def enqueue_send(ctx, email_id: str, delay_seconds: int = 0) -> None:
+    """After commit, queue the sender for this email (delayed: held briefly, e.g. day 0)."""
     runtime = ctx.runtime
     if delay_seconds:  # held briefly (day 0): a payment arriving back to back cancels it at delivery
         ctx.after_commit(lambda: runtime.actors.send_email.send_with_options(
             args=(email_id,), delay=delay_seconds * 1000 + 200))
     else:
         ctx.after_commit(lambda: runtime.actors.send_email.send(email_id))
-    log.info("email.queued", email_id=email_id, template=template, customer_id=customer_id,
-             invoice_id=invoice_id, dedupe_key=dedupe_key, recipient=mask_email(recipient))
-    return email_id
 
 
 def _with_account_disrupt_at(ctx, case: dict | None) -> dict | None:

@@ -138,7 +138,8 @@ def test_a_customer_is_read_once_per_case_opened(sqlite_keyed_runtime, fake):
     deliver(sqlite_keyed_runtime, failed("in_first", email=INVOICE_EMAIL))
     deliver(sqlite_keyed_runtime, failed("in_second", email=INVOICE_EMAIL, created=T0 + 60))
     assert len(customer_gets(fake)) == 2  # one read as each case opens (issue 12)
-    assert sorted(e["recipient"] for e in emails(sqlite_keyed_runtime)) == [OWNER, OWNER]
+    # one customer: the second failure joins the first's day-0 email (issue 14: one email per account and step)
+    assert [(e["recipient"], e["invoice_ids"]) for e in emails(sqlite_keyed_runtime)] == [(OWNER, "in_first,in_second")]
 
 
 def test_an_event_that_carries_the_customer_itself_fetches_nothing(sqlite_keyed_runtime, fake):

@@ -246,6 +246,9 @@ def test_day0_email_names_the_card_and_the_expiry_decline_read_from_the_payment_
     assert "Add a card with current details" in email["body_text"]
     (case,) = rows(keyed, "cases")
     assert (case["card_brand"], case["card_last4"], case["last_failure_code"]) == ("visa", "4242", "expired_card")
+    # the expiry of the card that failed, kept on the case (no card event recorded it): end to end
+    assert (case["card_exp_month"], case["card_exp_year"]) == (11, 2026) and not rows(keyed, "cards")
+    assert "Visa ending in 4242 (expires 11/2026)" in email["body_text"].split("WHAT HAPPENS NEXT")[0]
     assert not any("fp_secret" in str(v) for row in rows(keyed, "cases") + rows(keyed, "cards") for v in row.values())
     assert any(r.path == "/v1/payment_intents/pi_day0" for r in stripe_fake.requests)
 
