@@ -21,6 +21,7 @@ from handlers.stripe_objects import (
     metadata_of,
 )
 from worker.db import dumps
+from worker.email_locale import choose_locale
 
 FINAL_INVOICE_STATUSES = ("paid", "void", "uncollectible")
 
@@ -44,6 +45,8 @@ def upsert_customer(ctx: HandlerContext, customer: dict, created: int) -> None:
         "name": customer.get("name") or customer.get("description"),
         "metadata": dumps(metadata_of(customer)),
         "deleted": bool(customer.get("deleted")),
+        # The emails' language (issue 14): the first of Stripe's preferred_locales we have a catalogue for.
+        "locale": choose_locale(customer.get("preferred_locales")),
     }
     default_pm = (expandable_id((customer.get("invoice_settings") or {}).get("default_payment_method"))
                   or expandable_id(customer.get("default_source")))
@@ -52,7 +55,7 @@ def upsert_customer(ctx: HandlerContext, customer: dict, created: int) -> None:
     if is_erased(ctx.conn, ctx.db.tables, cid):
         # Erased: what Stripe still holds (a step's re-read, a late customer.* event) never brings
         # the personal values back; ids and the default payment method stay, as erasure keeps them.
-        values.update(email=None, name=None, metadata="{}", deleted=True)
+        values.update(email=None, name=None, metadata="{}", locale=None, deleted=True)
     _upsert(ctx, "customers", cid, values, created)
 
 

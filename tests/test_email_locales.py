@@ -144,3 +144,85 @@ def test_a_deadline_without_a_zone_abbreviation_in_the_locale_keeps_tzdatas():
     assert format_deadline(datetime(2026, 12, 16, 17, 0), "America/Los_Angeles", "de") == \
         "16. Dezember 2026 um 09:00 PST"
     assert format_deadline(datetime(2026, 12, 16, 0, 0), "Asia/Tokyo", "ja") == "2026年12月16日 09:00（JST）"
+
+
+# -- the acceptance, through the real pipeline: Stripe's customer -> the case's emails ------------------
+from tests.fake_stripe import FakeStripe, FakeStripeServer  # noqa: E402
+from tests.fixtures_dunning import DAY, T0, emails, failed, tick  # noqa: E402
+from tests.fixtures_dunning import _store_and_process as deliver  # noqa: E402
+from tests.helpers import make_event, rows  # noqa: E402
+
+API_KEY = "sk_test_" + "l" * 24
+
+
+def _customer_event(event_type="customer.created", locales=("de",), created=T0 - 2000, **metadata):
+    owner = {"id": "cus_test_1", "object": "customer", "email": "owner@example.com", "name": "Ada",
+             "metadata": {"timezone": "Europe/Berlin", **metadata}, "preferred_locales": list(locales),
+             "invoice_settings": {"default_payment_method": None}, "default_source": None}
+    return make_event(event_type, owner, event_id=f"evt_{event_type}_{created}", created=created)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def runtime(make_runtime, request):
+    return make_runtime(db=request.param)
+
+
+def test_a_german_speaking_owner_in_berlin_reads_german_euros_and_berlin_deadlines(runtime):
+    assert deliver(runtime, _customer_event()) == "processed"
+    assert rows(runtime, "customers", id="cus_test_1")[0]["locale"] == "de"
+    deliver(runtime, failed(amount=123456, currency="eur"))
+    tick(runtime, T0 + 3 * DAY)
+    tick(runtime, T0 + 7 * DAY)
+    sent = {e["template"]: e for e in emails(runtime)}
+    day0, warning = sent["payment-failed"], sent["disruption-warning"]
+    assert day0["subject"].startswith("Zahlung fehlgeschlagen: 1.234,56 €")  # a subject is one line of plain spaces
+    for part in (day0["body_text"], day0["body_html"]):
+        assert "Guten Tag Ada," in part and "Wie es weitergeht" in part.replace("WIE ES WEITERGEHT", "Wie es weitergeht")
+        assert "1.234,56 €" in part.replace("&nbsp;", " ").replace("\u00a0", " ")
+    assert 'lang="de"' in day0["body_html"]
+    # the deadline: date, time and zone in Berlin (MEZ is CET's German name)
+    assert re.search(r"\d{1,2}\. \w+ 2026 um \d\d:\d\d MEZ", warning["subject"]), warning["subject"]
+    assert re.search(r"nun für den \d{1,2}\. \w+ 2026 um \d\d:\d\d MEZ geplant", warning["body_text"]), warning["body_text"]
+    assert "Handlungsbedarf" in warning["subject"] and " UTC" not in warning["body_text"]
+    words = re.sub(r"https://\S+", " ", day0["body_text"] + warning["body_text"])  # no English left but links
+    assert not re.search(r"\b(the|your|invoice|payment)\b", words, re.IGNORECASE)
+
+
+def test_an_email_keeps_the_language_it_was_written_in_and_the_next_follows_the_new_preference(runtime):
+    deliver(runtime, _customer_event(locales=("fr-CA", "en")))
+    deliver(runtime, failed())
+    deliver(runtime, _customer_event("customer.updated", locales=("ja",), created=T0 + DAY))
+    tick(runtime, T0 + 3 * DAY)
+    day0, reminder = emails(runtime)[:2]
+    assert day0["subject"].startswith("Échec du paiement")
+    assert reminder["template"] == "reminder" and reminder["subject"].startswith("【リマインダー】")
+
+
+def test_a_customer_without_a_supported_preference_reads_the_policy_default(make_runtime, tmp_path):
+    import tomllib
+    policy = (PROJECT_ROOT / "config" / "policy.toml").read_text().replace(
+        'default_locale = "en"', 'default_locale = "es"')
+    assert tomllib.loads(policy)["emails"]["default_locale"] == "es"
+    (tmp_path / "policy.toml").write_text(policy)
+    runtime = make_runtime(DUNNING_POLICY=str(tmp_path / "policy.toml"))
+    deliver(runtime, _customer_event(locales=("zh-Hant", "ko")))
+    assert rows(runtime, "customers", id="cus_test_1")[0]["locale"] is None
+    deliver(runtime, failed())
+    (day0,) = emails(runtime)
+    assert day0["subject"].startswith("Pago fallido") and "Hola, Ada:" in day0["body_text"]
+
+
+@pytest.fixture
+def stripe_fake():
+    with FakeStripeServer(FakeStripe(api_key=API_KEY)) as served:
+        yield served
+
+
+def test_the_day0_read_of_the_customer_from_stripe_brings_its_preferred_locale(make_runtime, stripe_fake):
+    runtime = make_runtime(STRIPE_API_KEY=API_KEY, STRIPE_API_BASE=stripe_fake.base_url)
+    stripe_fake.add_customer("cus_test_1", email="owner@example.com")["preferred_locales"] = ["pt-BR", "en"]
+    assert deliver(runtime, failed(amount=4900, currency="brl")) == "processed"
+    assert rows(runtime, "customers", id="cus_test_1")[0]["locale"] == "pt_BR"
+    (day0,) = emails(runtime)
+    assert day0["subject"].startswith("Falha no pagamento: R$ 49,00")
+    assert "Não conseguimos cobrar o pagamento" in day0["body_text"]
