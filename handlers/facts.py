@@ -45,9 +45,12 @@ def upsert_customer(ctx: HandlerContext, customer: dict, created: int) -> None:
         "name": customer.get("name") or customer.get("description"),
         "metadata": dumps(metadata_of(customer)),
         "deleted": bool(customer.get("deleted")),
-        # The emails' language (issue 14): the first of Stripe's preferred_locales we have a catalogue for.
-        "locale": choose_locale(customer.get("preferred_locales")),
     }
+    if "preferred_locales" in customer:
+        # The emails' language (issue 14): the first of Stripe's preferred_locales we have a catalogue for
+        # (None: the policy's default). A payload without the field (a deleted customer, an expanded
+        # stub) leaves the language known so far.
+        values["locale"] = choose_locale(customer.get("preferred_locales"))
     default_pm = (expandable_id((customer.get("invoice_settings") or {}).get("default_payment_method"))
                   or expandable_id(customer.get("default_source")))
     values["default_payment_method"] = default_pm

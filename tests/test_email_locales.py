@@ -226,3 +226,13 @@ def test_the_day0_read_of_the_customer_from_stripe_brings_its_preferred_locale(m
     (day0,) = emails(runtime)
     assert day0["subject"].startswith("Falha no pagamento: R$ 49,00")
     assert "Não conseguimos cobrar o pagamento" in day0["body_text"]
+
+
+def test_a_customer_payload_without_preferred_locales_keeps_the_language_known(runtime):
+    deliver(runtime, _customer_event(locales=("es",)))
+    later = _customer_event("customer.updated", created=T0 - 1000)
+    del later["data"]["object"]["preferred_locales"]
+    deliver(runtime, later)
+    assert rows(runtime, "customers", id="cus_test_1")[0]["locale"] == "es"
+    deliver(runtime, _customer_event("customer.updated", locales=(), created=T0 - 500))
+    assert rows(runtime, "customers", id="cus_test_1")[0]["locale"] is None
