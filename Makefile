@@ -11,7 +11,7 @@ export ADMIN_TOKEN ?= local-development-admin-token
 export LOG_FORMAT ?= console
 export HOST ?= 127.0.0.1
 
-.PHONY: run test test-all bench lock clean venv
+.PHONY: run test test-all bench lock clean venv messages
 
 venv: $(STAMP)
 
@@ -45,6 +45,14 @@ lock:
 	$(PYTHON) -m venv /tmp/dunning-lock && /tmp/dunning-lock/bin/pip install --quiet pip-tools
 	/tmp/dunning-lock/bin/pip-compile --quiet --strip-extras --generate-hashes -o requirements.lock requirements.in
 	/tmp/dunning-lock/bin/pip-compile --quiet --strip-extras --generate-hashes -o requirements-dev.lock requirements-dev.in
+
+# Email strings (babel.cfg): extract worker/locale/emails.pot and merge it into every catalogue
+# (worker/locale/<locale>/LC_MESSAGES/emails.po); translate the new or fuzzy entries, then `make test`.
+messages: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg -k N_ -k _ --no-location --sort-output --omit-header \
+		-o worker/locale/emails.pot .
+	$(BIN)/pybabel update -i worker/locale/emails.pot -d worker/locale -D emails \
+		--ignore-obsolete --width 100
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS customers (
     name                    TEXT,
     metadata                TEXT NOT NULL DEFAULT '{}',  -- JSON object
     default_payment_method  TEXT,               -- pm_... or card/src id
+    locale                  TEXT,               -- emails' language: the first supported of Stripe's preferred_locales (NULL: the policy's)
     deleted                 BOOLEAN NOT NULL DEFAULT FALSE,
     source_created          BIGINT NOT NULL DEFAULT 0,   -- created of the event or fetch that wrote it
     updated_at              TIMESTAMP NOT NULL

@@ -21,6 +21,7 @@ from handlers.stripe_objects import (
     metadata_of,
 )
 from worker.db import dumps
+from worker.email_locale import choose_locale
 
 FINAL_INVOICE_STATUSES = ("paid", "void", "uncollectible")
 
@@ -45,6 +46,11 @@ def upsert_customer(ctx: HandlerContext, customer: dict, created: int) -> None:
         "metadata": dumps(metadata_of(customer)),
         "deleted": bool(customer.get("deleted")),
     }
+    if "preferred_locales" in customer:
+        # The emails' language (issue 14): the first of Stripe's preferred_locales we have a catalogue for
+        # (None: the policy's default). A payload without the field (a deleted customer, an expanded
+        # stub) leaves the language known so far.
+        values["locale"] = choose_locale(customer.get("preferred_locales"))
     default_pm = (expandable_id((customer.get("invoice_settings") or {}).get("default_payment_method"))
                   or expandable_id(customer.get("default_source")))
     values["default_payment_method"] = default_pm
@@ -52,7 +58,7 @@ def upsert_customer(ctx: HandlerContext, customer: dict, created: int) -> None:
     if is_erased(ctx.conn, ctx.db.tables, cid):
         # Erased: what Stripe still holds (a step's re-read, a late customer.* event) never brings
         # the personal values back; ids and the default payment method stay, as erasure keeps them.
-        values.update(email=None, name=None, metadata="{}", deleted=True)
+        values.update(email=None, name=None, metadata="{}", locale=None, deleted=True)
     _upsert(ctx, "customers", cid, values, created)
 
 

@@ -176,11 +176,13 @@ def parse_policy(raw: dict[str, Any], path: Path | None = None) -> Policy:
     unreachable = str(raw.get("unreachable", "hold"))
     if unreachable not in UNREACHABLE_CHOICES:
         raise PolicyError(f"{where}: unreachable must be one of {UNREACHABLE_CHOICES}")
+    from worker.email_locale import default_locale as email_default_locale
     from worker.email_time import settings_of as email_time_settings
     try:
         email_time_settings(type("P", (), {"raw": raw})())  # [emails]: the owner's time zone (issue 14)
         from worker.account_emails import coalesce_window
         coalesce_window(type("P", (), {"raw": raw})())  # [emails] coalesce_seconds: one email per account
+        email_default_locale(type("P", (), {"raw": raw})())  # [emails]: the language without a preference
     except ValueError as exc:
         raise PolicyError(f"{where}: {exc}") from None
     return Policy(recipient_source=source, exclude_customer_metadata={str(k): str(v) for k, v in exclude.items()},

@@ -23,7 +23,7 @@ REMOVED_MARK = '{"dunning_removed":"'  # the start of every stripped event paylo
 
 # column -> value written by an erasure (a callable gets the row and returns the value).
 ERASED: dict[str, dict[str, Any]] = {
-    "customers": {"email": None, "name": None, "metadata": "{}", "deleted": True},
+    "customers": {"email": None, "name": None, "metadata": "{}", "locale": None, "deleted": True},  # a language says much
     "subscriptions": {"metadata": "{}"},
     "invoices": {"hosted_invoice_url": None, "invoice_pdf": None},  # pages showing name and address
     "cases": {"card_brand": None, "card_last4": None, "card_exp_month": None, "card_exp_year": None,

@@ -15,6 +15,10 @@ the invoice > the customer's latest recorded card.
   {"payment_link": {"url", "expires_at", "amount", "currency"}}  -> payment_link_*, amount
   {"payment_link_methods": ["Card", ...]}, {"action_url": url}   -> shown as is (URLs checked)
 Datetimes in extra are formatted (…_expires_at with the hour, in UTC).
+
+Language (issue 14): `locale` (worker.email_locale: "en", "de", "pt_BR" ...) sets the words this
+module writes (the card's description, the decline's reason and advice, the dashboard path) from the
+gettext catalogue, and the money and date formats from Babel (CLDR) for that locale.
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ import structlog
 from babel.dates import format_date, format_datetime
 from sqlalchemy import Connection, Table, select
 
+from worker.email_locale import N_, babel_locale, gettext, normalize
 from worker.emails import one_line
-from worker.money import DEFAULT_LOCALE, format_amount_with_code
+from worker.money import format_amount_with_code
+
+DEFAULT_LOCALE = "en"
 
 log = structlog.get_logger("worker.email_context")
 # Links an email may carry: Stripe's own pages over https (hosted invoice and PDF, payment links,
@@ -38,9 +45,10 @@ log = structlog.get_logger("worker.email_context")
 # hosted_invoice_url comes from the event body, so anything else is dropped (and logged).
 STRIPE_LINK_HOSTS = frozenset({"invoice.stripe.com", "pay.stripe.com", "buy.stripe.com",
                                "checkout.stripe.com", "hooks.stripe.com", "billing.stripe.com"})
-CARD_UPDATE_PATH = "Applications -> Plans & Billings -> Payment Method -> Edit"
-CARD_UPDATE_STEPS = ("Applications", "Plans & Billings", "Payment Method", "Edit")
-PAYMENT_LINK_HINT = "reply to this email and ask our support team for a secure payment link"
+# The platform's menu names, as its dashboard shows them in each language (translated like any text).
+CARD_UPDATE_STEPS = (N_("Applications"), N_("Plans & Billings"), N_("Payment Method"), N_("Edit"))
+CARD_UPDATE_PATH = " -> ".join(CARD_UPDATE_STEPS)
+PAYMENT_LINK_HINT = N_("reply to this email and ask our support team for a secure payment link")
 NAME_MAX = 80
 MESSAGE_MAX = 300
 
@@ -64,6 +72,7 @@ KEYS = (
     # issue 14, one email per account and step: every unpaid invoice and the total owed per currency
     # (worker/account_emails.py ListedInvoice; the step templates include _invoices.*)
     "invoices", "invoice_totals",
+    "locale",  # the email's language (worker.email_locale), fixed when it is rendered
 )
 
 
@@ -85,7 +94,9 @@ def build_context(*, case: dict | None = None, invoice: dict | None = None,
     """A complete, formatted context for any template (see KEYS).
 
     tz: the owner's IANA zone (worker.email_time.owner_timezone); deadlines are stated as date,
-    time and zone in it (UTC when None)."""
+    time and zone in it (UTC when None). locale: the owner's language (worker.email_locale.owner_locale)."""
+    lang = normalize(locale) or DEFAULT_LOCALE
+    locale = babel_locale(lang)
     case, invoice, customer, card, extra = case or {}, invoice or {}, customer or {}, card or {}, extra or {}
 
     currency = case.get("currency") or invoice.get("currency")
@@ -114,17 +125,18 @@ def build_context(*, case: dict | None = None, invoice: dict | None = None,
         "currency": currency.upper() if currency else None,
         "failure_message": _clip(case.get("last_failure_message"), MESSAGE_MAX),
         "attempt_count": case.get("attempt_count") or None,
-        "next_payment_attempt": format_deadline(case.get("next_payment_attempt"), tz, locale),
-        "disrupt_at": format_deadline(case.get("disrupt_at"), tz, locale),
+        "next_payment_attempt": format_deadline(case.get("next_payment_attempt"), tz, lang),
+        "disrupt_at": format_deadline(case.get("disrupt_at"), tz, lang),
         "case_state": case.get("state"),
         "service_disrupted": case.get("state") == "disrupted",
         "hosted_invoice_url": safe_url(invoice.get("hosted_invoice_url"), settings),
         "invoice_pdf": safe_url(invoice.get("invoice_pdf"), settings),
-        "card_update_path": CARD_UPDATE_PATH,
-        "card_update_steps": CARD_UPDATE_STEPS,
-        "payment_link_hint": PAYMENT_LINK_HINT,
+        "card_update_steps": tuple(gettext(lang, step) for step in CARD_UPDATE_STEPS),
+        "payment_link_hint": gettext(lang, PAYMENT_LINK_HINT),
         "sender_name": _sender_name(settings),
+        "locale": lang,
     })
+    context["card_update_path"] = " -> ".join(context["card_update_steps"])
     _set_card(context, brand, last4, exp_month, exp_year)
     _set_decline(context, case.get("last_failure_code"))
     _set_brand(context, settings, case, invoice, customer)
@@ -133,7 +145,7 @@ def build_context(*, case: dict | None = None, invoice: dict | None = None,
         _set_decline(context, extra["decline"].get("decline_code"), extra["decline"].get("code"))
     extra = _flatten_extra(extra)
     for key, value in extra.items():
-        context[key] = _format_extra(key, value, locale)
+        context[key] = _format_extra(key, value, lang)
     if any(k in extra for k in ("card_brand", "card_last4", "card_exp_month", "card_exp_year")):
         _set_card(context, extra.get("card_brand", brand), extra.get("card_last4", last4),
                   extra.get("card_exp_month", exp_month), extra.get("card_exp_year", exp_year))
@@ -157,7 +169,9 @@ def _set_decline(context: dict, *codes: Any) -> None:
         return
     context["decline_group"] = group
     context["card_expired"] = any(isinstance(c, str) and c.strip().lower() == "expired_card" for c in codes)
-    context["decline_reason"], context["decline_advice"] = advice_for(group)
+    reason, advice = advice_for(group)
+    context["decline_reason"] = gettext(context.get("locale"), reason) if reason else None
+    context["decline_advice"] = gettext(context.get("locale"), advice) if advice else None
     # 3-D Secure: confirming on the invoice page is the fix, a new card is not.
     context["pay_first"] = group == AUTHENTICATION_REQUIRED
 
@@ -217,12 +231,14 @@ def _set_card(context: dict, brand: Any, last4: Any, exp_month: Any, exp_year: A
     last4 = str(last4)[-4:] if last4 and str(last4)[-4:].isdigit() else None
     context["card_brand"] = brand_name
     context["card_last4"] = last4
+    lang = context.get("locale")
     if brand_name and last4:
-        context["card_description"] = f"{brand_name} ending in {last4}"
+        context["card_description"] = gettext(lang, N_("%(brand)s ending in %(last4)s"), brand=brand_name,
+                                              last4=last4)
     elif last4:
-        context["card_description"] = f"card ending in {last4}"
+        context["card_description"] = gettext(lang, N_("card ending in %(last4)s"), last4=last4)
     elif brand_name:
-        context["card_description"] = f"{brand_name} card"
+        context["card_description"] = gettext(lang, N_("%(brand)s card"), brand=brand_name)
     else:
         context["card_description"] = None
     try:
@@ -257,9 +273,10 @@ def _as_moment(value: Any) -> Any:
 
 
 def format_day(value: Any, locale: str = DEFAULT_LOCALE) -> str | None:
-    """'December 1, 2026' for a datetime or date (UTC); None when unknown."""
+    """'December 1, 2026' ('1. Dezember 2026') for a datetime or date (UTC); None when unknown."""
     if value is None or value == "":
         return None
+    locale = babel_locale(locale)
     value = _as_moment(value)
     if isinstance(value, str):
         return value
@@ -272,7 +289,8 @@ def format_day(value: Any, locale: str = DEFAULT_LOCALE) -> str | None:
 
 def format_deadline(value: Any, tz: str | None = None, locale: str = DEFAULT_LOCALE) -> str | None:
     """'December 16, 2026 at 09:00 PST': the date, the time and the zone of a deadline in the owner's
-    zone (issue 14); a bare date when only a date is known."""
+    zone (issue 14); a bare date when only a date is known. Other locales say it their way
+    ('16. Dezember 2026 um 09:00 MEZ', '2026年12月16日 09:00 JST'), always with the zone."""
     if value is None or value == "":
         return None
     value = _as_moment(value)
@@ -282,16 +300,41 @@ def format_deadline(value: Any, tz: str | None = None, locale: str = DEFAULT_LOC
         return format_day(value, locale)
     from worker.email_time import as_zone
     local = as_zone(value, tz)
-    return (format_date(local.date(), format="long", locale=locale) + " at "
-            + format_datetime(local, format="HH:mm", tzinfo=local.tzinfo, locale=locale)
-            + " " + (local.tzname() or "UTC"))  # tzdata's abbreviation: PST, CET, JST, UTC
+    return _date_time_zone(local, format_datetime(local, format="HH:mm", tzinfo=local.tzinfo,
+                                                  locale=babel_locale(locale)), locale)
+
+
+def _date_time_zone(local: datetime, time: str, locale: str) -> str:
+    """The locale's sentence for a date, a time and a zone (the zone is never left out)."""
+    lang = normalize(locale) or DEFAULT_LOCALE
+    return gettext(lang, N_("%(date)s at %(time)s %(zone)s"),
+                   date=format_date(local.date(), format="long", locale=babel_locale(lang)),
+                   time=time, zone=_zone_name(local, lang))
+
+
+def _zone_name(local: datetime, lang: str) -> str:
+    """tzdata's abbreviation (PST, CET, JST, UTC) in English; elsewhere CLDR's short name when the
+    locale has one (MEZ in German), else tzdata's abbreviation, never a bare offset."""
+    fallback = local.tzname() or "UTC"
+    if lang == DEFAULT_LOCALE:
+        return fallback
+    try:
+        short = format_datetime(local, format="z", tzinfo=local.tzinfo, locale=babel_locale(lang))
+    except (LookupError, ValueError):
+        return fallback
+    return short if short and short.isalpha() else fallback
 
 
 def format_moment(value: datetime | None, locale: str = DEFAULT_LOCALE) -> str | None:
-    """'December 1, 2026 at 2:00 PM UTC': for expiries, where the hour matters."""
+    """'December 1, 2026 at 2:00 PM UTC': for expiries, where the hour matters (in UTC)."""
     if value is None:
         return None
-    return format_datetime(value, format="MMMM d, y 'at' h:mm a", locale=locale) + " UTC"
+    lang = normalize(locale) or DEFAULT_LOCALE
+    from worker.email_time import as_zone
+    local = as_zone(value, "UTC")
+    time_format = "h:mm a" if lang == DEFAULT_LOCALE else "HH:mm"
+    return _date_time_zone(local, format_datetime(local, format=time_format, tzinfo=local.tzinfo,
+                                                  locale=babel_locale(lang)), lang)
 
 
 def safe_url(value: Any, settings: Any = None) -> str | None:

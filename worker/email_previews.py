@@ -10,6 +10,11 @@ The failure emails (DECLINE_TEMPLATES) are also rendered once per decline group 
 worker.decline_reasons (`<variant>-<code>`), since the advice and the button change with it.
 Without settings (no environment), the previews use PREVIEW_SETTINGS: an example BILLING_PORTAL_URL and
 brand, so the card-update button is shown as it looks once configured.
+
+Every locale of worker.email_locale (issue 14): English as above, at `<template>/<variant>`; each other
+locale at `<template>/<locale>/<variant>`, for LOCALE_VARIANTS (one with everything known, one with
+the least) and the failure emails once per LOCALE_DECLINE_CODES, in a time zone of its own
+(LOCALE_ZONES), so a long German word or a line of Japanese without spaces is seen at phone width.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from worker.email_context import build_context
+from worker.email_locale import SUPPORTED
 from worker.emails import TEMPLATES, render
 
 NOW = datetime(2026, 11, 30, 9, 0, 0)
@@ -36,6 +42,12 @@ PREVIEW_SETTINGS = SimpleNamespace(
     support_url="https://billing.example.com/help", email_from="Example Cloud <billing@example.com>",
     email_templates_dir=None)
 CURRENCIES = {"usd": 4200, "jpy": 5000}
+LOCALES = SUPPORTED
+LOCALE_DECLINE_CODES = ("expired_card", "insufficient_funds", "authentication_required")
+LOCALE_ZONES = {"en": "UTC", "de": "Europe/Berlin", "fr": "Europe/Paris", "es": "Europe/Madrid",
+                "pt_BR": "America/Sao_Paulo", "ja": "Asia/Tokyo"}
+LANGUAGE_NAMES = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "pt_BR": "Portuguese (Brazil)",
+                  "ja": "Japanese"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,7 @@ class Variant:
 
 VARIANTS = tuple(Variant(c, card, disrupted) for c, card, disrupted in
                  itertools.product(CURRENCIES, (True, False), (False, True)))
+LOCALE_VARIANTS = (VARIANTS[0], VARIANTS[-1])  # USD, card known, before; JPY, no card, after
 
 
 def rows_for(variant: Variant) -> dict:
@@ -105,24 +118,41 @@ def extra_for(template: str, variant: Variant) -> dict:
     return {}
 
 
-def render_variant(template: str, variant: Variant, settings=None, decline_code: str | None = None):
+def render_variant(template: str, variant: Variant, settings=None, decline_code: str | None = None,
+                   locale: str = "en"):
     rows = rows_for(variant)
     if decline_code:
         rows["case"]["last_failure_code"] = decline_code
     settings = settings if settings is not None else PREVIEW_SETTINGS
     context = build_context(case=rows["case"], invoice=rows["invoice"], customer=rows["customer"],
-                            card=rows["card"], extra=extra_for(template, variant), settings=settings)
+                            card=rows["card"], extra=extra_for(template, variant), settings=settings,
+                            locale=locale, tz=LOCALE_ZONES.get(locale))
     return render(template, context, getattr(settings, "email_templates_dir", None))
 
 
 def _renderings(template: str):
-    """(file name, label, variant, decline code) of every preview of one template."""
+    """(file name, label, variant, decline code, locale) of every preview of one template."""
     for variant in VARIANTS:
-        yield variant.name, variant.label, variant, None
+        yield variant.name, variant.label, variant, None, "en"
     if template in DECLINE_TEMPLATES:
         variant = VARIANTS[0]
         for code in DECLINE_CODES:
-            yield f"{variant.name}-{code}", f"{variant.label}, declined: {code}", variant, code
+            yield f"{variant.name}-{code}", f"{variant.label}, declined: {code}", variant, code, "en"
+    for locale in LOCALES:
+        if locale == "en":
+            continue
+        language = LANGUAGE_NAMES.get(locale, locale)
+        for variant in LOCALE_VARIANTS:
+            yield f"{locale}/{variant.name}", f"{language}: {variant.label}", variant, None, locale
+        if template in DECLINE_TEMPLATES:
+            for code in LOCALE_DECLINE_CODES:
+                yield (f"{locale}/{VARIANTS[0].name}-{code}", f"{language}: {VARIANTS[0].label}, declined: {code}",
+                       VARIANTS[0], code, locale)
+
+
+def preview_count() -> int:
+    """How many emails write_previews renders (every template's renderings)."""
+    return sum(1 for template in TEMPLATES for _ in _renderings(template))
 
 
 def write_previews(out: Path, settings=None, templates=TEMPLATES) -> list[dict]:
@@ -134,11 +164,12 @@ def write_previews(out: Path, settings=None, templates=TEMPLATES) -> list[dict]:
         folder = out / template
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        for name, label, variant, code in _renderings(template):
-            email = render_variant(template, variant, settings, code)
+        for name, label, variant, code, locale in _renderings(template):
+            email = render_variant(template, variant, settings, code, locale)
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
             (folder / f"{name}.html").write_text(email.html, encoding="utf-8")
             (folder / f"{name}.txt").write_text(f"Subject: {email.subject}\n\n{email.text}", encoding="utf-8")
-            written.append({"template": template, "variant": name, "label": label,
+            written.append({"template": template, "variant": name, "label": label, "locale": locale,
                             "subject": email.subject, "html": f"{template}/{name}.html",
                             "text": f"{template}/{name}.txt"})
     (out / "index.html").write_text(index_html(written), encoding="utf-8")

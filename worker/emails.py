@@ -10,6 +10,11 @@ and the CSS of the HTML part is inlined, since many mail clients drop <style> bl
 EMAIL_TEMPLATES_DIR (issue 14) is searched before the built-in folder: a file there replaces the
 built-in file of the same name (`reminder/subject.txt`, `_base.html` ...) and nothing else, so an
 operator rewords one subject without copying every template.
+
+Language (issue 14): the templates' words are gettext messages (`{% trans %}` blocks and `_()`,
+jinja2.ext.i18n, trimmed); the catalogue is chosen per render by the context's `locale`
+(worker.email_locale), so one environment serves every language and a rendered email's language is
+fixed when it is written to the outbox.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import css_inline
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, pass_context, select_autoescape
 
 from config.settings import PROJECT_ROOT
+from worker import email_locale
 
 TEMPLATES_DIR = PROJECT_ROOT / "templates" / "emails"
 TEMPLATES = (
@@ -64,9 +70,23 @@ def environment(directory: Path = TEMPLATES_DIR, override: Path | None = None) -
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=False,
+        extensions=["jinja2.ext.i18n"],
     )
+    env.policies["ext.i18n.trimmed"] = True  # a message's line breaks and indents are not part of it
+    env.install_gettext_callables(_gettext, _ngettext, newstyle=True)
     env.filters["one_line"] = one_line
     return env
+
+
+@pass_context
+def _gettext(context, message: str) -> str:
+    """The message in the catalogue of the email's `locale` (English when it has none)."""
+    return email_locale.translations(context.get("locale")).gettext(message)
+
+
+@pass_context
+def _ngettext(context, singular: str, plural: str, n: int) -> str:
+    return email_locale.translations(context.get("locale")).ngettext(singular, plural, n)
 
 
 @lru_cache(maxsize=1)
@@ -94,7 +114,8 @@ def render(template: str, context: dict[str, Any], templates_dir: Path | None = 
     if template not in TEMPLATES:
         raise ValueError(f"unknown email template {template!r}")
     env = environment(TEMPLATES_DIR, templates_dir)
-    context = {**context, "template": template}
+    context = {"locale": email_locale.DEFAULT_LOCALE, **context, "template": template}
+    context["html_lang"] = email_locale.HTML_LANG.get(context["locale"], "en")
     subject = render_subject(template, context, templates_dir)
     context["subject"] = subject
     text = env.get_template(f"{template}/body.txt").render(context)

@@ -108,9 +108,13 @@ def compose_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, ca
     clock = getattr(ctx, "clock", None) or ctx.now
     if case and case.get("next_payment_attempt") and case["next_payment_attempt"] <= clock:
         case = {**case, "next_payment_attempt": None}  # a "next automatic retry" in the past is never shown
+    from worker.email_locale import owner_locale
     from worker.email_time import owner_timezone
+    # The language is fixed here, when the email is written: a later change of the customer's
+    # preferred_locales words the next email, never this one (its row holds the rendered text).
     context = build_context(case=case, invoice=invoice, customer=customer, card=card,
-                            extra=extra, settings=ctx.settings, tz=owner_timezone(ctx.policy, customer))
+                            extra=extra, settings=ctx.settings, tz=owner_timezone(ctx.policy, customer),
+                            locale=owner_locale(ctx.policy, customer))
     rendered = render(template, context, getattr(ctx.settings, "email_templates_dir", None))
     return recipient, rendered, case
 

@@ -10,7 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from worker.cli import main
-from worker.email_previews import DECLINE_CODES, DECLINE_TEMPLATES, VARIANTS
+from worker.email_previews import (DECLINE_CODES, DECLINE_TEMPLATES, LOCALE_DECLINE_CODES, LOCALE_VARIANTS,
+                                   VARIANTS, preview_count)
+from worker.email_locale import SUPPORTED
 from worker.emails import TEMPLATES
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -18,7 +20,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync"]
 WIDTHS = (375, 1024)
 PHONE_FOLD = 667  # an iPhone SE's viewport height: the main button must be visible without scrolling
-PREVIEW_COUNT = len(TEMPLATES) * len(VARIANTS) + len(DECLINE_TEMPLATES) * len(DECLINE_CODES)
+OTHER_LOCALES = [locale for locale in SUPPORTED if locale != "en"]
+PREVIEW_COUNT = (len(TEMPLATES) * len(VARIANTS) + len(DECLINE_TEMPLATES) * len(DECLINE_CODES)
+                 + len(OTHER_LOCALES) * (len(TEMPLATES) * len(LOCALE_VARIANTS)
+                                         + len(DECLINE_TEMPLATES) * len(LOCALE_DECLINE_CODES)))
 
 # Runs in the page: what a reader would notice.
 INSPECT = """() => ({
@@ -63,7 +68,8 @@ def test_previews_show_the_currency_and_card_they_were_made_for(previews):
 def test_preview_json_lists_what_it_wrote(tmp_path):
     result = CliRunner().invoke(main, ["emails", "preview", "--out", str(tmp_path), "--json"])
     data = json.loads(result.output)
-    assert len(data["emails"]) == PREVIEW_COUNT
+    assert len(data["emails"]) == PREVIEW_COUNT == preview_count()
+    assert {e["locale"] for e in data["emails"]} == set(SUPPORTED)
     assert all((tmp_path / e["html"]).is_file() for e in data["emails"])
 
 
@@ -73,7 +79,7 @@ def test_every_preview_fits_phone_and_desktop_widths_with_no_broken_image_or_lin
     if not CHROMIUM.exists():
         pytest.skip("Chromium is not installed at /usr/bin/chromium")
     from playwright.sync_api import sync_playwright
-    pages = [previews / "index.html"] + sorted(previews.glob("*/*.html"))
+    pages = [previews / "index.html"] + sorted(p for p in previews.rglob("*.html") if p.name != "index.html")
     assert len(pages) == 1 + PREVIEW_COUNT
     problems = []
     with sync_playwright() as p:
@@ -141,3 +147,22 @@ def test_previews_cover_every_decline_group_with_its_advice(previews):
         for code in DECLINE_CODES:
             text = (previews / template / f"{VARIANTS[0].name}-{code}.txt").read_text()
             assert ADVICE[group_of(code)][0] in text
+
+
+@pytest.mark.parametrize("locale", OTHER_LOCALES)
+def test_every_template_is_previewed_in_every_locale_with_a_complete_text_part(previews, locale):
+    """The text part says all the HTML part says: its headings, the invoice, the button's link."""
+    import re
+    for template in TEMPLATES:
+        for variant in LOCALE_VARIANTS:
+            html = (previews / template / locale / f"{variant.name}.html").read_text()
+            text = (previews / template / locale / f"{variant.name}.txt").read_text()
+            assert f'<html lang="{locale.replace("_", "-")}">' in html
+            assert "PREVIEW-" in text and "What happens next" not in html
+            for heading in re.findall(r"<h2[^>]*>([^<]+)</h2>", html):
+                assert heading.upper() in text, (template, locale, heading)
+            for href in re.findall(r'<a class="button" href="([^"]+)"', html):
+                assert href.replace("&amp;", "&") in text
+    for template in DECLINE_TEMPLATES:
+        for code in LOCALE_DECLINE_CODES:
+            assert (previews / template / locale / f"{VARIANTS[0].name}-{code}.html").is_file()

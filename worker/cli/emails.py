@@ -19,7 +19,7 @@ def emails() -> None:
               help="directory to write the previews and index.html into")
 @click.option("--json", "as_json", is_flag=True)
 def emails_preview(out: Path, as_json: bool) -> None:
-    """Render every template (USD/JPY, with/without card, before/after disruption) as HTML and text."""
+    """Render every template (USD/JPY, with/without card, before/after disruption, every locale) as HTML and text."""
     from config.settings import ConfigError, load_settings
     from worker.email_previews import write_previews
     try:
