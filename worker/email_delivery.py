@@ -33,6 +33,7 @@ from sqlalchemy import and_, or_, select, update
 
 from worker.clock import utcnow
 from worker.emails import one_line
+from worker.log_context import bind_in_message
 from worker.logs import mask_email
 
 log = structlog.get_logger("worker.email_delivery")
@@ -271,6 +272,9 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
         if row is None:
             log.warning("email.unknown", email_id=email_id)
             return "missing"
+        # The rest of this message's lines name the email's case, invoice and customer (from this
+        # row: no lookup of its own for log fields).
+        bind_in_message(**{k: row[k] for k in ("case_id", "invoice_id", "customer_id") if row[k]})
         claimable = (row["status"] == "pending" and row["next_attempt_at"] <= now) or (
             row["status"] == "sending" and row["lease_until"] is not None and row["lease_until"] < now)
         if not claimable:
