@@ -55,6 +55,10 @@ class HandlerContext:
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
     as_of: datetime | None = None  # the scheduler's instant (`dunning tick --at`) when a timer is the cause
     prefetched: dict | None = None  # read from Stripe before the transaction (worker.payment_prefetch)
+    # What this transaction already knows, so it is not asked again: whether a customer is erased
+    # (worker.erasure.erased_in) and rows it wrote or locked (handlers.facts.remember).
+    erased: dict[str, bool | None] = field(default_factory=dict)
+    rows: dict[tuple[str, str], dict] = field(default_factory=dict)
 
     @property
     def clock(self) -> datetime:
