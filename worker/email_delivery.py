@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 import structlog
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, exists, or_, select, update
 
 from worker.clock import utcnow
 from worker.emails import one_line
@@ -268,7 +268,7 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
     db = runtime.db
     emails = db.table("emails")
     with db.transaction() as conn:
-        row = conn.execute(select(emails).where(emails.c.id == email_id)).mappings().first()
+        row = conn.execute(_email_and_its_checks(db, email_id)).mappings().first()
         if row is None:
             log.warning("email.unknown", email_id=email_id)
             return "missing"
@@ -280,14 +280,13 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
         if not claimable:
             log.info("email.skipped", email_id=email_id, status=row["status"])
             return row["status"]
-        from worker.erasure import is_erased
-        if not row["recipient"] or is_erased(conn, db.tables, row["customer_id"]):
+        if not row["recipient"] or row["customer_erased"]:
             # Customer-facing mail never goes to an erased customer, whatever was queued before.
             conn.execute(update(emails).where(emails.c.id == email_id, emails.c.status == row["status"])
                          .values(status="cancelled", lease_until=None, last_error="not sent: customer erased"))
             log.info("email.cancelled_erased_customer", email_id=email_id)
             return "cancelled"
-        ended = _case_ended_state(runtime, conn, row)
+        ended = _case_ended_state(row)
         if ended:
             # A reminder still undelivered when its case ended (SendGrid down for hours, say) must
             # not reach the owner after the thank-you: "service disrupted" after "payment received".
@@ -338,14 +337,21 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
     return "sent"
 
 
-def _case_ended_state(runtime, conn, row) -> str | None:
+def _email_and_its_checks(db, email_id: str):
+    """The email row, whether its customer is erased, and its case's state: one statement, not three."""
+    emails, erasures, cases = db.table("emails"), db.table("erasures"), db.table("cases")
+    erased = exists().where(erasures.c.customer_id == emails.c.customer_id)
+    case_state = select(cases.c.state).where(cases.c.id == emails.c.case_id).scalar_subquery()
+    return select(emails, erased.label("customer_erased"), case_state.label("case_state")) \
+        .where(emails.c.id == email_id)
+
+
+def _case_ended_state(row) -> str | None:
     """The end state of the case of a schedule-step email (dedupe key case:<id>:step:<n>), if ended."""
     if not row["case_id"] or ":step:" not in (row["dedupe_key"] or ""):
         return None
     from handlers.dunning import TERMINAL_STATES
-    cases = runtime.db.table("cases")
-    state = conn.execute(select(cases.c.state).where(cases.c.id == row["case_id"])).scalar()
-    return state if state in TERMINAL_STATES else None
+    return row["case_state"] if row["case_state"] in TERMINAL_STATES else None
 
 
 def _exhausted(attempts: int, created_at: datetime, now: datetime) -> bool:
