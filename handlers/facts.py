@@ -87,6 +87,8 @@ def ensure_customer(ctx: HandlerContext, customer_id: str, name: str | None, cre
     read of the customer from Stripe (worker/customer_prefetch.py); until then the owner is
     unreachable (handlers/reachability.py).
     """
+    if customer_id == ctx.held_customer:  # its row exists, held by this transaction (processing)
+        return
     table = ctx.table("customers")
     ctx.conn.execute(ctx.db.insert_ignore(table, {
         "id": customer_id, "email": None, "name": name, "metadata": "{}",

@@ -166,13 +166,13 @@ def hold_customer(conn, db, customer_id: str | None) -> bool:
 def erased_in(ctx: HandlerContext, customer_id: str | None) -> bool:
     """is_erased, asked once per transaction where the answer cannot change before commit.
 
-    That is a customer held by hold_customer (processing marks it in ctx.erased with None: the
-    first question, asked after the lock was granted, sees any erasure committed before it, and a
-    later one waits for this commit), or any customer on SQLite (one writer at a time)."""
-    if ctx.erased.get(customer_id) is not None:
+    That is the customer held by hold_customer (ctx.held_customer: the first question, asked after
+    the lock was granted, sees any erasure committed before it, and a later one waits for this
+    commit), or any customer on SQLite (one writer at a time)."""
+    if customer_id in ctx.erased:
         return ctx.erased[customer_id]
     erased = is_erased(ctx.conn, ctx.db.tables, customer_id)
-    if customer_id and (customer_id in ctx.erased or ctx.db.is_sqlite):
+    if customer_id and (customer_id == ctx.held_customer or ctx.db.is_sqlite):
         ctx.erased[customer_id] = erased
     return erased
 

@@ -152,8 +152,8 @@ def _run_handler(runtime, event_id: str, customer_id: str | None = None, prefetc
         handler = handler_for(event.type)
         ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=event, log=log,
                              prefetched=prefetched)
-        if held:  # whether it is erased cannot change before commit: asked once (worker.erasure.erased_in)
-            ctx.erased[customer_id] = None
+        if held:  # it exists, and whether it is erased cannot change before commit
+            ctx.held_customer = customer_id
         status = "processed"
         if handler is None:
             status = "ignored"
