@@ -61,6 +61,7 @@ class HandlerContext:
     held_customer: str | None = None
     erased: dict[str, bool] = field(default_factory=dict)
     rows: dict[tuple[str, str], dict] = field(default_factory=dict)
+    opened_cases: set[str] = field(default_factory=set)  # cases this transaction inserted (no mail of theirs exists)
 
     @property
     def clock(self) -> datetime:

@@ -54,7 +54,10 @@ def add_case_email(ctx, template: str, case_id: str, dedupe_key: str,
     `case`: the case row as this transaction just wrote or locked it, when the caller holds it.
     """
     _check_template(template)
-    if _exists(ctx, "emails", dedupe_key):
+    # A case this transaction opened has no mail yet (its id is new): no lookup; the INSERT's
+    # ON CONFLICT on dedupe_key still refuses a second row.
+    opened_here = case_id in ctx.opened_cases and dedupe_key.startswith(f"case:{case_id}:")
+    if not opened_here and _exists(ctx, "emails", dedupe_key):
         return None
     if case is None or case.get("id") != case_id:  # a caller holding the current row passes it: no re-read
         case = _load(ctx, "cases", case_id)
