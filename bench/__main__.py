@@ -6,10 +6,13 @@ table of ratios against baselines measured in the same run:
   1. ingest   `dunning web` vs a bare Falcon app on the same gunicorn setup; p99 at 50% of peak
   2. e2e      webhook -> email (SendGrid fake) with `dunning worker` vs a no-op actor on the same
               broker with the same processes and threads; p99 receipt->email at 50% of peak
-  3. scaling  scheduler tick and webhook ingest with SMALL vs LARGE rows in PostgreSQL
-  4. memory   peak RSS of the web and worker processes
-  5. prune    `dunning data prune` deleting PRUNE_EVENTS old events: rows/s, webhook p99 during vs before
-  6. front    100 stalled connections for 60 s while 500 signed events arrive at 20/s (/healthz
+  3. floor    the statements e2e issued per event type (captured from the real code path) replayed
+              with raw prepared psycopg in the same transactions at the workers' concurrency:
+              e2e / floor, statements per event type, CPU per event by process (PostgreSQL only)
+  4. scaling  scheduler tick and webhook ingest with SMALL vs LARGE rows in PostgreSQL
+  5. memory   peak RSS of the web and worker processes
+  6. prune    `dunning data prune` deleting PRUNE_EVENTS old events: rows/s, webhook p99 during vs before
+  7. front    100 stalled connections for 60 s while 500 signed events arrive at 20/s (/healthz
               polled throughout) vs the same events without the attack; /metrics scrape time and
               webhook p99 with 16 scrapers over LARGE stored events (bench/frontdoor.py)
 
@@ -40,7 +43,7 @@ from bench.report import TARGETS, as_markdown, as_text, build_rows, memory_summa
 from bench.setup import BenchConfig, BenchRun
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("ingest", "e2e", "scaling", "prune", "front")
+SECTIONS = ("ingest", "e2e", "floor", "scaling", "prune", "front")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -99,6 +102,9 @@ def run_bench(cfg: BenchConfig, only: set[str], keep: bool, profile_dir: Path | 
         if "e2e" in only:
             _section(results, "noop", measure_noop, run)
             _section(results, "e2e", measure_e2e, run, fake)
+        if "floor" in only:
+            from bench.floor import measure_floor
+            _section(results, "floor", measure_floor, run, results.get("e2e"))
         if "scaling" in only:
             _section(results, "scaling", measure_scaling, run)
         if "prune" in only:

@@ -215,3 +215,66 @@ def purge_namespace(redis_url: str, namespace: str) -> int:
     finally:
         client.close()
     return deleted
+
+
+OBSERVER = "dunning-bench-observer"  # application_name of the bench's own connections (not measured)
+
+
+def observer_url(url: str) -> str:
+    """`url` with the bench's application_name: its polling is not counted as the service's CPU."""
+    if not url.startswith(("postgresql", "postgres")):
+        return url
+    return f"{url}{'&' if '?' in url else '?'}application_name={OBSERVER}"
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of one process (a PostgreSQL backend), None when it is gone or unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def backend_pids(server_url: str, database: str) -> list[int]:
+    """The PostgreSQL backends serving `database` (pg_stat_activity), the bench's own left out."""
+    import psycopg
+    with psycopg.connect(observer_url(psycopg_url(server_url)), autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+                            " AND coalesce(application_name, '') <> %s", (database, OBSERVER)).fetchall()
+    return [pid for (pid,) in rows]
+
+
+class BackendCpu:
+    """CPU seconds the PostgreSQL backends of one database used between `start()` and `stop()`.
+
+    Read from /proc/<pid>/stat (the server runs on this machine): backends that start in between
+    count from zero; one that ends in between is lost (pools keep theirs open, so rare)."""
+
+    def __init__(self, server_url: str, database: str):
+        self.server_url, self.database = server_url, database
+        self.before: dict[int, float] = {}
+        self.readable = True
+
+    def start(self) -> "BackendCpu":
+        self.before = self._read()
+        return self
+
+    def _read(self) -> dict[int, float]:
+        found = {}
+        for pid in backend_pids(self.server_url, self.database):
+            cpu = process_cpu_seconds(pid)
+            if cpu is None:
+                self.readable = False  # a server on another machine: /proc does not have it
+            else:
+                found[pid] = cpu
+        return found
+
+    def stop(self) -> dict:
+        after = self._read()
+        used = sum(cpu - self.before.get(pid, 0.0) for pid, cpu in after.items())
+        return {"seconds": used if self.readable else None, "backends": len(after)}
+
+
+def database_name(url: str) -> str:
+    return url.split("?", 1)[0].rsplit("/", 1)[1]

@@ -36,6 +36,7 @@ class BenchConfig:
     worker_threads: int = 8
     e2e_events: int = 2000  # events of the peak end-to-end batch
     noop_messages: int = 5000
+    first_email_delay: int = 0  # FIRST_EMAIL_DELAY_SECONDS of the e2e service (BENCH_FIRST_EMAIL_DELAY)
     email_timeout: float = 60.0  # seconds to wait for emails before calling e2e n/a
     scale_small: int = 10_000
     scale_large: int = 1_000_000
@@ -66,6 +67,7 @@ class BenchConfig:
         cfg.prune_events = int(env.get("BENCH_PRUNE_EVENTS") or cfg.prune_events)
         cfg.prune_rate = float(env.get("BENCH_PRUNE_RATE") or cfg.prune_rate)
         cfg.concurrency = int(env.get("BENCH_CONCURRENCY") or cfg.concurrency)
+        cfg.first_email_delay = int(env.get("BENCH_FIRST_EMAIL_DELAY") or cfg.first_email_delay)
         cfg.worker_processes = int(env.get("WORKER_PROCESSES") or cfg.worker_processes)
         cfg.worker_threads = int(env.get("WORKER_THREADS") or cfg.worker_threads)
         cfg.web_workers = int(env.get("WEB_CONCURRENCY") or cfg.web_workers)

@@ -53,16 +53,24 @@ def ensure_account(ctx: HandlerContext, account_id: str, customer_id: str, subsc
 
 
 def lock_account(ctx: HandlerContext, case: dict) -> dict:
+    """The account row locked for this transaction (made if unknown); once locked, the kept copy."""
+    from handlers.facts import remember, remembered
+    held = remembered(ctx, "accounts", case["account_id"])
+    if held is not None:
+        return held
     ensure_account(ctx, case["account_id"], case["customer_id"], case["subscription_id"])
     accounts = ctx.table("accounts")
     row = ctx.conn.execute(ctx.db.lock(select(accounts).where(accounts.c.id == case["account_id"]))) \
         .mappings().first()
-    return dict(row)
+    return remember(ctx, "accounts", row)
 
 
 def _set(ctx: HandlerContext, account: dict, **values) -> None:
     accounts = ctx.table("accounts")
     ctx.conn.execute(update(accounts).where(accounts.c.id == account["id"]).values(**values, updated_at=ctx.now))
+    kept = ctx.rows.get(("accounts", account["id"]))
+    if kept is not None:  # the copy lock_account keeps follows what this transaction wrote
+        kept.update(values, updated_at=ctx.now)
     log.info("account.status", account_id=account["id"], from_status=account["status"],
              to_status=values.get("status", account["status"]),
              disrupt_at=isoformat(values.get("disrupt_at", account["disrupt_at"])))

@@ -55,6 +55,13 @@ class HandlerContext:
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
     as_of: datetime | None = None  # the scheduler's instant (`dunning tick --at`) when a timer is the cause
     prefetched: dict | None = None  # read from Stripe before the transaction (worker.payment_prefetch)
+    # What this transaction already knows, so it is not asked again: the customer whose row it holds
+    # (worker.erasure.hold_customer), whether a customer is erased (worker.erasure.erased_in) and
+    # rows it wrote or locked (handlers.facts.remember).
+    held_customer: str | None = None
+    erased: dict[str, bool] = field(default_factory=dict)
+    rows: dict[tuple[str, str], dict] = field(default_factory=dict)
+    opened_cases: set[str] = field(default_factory=set)  # cases this transaction inserted (no mail of theirs exists)
 
     @property
     def clock(self) -> datetime:

@@ -134,6 +134,7 @@ def open_case(ctx: HandlerContext, values: dict[str, Any], *, event_id: str | No
     stored = ctx.conn.execute(ctx.db.insert_ignore(cases, row, "invoice_id").returning(*cases.c)).mappings().first()
     if stored is None:
         return None
+    ctx.opened_cases.add(row["id"])
     _record(ctx, row["id"], None, FAILING, OPENED, event_id=event_id, step=None)
     bind_case(stored)  # the rest of this message's log lines name the case it opened
     log.info("case.opened", case_id=row["id"], invoice_id=row["invoice_id"], schedule=row["schedule"])

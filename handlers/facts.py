@@ -24,6 +24,28 @@ from worker.db import dumps
 from worker.email_locale import choose_locale
 
 FINAL_INVOICE_STATUSES = ("paid", "void", "uncollectible")
+# Rows a transaction may keep once it wrote or read them (ctx.rows), because every write to them in
+# a handler's transaction updates or drops the kept copy: _upsert, upsert_invoice, accounts._set,
+# outbox._next_seq, verification's invoice status, and the erasure scrub (which drops them all).
+KEPT_TABLES = ("customers", "invoices", "accounts")
+
+
+def remember(ctx: HandlerContext, table_name: str, row) -> dict | None:
+    """Keep `row` (as this transaction wrote or read it) so later code asks `remembered`, not the database."""
+    if row is None:
+        return None
+    row = dict(row)
+    ctx.rows[(table_name, row["id"])] = row
+    return dict(row)
+
+
+def remembered(ctx: HandlerContext, table_name: str, row_id: str | None) -> dict | None:
+    kept = ctx.rows.get((table_name, row_id)) if row_id else None
+    return dict(kept) if kept is not None else None
+
+
+def forget(ctx: HandlerContext, table_name: str, row_id: str | None) -> None:
+    ctx.rows.pop((table_name, row_id), None)
 
 
 def _upsert(ctx: HandlerContext, table_name: str, row_id: str, values: dict[str, Any], created: int) -> None:
@@ -34,6 +56,7 @@ def _upsert(ctx: HandlerContext, table_name: str, row_id: str, values: dict[str,
     if not inserted:
         ctx.conn.execute(update(table).where(table.c.id == row_id, table.c.source_created <= created)
                          .values(**values))
+    forget(ctx, table_name, row_id)
 
 
 def upsert_customer(ctx: HandlerContext, customer: dict, created: int) -> None:
@@ -54,8 +77,8 @@ def upsert_customer(ctx: HandlerContext, customer: dict, created: int) -> None:
     default_pm = (expandable_id((customer.get("invoice_settings") or {}).get("default_payment_method"))
                   or expandable_id(customer.get("default_source")))
     values["default_payment_method"] = default_pm
-    from worker.erasure import is_erased
-    if is_erased(ctx.conn, ctx.db.tables, cid):
+    from worker.erasure import erased_in
+    if erased_in(ctx, cid):
         # Erased: what Stripe still holds (a step's re-read, a late customer.* event) never brings
         # the personal values back; ids and the default payment method stay, as erasure keeps them.
         values.update(email=None, name=None, metadata="{}", locale=None, deleted=True)
@@ -70,6 +93,8 @@ def ensure_customer(ctx: HandlerContext, customer_id: str, name: str | None, cre
     read of the customer from Stripe (worker/customer_prefetch.py); until then the owner is
     unreachable (handlers/reachability.py).
     """
+    if customer_id == ctx.held_customer:  # its row exists, held by this transaction (processing)
+        return
     table = ctx.table("customers")
     ctx.conn.execute(ctx.db.insert_ignore(table, {
         "id": customer_id, "email": None, "name": name, "metadata": "{}",
@@ -147,13 +172,18 @@ def upsert_invoice(ctx: HandlerContext, invoice: dict, created: int) -> dict | N
     if values["subscription_id"]:
         ensure_subscription(ctx, values["subscription_id"], customer_id, invoice_subscription_metadata(invoice))
     if all(c.name in stored for c in table.c):  # what this transaction wrote (the row is locked): no re-read
-        return stored
-    return ctx.conn.execute(select(table).where(table.c.id == iid)).mappings().first()
+        return remember(ctx, "invoices", stored)  # the outbox renders from it too
+    return remember(ctx, "invoices", ctx.conn.execute(select(table).where(table.c.id == iid)).mappings().first())
 
 
 def load(ctx: HandlerContext, table_name: str, row_id: str | None) -> dict | None:
+    """The row by id: the copy this transaction keeps (KEPT_TABLES), else read (and kept)."""
     if not row_id:
         return None
+    if table_name in KEPT_TABLES and (kept := remembered(ctx, table_name, row_id)) is not None:
+        return kept
     table = ctx.table(table_name)
     row = ctx.conn.execute(select(table).where(table.c.id == row_id)).mappings().first()
+    if row is not None and table_name in KEPT_TABLES:
+        return remember(ctx, table_name, row)
     return dict(row) if row else None

@@ -145,3 +145,4 @@ def _record_invoice_status(ctx: HandlerContext, invoice_id: str, invoice: dict, 
     ctx.conn.execute(update(invoices).where(invoices.c.id == invoice_id)
                      .values(status=status, amount_remaining=0 if status == "paid" else invoices.c.amount_remaining,
                              updated_at=ctx.now))
+    ctx.rows.pop(("invoices", invoice_id), None)  # a copy kept by handlers.facts is stale now

@@ -74,7 +74,7 @@ def declare_actors(broker: dramatiq.Broker) -> Actors:
     def send_email(email_id: str) -> None:
         """Deliver one outbox email (SendGrid or .eml file); retries are scheduled in the row."""
         from worker.email_delivery import deliver_email
-        bound(email_id=email_id)
+        bound(lookup=False, email_id=email_id)  # deliver_email names the case from the row it reads
         try:
             deliver_email(rt.current(), email_id)
         finally:

@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Protocol
 
 import structlog
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, exists, or_, select, update
 
 from worker.clock import utcnow
 from worker.emails import one_line
+from worker.log_context import bind_in_message
 from worker.logs import mask_email
 
 log = structlog.get_logger("worker.email_delivery")
@@ -269,17 +270,19 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
     emails = db.table("emails")
     with db.transaction() as conn:
         # Locked: a step joining this account email (worker/account_emails.py) finishes first or waits.
-        row = conn.execute(db.lock(select(emails).where(emails.c.id == email_id))).mappings().first()
+        row = conn.execute(db.lock(_email_and_its_checks(db, email_id))).mappings().first()
         if row is None:
             log.warning("email.unknown", email_id=email_id)
             return "missing"
+        # The rest of this message's lines name the email's case, invoice and customer (from this
+        # row: no lookup of its own for log fields).
+        bind_in_message(**{k: row[k] for k in ("case_id", "invoice_id", "customer_id") if row[k]})
         claimable = (row["status"] == "pending" and row["next_attempt_at"] <= now) or (
             row["status"] == "sending" and row["lease_until"] is not None and row["lease_until"] < now)
         if not claimable:
             log.info("email.skipped", email_id=email_id, status=row["status"])
             return row["status"]
-        from worker.erasure import is_erased
-        if not row["recipient"] or is_erased(conn, db.tables, row["customer_id"]):
+        if not row["recipient"] or row["customer_erased"]:
             # Customer-facing mail never goes to an erased customer, whatever was queued before.
             conn.execute(update(emails).where(emails.c.id == email_id, emails.c.status == row["status"])
                          .values(status="cancelled", lease_until=None, last_error="not sent: customer erased"))
@@ -339,6 +342,15 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
     return "sent"
 
 
+def _email_and_its_checks(db, email_id: str):
+    """The email row, whether its customer is erased, and its case's state: one statement, not three."""
+    emails, erasures, cases = db.table("emails"), db.table("erasures"), db.table("cases")
+    erased = exists().where(erasures.c.customer_id == emails.c.customer_id)
+    case_state = select(cases.c.state).where(cases.c.id == emails.c.case_id).scalar_subquery()
+    return select(emails, erased.label("customer_erased"), case_state.label("case_state")) \
+        .where(emails.c.id == email_id)
+
+
 def _case_ended_state(runtime, conn, row) -> str | None:
     """The end state of the case of a schedule-step email, if ended; for an account email, the end
     of its last covered case (it goes out while any invoice it covers is still unpaid)."""
@@ -350,7 +362,7 @@ def _case_ended_state(runtime, conn, row) -> str | None:
     if key.startswith("account:"):
         case_ids = covered_case_ids(conn, runtime.db.table("email_steps"), row["id"]) or [row["case_id"]]
     elif ":step:" in key:
-        case_ids = [row["case_id"]]
+        return row["case_state"] if row["case_state"] in TERMINAL_STATES else None
     else:
         return None  # not a step email (payment received, payment link...)
     cases = runtime.db.table("cases")

@@ -67,6 +67,8 @@ def erase_in(ctx: HandlerContext, customer_id: str, *, requested_by: str, reason
     record = {"customer_id": customer_id, "erased_at": ctx.now, "requested_by": requested_by[:200],
               "event_id": event_id, "reason": clean_reason(reason)}
     first = db.insert_new(conn, tables["erasures"], record, "customer_id")
+    ctx.erased[customer_id] = True
+    ctx.rows.clear()  # the scrub below rewrites rows this transaction may have kept
     closed = close_open_cases(ctx, customer_id, event_id)
     touched = scrub(conn, tables, customer_id, include_events=True)
     _remove_local_copies(ctx, customer_id)
@@ -146,18 +148,33 @@ def scrub(conn, tables, customer_id: str, *, include_events: bool) -> dict[str, 
     return touched
 
 
-def hold_customer(conn, db, customer_id: str | None) -> None:
+def hold_customer(conn, db, customer_id: str | None) -> bool:
     """The first lock of an event's transaction: its customer's row FOR SHARE (PostgreSQL).
 
     erase_in takes the row FOR UPDATE first too, so an erasure and an event of the same customer
     are serialized with the same lock order (customer, then event, cases, rows): the erasure sees
     everything the event wrote, or the event sees the erasure (after_handler). SQLite serializes
-    every writer already.
+    every writer already. True when a row was held (no erasure can land before this commits).
     """
     if not customer_id or db.is_sqlite:
-        return
+        return False
     customers = db.tables["customers"]
-    conn.execute(select(customers.c.id).where(customers.c.id == customer_id).with_for_update(read=True))
+    return conn.execute(select(customers.c.id).where(customers.c.id == customer_id)
+                        .with_for_update(read=True)).first() is not None
+
+
+def erased_in(ctx: HandlerContext, customer_id: str | None) -> bool:
+    """is_erased, asked once per transaction where the answer cannot change before commit.
+
+    That is the customer held by hold_customer (ctx.held_customer: the first question, asked after
+    the lock was granted, sees any erasure committed before it, and a later one waits for this
+    commit), or any customer on SQLite (one writer at a time)."""
+    if customer_id in ctx.erased:
+        return ctx.erased[customer_id]
+    erased = is_erased(ctx.conn, ctx.db.tables, customer_id)
+    if customer_id and (customer_id == ctx.held_customer or ctx.db.is_sqlite):
+        ctx.erased[customer_id] = erased
+    return erased
 
 
 def after_handler(ctx: HandlerContext, event, customer_id: str | None) -> bool:
@@ -167,8 +184,9 @@ def after_handler(ctx: HandlerContext, event, customer_id: str | None) -> bool:
     committed with personal data. True when the customer is erased.
     """
     tables = ctx.db.tables
-    if not is_erased(ctx.conn, tables, customer_id):
+    if not erased_in(ctx, customer_id):
         return False
+    ctx.rows.clear()  # the scrub rewrites rows this transaction may have kept
     scrub(ctx.conn, tables, customer_id, include_events=False)
     events = tables["events"]
     payload = ctx.conn.execute(select(events.c.payload).where(events.c.id == event.id)).scalar()

@@ -55,7 +55,10 @@ def add_case_email(ctx, template: str, case_id: str, dedupe_key: str,
     `case`: the case row as this transaction just wrote or locked it, when the caller holds it.
     """
     _check_template(template)
-    if not checked and _exists(ctx, "emails", dedupe_key):  # checked: the caller just looked (account_emails)
+    # A case this transaction opened has no mail yet (its id is new): no lookup; the INSERT's
+    # ON CONFLICT on dedupe_key still refuses a second row.
+    opened_here = case_id in ctx.opened_cases and dedupe_key.startswith(f"case:{case_id}:")
+    if not checked and not opened_here and _exists(ctx, "emails", dedupe_key):
         return None
     if case is None or case.get("id") != case_id:  # a caller holding the current row passes it: no re-read
         case = _load(ctx, "cases", case_id)
@@ -90,9 +93,9 @@ def compose_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, ca
     from worker.email_context import build_context, latest_card
     from worker.emails import render
 
-    from worker.erasure import is_erased
+    from worker.erasure import erased_in
 
-    if is_erased(ctx.conn, ctx.db.tables, customer_id):
+    if erased_in(ctx, customer_id):
         log.info("email.refused_erased_customer", template=template, customer_id=customer_id, dedupe_key=dedupe_key)
         return None
     customer = _load(ctx, "customers", customer_id)
@@ -266,11 +269,15 @@ def _next_seq(ctx, account_id: str, customer_id: str, subscription_id: str | Non
         "id": account_id, "customer_id": customer_id, "subscription_id": subscription_id,
         "status": "active", "notice_seq": 0, "updated_at": utcnow(),
     }, "id")
-    return int(ctx.conn.execute(
+    seq = int(ctx.conn.execute(
         update(accounts).where(accounts.c.id == account_id)
         .values(notice_seq=accounts.c.notice_seq + 1)
         .returning(accounts.c.notice_seq)
     ).scalar_one())
+    kept = ctx.rows.get(("accounts", account_id))
+    if kept is not None:  # the copy handlers.accounts.lock_account keeps
+        kept["notice_seq"] = seq
+    return seq
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -286,8 +293,13 @@ def _exists(ctx, table_name: str, dedupe_key: str) -> bool:
 
 
 def _load(ctx, table_name: str, row_id: str | None) -> dict | None:
+    """The row by id; a customer, invoice or account this transaction already holds is not read again."""
     if not row_id:
         return None
+    from handlers.facts import remembered
+    kept = remembered(ctx, table_name, row_id)
+    if kept is not None:
+        return kept
     table = ctx.table(table_name)
     row = ctx.conn.execute(select(table).where(table.c.id == row_id)).mappings().first()
     return dict(row) if row else None

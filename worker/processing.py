@@ -135,7 +135,7 @@ def _run_handler(runtime, event_id: str, customer_id: str | None = None, prefetc
     db = runtime.db
     events = db.table("events")
     with db.transaction() as conn:
-        hold_customer(conn, db, customer_id)  # before any other lock: see worker/erasure.py
+        held = hold_customer(conn, db, customer_id)  # before any other lock: see worker/erasure.py
         row = conn.execute(_built(events, db.is_sqlite).lock, {"b_id": event_id}).mappings().first()
         if row is None:
             raise EventNotFound(f"event {event_id} is not stored")
@@ -152,6 +152,8 @@ def _run_handler(runtime, event_id: str, customer_id: str | None = None, prefetc
         handler = handler_for(event.type)
         ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=event, log=log,
                              prefetched=prefetched)
+        if held:  # it exists, and whether it is erased cannot change before commit
+            ctx.held_customer = customer_id
         status = "processed"
         if handler is None:
             status = "ignored"

@@ -59,6 +59,22 @@ def test_the_smoke_bench_writes_every_section_and_leaves_no_process_behind(tmp_p
     assert e2e["peak"]["payment_failed_emails"] == e2e["peak"]["payment_failed"] > 0
     assert e2e["half_peak"]["p99_ms"] > 0
 
+    floor = results["floor"]  # issue 17: the service's own statements replayed with raw prepared psycopg
+    if has_postgres:
+        replay = floor["replay"]
+        assert replay["errors"] == 0 and replay["units"] == replay["events"] == results["settings"]["e2e_events"], floor
+        assert floor["setup"]["errors"] == 0 and floor["rows"]["events_final"] == floor["rows"]["expected"], floor
+        assert replay["rate"] > 0 and replay["client_cpu_ms_per_event"] > 0 and replay["postgres_backends"] > 0
+        assert replay["postgres_cpu_ms_per_event"] is None or replay["postgres_cpu_ms_per_event"] > 0
+        failed = floor["statements"]["invoice.payment_failed"]
+        assert failed["parts"]["webhook"] == {"statements": 1, "transactions": 0, "autocommit": 1}
+        assert failed["parts"]["processing"]["statements"] > 0 and failed["parts"]["delivery"]["statements"] > 0
+        assert floor["rows"]["emails_sent"] > 0 and floor["vs_e2e"]["rate_ratio"] > 0
+        assert e2e["peak"]["postgres_cpu_ms_per_event"] > 0
+        assert "e2e vs the floor" in done.stdout
+    else:
+        assert "PostgreSQL" in floor["skipped"]
+
     prune = results["prune"]
     assert prune["removed"] == prune["events"] > 0 and prune["rows_per_s"] > 0
     assert prune["without"]["p99_ms"] > 0 and prune["during"]["p99_ms"] > 0 and prune["p99_ratio"] > 0
