@@ -11,27 +11,7 @@ from tests.support.dunning import DAY, T0, failed, paid, tick
 from tests.support.helpers import drain, post_event
 from worker.clock import utcnow
 from worker.ids import new_id
-
-
-def scrape(client) -> dict[tuple[str, tuple], float]:
-    """Every sample of /metrics as {(name, sorted labels): value} (parsed by prometheus_client)."""
-    from prometheus_client.parser import text_string_to_metric_families
-    resp = client.simulate_get("/metrics")
-    assert resp.status_code == 200
-    assert resp.headers["content-type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(resp.text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples, name, **labels) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def total(samples, name) -> float:
-    return sum(v for (n, _), v in samples.items() if n == name)
+from tests.support.metrics import scrape, total, value
 
 
 def insert(runtime, table, **values):
