@@ -3,8 +3,10 @@
 
 Measured at the time of writing (issue 17), processing then delivering the email it queued (the
 process_event and send_email actors' functions, so a lookup made only for log fields counts too):
-- invoice.payment_failed opening a case: 16 statements in 2 transactions, delivery 3 in 2
-  (before: 26 in 3, then 21 in 2; delivery 5 in 2, 6 in 3 with the send_email actor's lookup);
+- invoice.payment_failed opening a case: 17 statements in 2 transactions, delivery 3 in 2
+  (before: 26 in 3, then 21 in 2, then 16; delivery 5 in 2, 6 in 3 with the send_email actor's
+  lookup). The 17th is the account-email lookup (issue 14: does this customer have an unsent
+  email of the same step to join?), which a case opened in this transaction still needs;
 - invoice.paid closing that case: 19 statements in 2 transactions, delivery 3 in 2
   (before: 28 in 3, then 24 in 2; delivery 4 in 2, 5 in 3 with the lookup).
 The issue's target (<= 12 in 3 and <= 14 in 3, delivery included) is not reached yet: the
@@ -20,7 +22,7 @@ from tests.support.helpers import rows
 from tests.support.sql_capture import capture
 
 CEILINGS = {  # event type: (processing statements, transactions), (delivery statements, transactions)
-    "invoice.payment_failed": ((16, 2), (3, 2)),
+    "invoice.payment_failed": ((17, 2), (3, 2)),
     "invoice.paid": ((19, 2), (3, 2)),
 }
 
