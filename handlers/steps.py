@@ -5,7 +5,7 @@ with all cases) and enqueues their ids; `run_due_steps` then runs every step due
 given instant, in order, one transaction per step. A step runs at most once: it is chosen by
 the case's `next_step` index read under the case row lock, and the same transaction advances
 the index with a guarded update (WHERE version = :seen); its email's dedupe key
-`case:<id>:step:<n>` makes a second send impossible even if all that failed.
+(handlers.dedupe_keys.step_email) makes a second send impossible even if all that failed.
 
 A case whose steps message is queued is not queued again before ENQUEUE_LEASE lapses
 (cases.steps_enqueued_at, cleared when the message runs): a backlog, or a second scheduler
@@ -32,6 +32,7 @@ import structlog
 from sqlalchemy import or_, select, update
 
 from handlers import accounts, dunning, reachability, verification
+from handlers import dedupe_keys
 from handlers.context import HandlerContext
 from worker.clock import isoformat, utcnow
 
@@ -237,7 +238,7 @@ def _disrupt_not_before(ctx: HandlerContext, case: dict, schedule, warn: int | N
 
 def _step_email(ctx: HandlerContext, case: dict, index: int) -> dict | None:
     emails = ctx.table("emails")
-    row = ctx.conn.execute(select(emails).where(emails.c.dedupe_key == f"case:{case['id']}:step:{index}")
+    row = ctx.conn.execute(select(emails).where(emails.c.dedupe_key == dedupe_keys.step_email(case["id"], index).value)
                            ).mappings().first()
     return dict(row) if row else None
 
@@ -255,7 +256,7 @@ def _send_step_email(ctx: HandlerContext, case: dict, index: int, template: str)
     the older failure (issue 12) cancels it before delivery (worker/email_delivery.py)."""
     from worker import outbox
     delay = ctx.settings.first_email_delay_seconds if index == 0 else 0
-    email_id = outbox.add_case_email(ctx, template, case["id"], f"case:{case['id']}:step:{index}",
+    email_id = outbox.add_case_email(ctx, template, case["id"], dedupe_keys.step_email(case["id"], index),
                                      delay_seconds=delay, case=case)
     if email_id is None:
         log.warning("case.step_email_not_added", case_id=case["id"], step=index, template=template)

@@ -28,6 +28,7 @@ from pathlib import Path
 import structlog
 from sqlalchemy import func, select
 
+from handlers.dunning import RECOVERED
 from worker.clock import utcnow
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -276,15 +277,8 @@ class DomainCollector:
                                              "(pending, sending, sent, failed).", labels=["template", "status"])
             email_failed = GaugeMetricFamily("dunning_emails_failed", "Emails that gave up, by template.",
                                              labels=["template"])
-            for template, status, n in grouped(emails, emails.c.template, emails.c.status):
-                email_states.add_metric([template, status], n)
-                if status == "sent":
-                    sent.add_metric([template], n)
-                elif status == "failed":
-                    email_failed.add_metric([template], n)
-            yield sent
-            yield email_failed
-            yield email_states
+            _by_status(grouped(emails, emails.c.template, emails.c.status), email_states, sent, email_failed)
+            yield from (sent, email_failed, email_states)
 
             notices = t["platform_notices"]
             notice_states = GaugeMetricFamily("dunning_platform_notices", "Platform notices by type and "
@@ -294,15 +288,8 @@ class DomainCollector:
             notice_failed = GaugeMetricFamily("dunning_platform_notices_failed", "Platform notices that gave "
                                               "up after the retry window, by type (redeliver them with "
                                               "`dunning notices redeliver --failed`).", labels=["type"])
-            for ntype, status, n in grouped(notices, notices.c.type, notices.c.status):
-                notice_states.add_metric([ntype, status], n)
-                if status == "sent":
-                    delivered.add_metric([ntype], n)
-                elif status == "failed":
-                    notice_failed.add_metric([ntype], n)
-            yield notice_states
-            yield delivered
-            yield notice_failed
+            _by_status(grouped(notices, notices.c.type, notices.c.status), notice_states, delivered, notice_failed)
+            yield from (notice_states, delivered, notice_failed)
 
             links = t["payment_links"]
             created = CounterMetricFamily("dunning_payment_links_created", "Payment links created at "
@@ -325,7 +312,7 @@ class DomainCollector:
                 retry_outcomes.add_metric([status], n)
             yield retry_outcomes
 
-            recovered = cases.c.state == "recovered"
+            recovered = cases.c.state == RECOVERED
             amount = CounterMetricFamily("dunning_recovered_amount", "Amount recovered, in the currency's "
                                          "minor units (cents, yen), by currency.", labels=["currency"])
             count = CounterMetricFamily("dunning_recovered_cases", "Cases recovered, by currency.",
@@ -448,6 +435,16 @@ class QueueCollector:
             log.warning("metrics.queue_depth_unavailable", error=str(exc)[:200])
             family = GaugeMetricFamily(family.name, family.documentation, labels=["queue", "kind"])
         yield family
+
+
+def _by_status(rows, states, delivered, failed) -> None:
+    """An outbox table grouped by (template or type, status) feeds its three families at once."""
+    for kind, status, n in rows:
+        states.add_metric([kind, status], n)
+        if status == "sent":
+            delivered.add_metric([kind], n)
+        elif status == "failed":
+            failed.add_metric([kind], n)
 
 
 def _case_when(condition):
