@@ -300,7 +300,7 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
             DELIVERY.give_up_interrupted(db, conn, row, log)
             return "failed"
         attempt = row["attempts"] + 1
-        claimed = DELIVERY.claim(db, conn, row)
+        claimed = DELIVERY.claim(db, conn, row, utcnow())
     if not claimed:
         log.info("email.claimed_elsewhere", email_id=email_id)
         return "sending"
@@ -320,9 +320,10 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
             mark_rejected_email(runtime, email_id, str(exc))
         return "failed"
     except TransientSendError as exc:
-        return DELIVERY.retry_later(db, email_id, attempt, row["created_at"], str(exc), bound)
+        return DELIVERY.retry_later(db, email_id, attempt, row["created_at"], str(exc), bound, utcnow())
     except Exception as exc:
-        DELIVERY.retry_later(db, email_id, attempt, row["created_at"], f"{type(exc).__name__}: {exc}", bound)
+        DELIVERY.retry_later(db, email_id, attempt, row["created_at"], f"{type(exc).__name__}: {exc}", bound,
+                             utcnow())
         raise
     _record_sent(db, email_id, attempt, message_id, bound)
     bound.info("email.sent", provider_message_id=message_id)
@@ -379,7 +380,7 @@ def sweep_emails(runtime, now: datetime) -> int:
             .where(DELIVERY.sweepable(emails, now))
             .order_by(emails.c.next_attempt_at).limit(SWEEP_BATCH)
         ).mappings().all()
-        DELIVERY.mark_swept(conn, emails, rows, now)
+        DELIVERY.mark_swept(conn, emails, rows, now, utcnow())
     for row in rows:
         runtime.actors.send_email.send(row["id"])
     if rows:

@@ -6,7 +6,7 @@ id cannot both deliver it; a worker that dies mid-send leaves `sending` with a l
 the sweeper hands out again. A failed try is retried with exponential backoff (the state lives in
 the row, so it survives restarts) until the row has been tried at least `min_attempts` times over
 at least `retry_for`: then it is failed, kept and visible. Every outcome is written only while the
-claim is still ours (status sending, same attempt).
+claim is still ours (status sending, same attempt). The caller passes the instants (its clock).
 
 What differs per kind (the order of notices, the cancellations of emails, the transport) stays in
 worker/email_delivery.py and worker/notices.py; they describe their rows with a `Leased`.
@@ -19,8 +19,6 @@ from datetime import datetime, timedelta
 from typing import Any, Mapping
 
 from sqlalchemy import Connection, and_, or_, update
-
-from worker.clock import utcnow
 
 
 @dataclass(frozen=True)
@@ -54,14 +52,14 @@ class Leased:
                              last_error=f"gave up: {row['attempts']} attempts, the last one interrupted"))
         log.error(f"{self.name}.gave_up", **{f"{self.name}_id": row["id"]}, attempts=row["attempts"], **fields)
 
-    def claim(self, db, conn: Connection, row: Mapping[str, Any]) -> bool:
+    def claim(self, db, conn: Connection, row: Mapping[str, Any], now: datetime) -> bool:
         """pending (or sending with a lapsed lease) -> sending with a lease, one attempt more; False
         when another worker changed the row first."""
         table = db.table(self.table)
         return bool(conn.execute(
             update(table).where(table.c.id == row["id"], table.c.status == row["status"],
                                 table.c.attempts == row["attempts"])
-            .values(status="sending", lease_until=utcnow() + self.lease, attempts=row["attempts"] + 1,
+            .values(status="sending", lease_until=now + self.lease, attempts=row["attempts"] + 1,
                     enqueued_at=None)
         ).rowcount)
 
@@ -72,9 +70,9 @@ class Leased:
             conn.execute(update(table).where(table.c.id == row_id, table.c.status == "sending",
                                              table.c.attempts == attempt).values(**values))
 
-    def retry_later(self, db, row_id: str, attempt: int, created_at: datetime, error: str, bound) -> str:
+    def retry_later(self, db, row_id: str, attempt: int, created_at: datetime, error: str, bound,
+                    now: datetime) -> str:
         """A failed try: pending again after the backoff, or failed once retried long enough."""
-        now = utcnow()
         if self.exhausted(attempt, created_at, now):
             self.finish(db, row_id, attempt, status="failed", last_error=error[:2000], lease_until=None)
             bound.error(f"{self.name}.gave_up", error=error[:300])
@@ -92,10 +90,9 @@ class Leased:
                         or_(table.c.enqueued_at.is_(None), table.c.enqueued_at <= now - self.enqueue_lease)),
                    and_(table.c.status == "sending", table.c.lease_until < now))
 
-    def mark_swept(self, conn: Connection, table, rows, now: datetime) -> None:
+    def mark_swept(self, conn: Connection, table, rows, now: datetime, real_now: datetime) -> None:
         """The swept rows are queued as of `now`; those due only by a ticked `now` (`dunning tick
         --at`) are made due on the real clock, so the sender does not wait out a skipped backoff."""
-        real_now = utcnow()
         for row in rows:
             if row["status"] == "pending" and row["next_attempt_at"] > real_now:
                 conn.execute(update(table).where(table.c.id == row["id"], table.c.status == "pending")

@@ -11,10 +11,11 @@ header carries one signature per secret (rotation). The platform dedupes on the 
 Order: only the head of an account (its lowest `seq` still pending) is ever tried; delivery
 stops at the first failure, so `service.restored` can never overtake the `service.disrupted`
 it answers. Concurrency: the head is claimed with a guarded update (pending -> sending with a
-lease; worker/leased_delivery.py, shared with emails), so two workers delivering one account cannot
-both send it; a worker that dies leaves a lapsed lease, retried by the sweeper. A 2xx marks the notice sent (never sent again); network
-errors and other statuses are retried with exponential backoff for at least three days, then
-the notice is marked failed (kept, visible in `dunning stats`) and the next one may proceed.
+lease; worker/leased_delivery.py, shared with emails), so two workers delivering one account
+cannot both send it; a worker that dies leaves a lapsed lease, retried by the sweeper. A 2xx marks
+the notice sent (never sent again); network errors and other statuses are retried with
+exponential backoff for at least three days, then the notice is marked failed (kept, visible in
+`dunning stats`) and the next one may proceed.
 
 Without PLATFORM_WEBHOOK_URL each signed notice is written as `<id>.json` in NOTICE_OUTBOX_DIR.
 """
@@ -151,11 +152,11 @@ def deliver_account_notices(runtime, account_id: str, now: datetime | None = Non
         try:
             how = _transmit(runtime, head)
         except DeliveryFailed as exc:
-            DELIVERY.retry_later(runtime.db, head["id"], attempt, head["created_at"], str(exc), bound)
+            DELIVERY.retry_later(runtime.db, head["id"], attempt, head["created_at"], str(exc), bound, utcnow())
             break
         except Exception as exc:
             DELIVERY.retry_later(runtime.db, head["id"], attempt, head["created_at"], f"{type(exc).__name__}: {exc}",
-                                 bound)
+                                 bound, utcnow())
             raise
         DELIVERY.finish(runtime.db, head["id"], attempt, status="sent", delivered_at=utcnow(), lease_until=None)
         bound.info("notice.delivered", via=how)
@@ -186,7 +187,7 @@ def _claim_head(runtime, account_id: str, now: datetime):
                 break
             # Interrupted again and again (a worker dying on it): stop, visibly, and move on.
             DELIVERY.give_up_interrupted(db, conn, head, log, account_id=account_id)
-        claimed = DELIVERY.claim(db, conn, head)
+        claimed = DELIVERY.claim(db, conn, head, utcnow())
     return dict(head) if claimed else None
 
 
@@ -208,7 +209,7 @@ def sweep_notices(runtime, now: datetime) -> int:
             .where(DELIVERY.sweepable(notices, now))
             .order_by(notices.c.next_attempt_at).limit(SWEEP_BATCH)
         ).mappings().all()
-        DELIVERY.mark_swept(conn, notices, rows, now)
+        DELIVERY.mark_swept(conn, notices, rows, now, utcnow())
     accounts = sorted({row["account_id"] for row in rows})
     for account_id in accounts:
         runtime.actors.deliver_notices.send(account_id)
