@@ -19,8 +19,8 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import text
 
 from handlers import registry
-from tests.fixtures_dunning import DAY, T0, failed, know_owner, paid, tick
-from tests.helpers import drain, make_event, post_event, rows
+from tests.support.dunning import DAY, T0, failed, know_owner, paid, tick
+from tests.support.helpers import drain, make_event, post_event, rows
 from worker.clock import utcnow
 from worker.metric_counts import expected_counts, stored_counts
 from worker.web import create_app
@@ -247,7 +247,7 @@ def test_a_scrape_reads_the_counts_not_the_tables_and_costs_the_same_at_10_rows_
 
 def test_the_snapshot_scrape_publishes_the_counted_figures(counted_runtime):
     """The same figures through GET /metrics, after rows written by plain SQL (no service code)."""
-    from tests.test_metrics import scrape, value
+    from tests.unit.test_metrics import scrape, value
     runtime = counted_runtime
     now = utcnow()
     with runtime.db.transaction() as conn:

@@ -1,7 +1,7 @@
 """One email per account and step (issue 14): which email satisfied each invoice's step.
 
-Revision ID: 0004_account_emails
-Revises: 0003_owner_safety
+Revision ID: 0005_account_emails
+Revises: 0004_metric_counts
 Create Date: 2026-12-03
 
 - email_steps: one row per (case, schedule step), keyed `case:<id>:step:<n>`, naming the email that
@@ -15,8 +15,8 @@ Existing step emails keep their `case:<id>:step:<n>` dedupe key, which is still 
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0004_account_emails"
-down_revision = "0003_owner_safety"
+revision = "0005_account_emails"
+down_revision = "0004_metric_counts"
 branch_labels = None
 depends_on = None
 

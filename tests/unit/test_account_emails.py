@@ -13,11 +13,10 @@ from collections import Counter
 import falcon.testing
 import pytest
 
-from tests import fixtures_dunning as fx
-from tests.fixtures_delivery import scripted_server
-from tests.fixtures_dunning import DAY, T0
-from tests.fixtures_stripe import fake_stripe, open_case, sqlite_stripe_runtime  # noqa: F401 (fixtures)
-from tests.helpers import post_event, rows
+from tests.support import dunning as fx
+from tests.support.fake_receivers import scripted_server
+from tests.support.dunning import DAY, T0, open_case
+from tests.support.helpers import post_event, rows
 from worker.web import create_app
 
 SENDGRID_KEY = "SG.account-emails-test-key-0123456789"

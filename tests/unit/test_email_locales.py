@@ -147,10 +147,10 @@ def test_a_deadline_without_a_zone_abbreviation_in_the_locale_keeps_tzdatas():
 
 
 # -- the acceptance, through the real pipeline: Stripe's customer -> the case's emails ------------------
-from tests.fake_stripe import FakeStripe, FakeStripeServer  # noqa: E402
-from tests.fixtures_dunning import DAY, T0, emails, failed, tick  # noqa: E402
-from tests.fixtures_dunning import _store_and_process as deliver  # noqa: E402
-from tests.helpers import make_event, rows  # noqa: E402
+from tests.support.fake_stripe import FakeStripe, FakeStripeServer  # noqa: E402
+from tests.support.dunning import DAY, T0, emails, failed, tick  # noqa: E402
+from tests.support.dunning import _store_and_process as deliver  # noqa: E402
+from tests.support.helpers import make_event, rows  # noqa: E402
 
 API_KEY = "sk_test_" + "l" * 24
 
