@@ -277,10 +277,14 @@ def _extra(listing: dict) -> dict:
     return {"invoices": listing["invoices"], "invoice_totals": listing["totals"]}
 
 
-def _listing(ctx, customer_id: str, locale: str = DEFAULT_LOCALE) -> dict:
-    """Every unpaid invoice of the customer (an open case, its invoice not final) and the totals."""
+def _listing(ctx, customer_id: str) -> dict:
+    """Every unpaid invoice of the customer (an open case, its invoice not final) and the totals,
+    written as the owner's language writes money (worker.email_locale.owner_locale, issue 14)."""
     from handlers.dunning import OPEN_STATES
+    from worker import outbox
     from worker.email_context import safe_url
+    from worker.email_locale import babel_locale, owner_locale
+    locale = babel_locale(owner_locale(ctx.policy, outbox._load(ctx, "customers", customer_id)))
     cases, invoices = ctx.table("cases"), ctx.table("invoices")
     rows = ctx.conn.execute(
         select(cases.c.invoice_id, cases.c.currency, cases.c.amount_due, invoices.c.number,

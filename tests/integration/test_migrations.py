@@ -313,3 +313,7 @@ def test_the_dedupe_keys_of_existing_kinds_keep_their_text():
         "case:dc_1:card-declined-again:pm_1:2031-08", "case:dc_1:action-required:2",
         "invoice:in_1:action-required:evt_1", "card-expiring:cus_1:fp_1:2026-12",
         "notice:sub_1:service.disrupted:dc_1", "in_1:pm_1:2031-08"]
+    # issue 14's: a step's claim (email_steps) is its lone email's key; an account email's names its steps
+    assert k.email_step("dc_1", 3) == k.step_email("dc_1", 3).value
+    account = k.account_step_email("cus_1", "reminder", [("in_2", 1), ("in_1", 1)])
+    assert (account.value, account.kind, account.step) == ("account:cus_1:reminder:in_1@1,in_2@1", "account-step", None)
