@@ -4,8 +4,8 @@ Each invoice keeps its own case, timers and disruption deadline (handlers/steps.
 *emails* of steps that fall due together are merged. Exactly-once moves from "one email per case
 step" to "each (invoice, step) is satisfied by exactly one email": `email_steps` holds one row per
 case step, keyed `case:<case id>:step:<n>` (handlers.dedupe_keys.email_step: the key a step email
-always had), naming the email that satisfied it. The caller holds the case locked; this module then takes the customer's account-emails lock (a PostgreSQL
-advisory lock until commit). A step that falls due:
+always had), naming the email that satisfied it. The caller holds the case locked; this module then
+takes the customer's account-emails lock (a PostgreSQL advisory lock until commit). A step that falls due:
 
 1. is satisfied when its row exists already (an account email covered it): nothing is sent;
    a lone unpaid invoice's step email is written as before, its dedupe key its claim (no row);
@@ -228,9 +228,9 @@ def _render_again(ctx, email: dict, covered: list[dict], *, release: bool) -> bo
     if composed is None:
         return False
     recipient, rendered, _shown = composed
-    values = {"dedupe_key": key.value, "kind": key.kind, "step": key.step, "recipient": recipient, "subject": rendered.subject,
-              "body_text": rendered.text, "body_html": rendered.html, "case_id": main["id"],
-              "invoice_id": main["invoice_id"],
+    values = {"dedupe_key": key.value, "kind": key.kind, "step": key.step, "recipient": recipient,
+              "subject": rendered.subject, "body_text": rendered.text, "body_html": rendered.html,
+              "case_id": main["id"], "invoice_id": main["invoice_id"],
               "invoice_ids": ",".join(row["invoice_id"] for row in unpaid) if len(unpaid) > 1 else None}
     if release:
         values.update(next_attempt_at=utcnow(), enqueued_at=utcnow())
