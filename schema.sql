@@ -128,7 +128,7 @@ CREATE INDEX IF NOT EXISTS case_transitions_case ON case_transitions (case_id, a
 -- The email outbox: written in the transaction that decided to send, delivered once after commit.
 CREATE TABLE IF NOT EXISTS emails (
     id                  TEXT PRIMARY KEY,       -- em_...
-    dedupe_key          TEXT NOT NULL UNIQUE,   -- e.g. case:<id>:step:<n>; a second send is impossible
+    dedupe_key          TEXT NOT NULL UNIQUE,   -- handlers/dedupe_keys.py; a second send is impossible
     template            TEXT NOT NULL,
     recipient           TEXT NOT NULL,
     subject             TEXT NOT NULL,
@@ -146,7 +146,9 @@ CREATE TABLE IF NOT EXISTS emails (
     provider_message_id TEXT,
     created_at          TIMESTAMP NOT NULL,
     sent_at             TIMESTAMP,
-    invoice_ids         TEXT                    -- an account email: every invoice it covers, comma-separated
+    invoice_ids         TEXT,                   -- an account email: every invoice it covers, comma-separated
+    kind                TEXT,                   -- handlers/dedupe_keys.py EMAIL_KINDS: step, account-step, ...
+    step                INTEGER                 -- kind step: the schedule step's index (never parsed from the key)
 );
 CREATE INDEX IF NOT EXISTS emails_pending ON emails (status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS emails_case ON emails (case_id);
@@ -246,7 +248,7 @@ CREATE INDEX IF NOT EXISTS cards_expiry ON cards (exp_year, exp_month);
 -- Immediate retries of a failed invoice after a new default card: one per (invoice, card).
 CREATE TABLE IF NOT EXISTS card_retries (
     id                  TEXT PRIMARY KEY,
-    dedupe_key          TEXT NOT NULL UNIQUE,   -- <invoice>:<payment method>:<exp year-month>
+    dedupe_key          TEXT NOT NULL UNIQUE,   -- handlers/dedupe_keys.card_retry: invoice, payment method, expiry
     invoice_id          TEXT NOT NULL,
     case_id             TEXT,
     customer_id         TEXT NOT NULL,
@@ -256,7 +258,8 @@ CREATE TABLE IF NOT EXISTS card_retries (
     last_error          TEXT,
     created_at          TIMESTAMP NOT NULL,
     finished_at         TIMESTAMP,
-    enqueued_at         TIMESTAMP               -- last time its job went to the broker (sweeper)
+    enqueued_at         TIMESTAMP,              -- last time its job went to the broker (sweeper)
+    card_expiry         TEXT                    -- <exp year-month> or "unknown" of the card tried (its version)
 );
 
 -- Resumable cursors of long jobs (events backfill).

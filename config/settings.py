@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
@@ -61,7 +61,6 @@ class Settings:
     billing_page_url: str | None = None  # BILLING_PAGE_URL: an https page emails may link to
     metrics_amounts: bool = False  # METRICS_AMOUNTS=1 publishes recovered amounts (business figures)
     first_email_delay_seconds: int = 5  # the day-0 email waits this long: a paid arriving back to back cancels it
-    extra: Mapping[str, str] = field(default_factory=dict)
     broker_url: str | None = None  # BROKER_URL: amqp:// selects RabbitMQ (REDIS_URL stays for Redis)
     database_pool_size: int = 10
     database_max_overflow: int = 20
@@ -78,10 +77,6 @@ class Settings:
     @property
     def uses_rabbitmq(self) -> bool:
         return bool(self.broker_url) and self.broker_url.split(":", 1)[0] in ("amqp", "amqps")
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
 
 def _require(env: Mapping[str, str], name: str) -> str:

@@ -24,6 +24,7 @@ import structlog
 from sqlalchemy import select, update
 
 from handlers import dunning
+from handlers import dedupe_keys
 from handlers.context import HandlerContext
 from worker.clock import isoformat
 
@@ -80,7 +81,7 @@ def _notice(ctx: HandlerContext, kind: str, account: dict, case: dict, discrimin
             disrupt_at: datetime | None) -> str | None:
     from worker import outbox
     return outbox.add_notice(
-        ctx, kind, account["id"], f"notice:{account['id']}:{kind}:{discriminator}",
+        ctx, kind, account["id"], dedupe_keys.notice(account["id"], kind, discriminator),
         case_id=case["id"], invoice_id=case["invoice_id"], customer_id=case["customer_id"],
         subscription_id=case["subscription_id"], disrupt_at=disrupt_at)
 

@@ -1,9 +1,7 @@
 """invoice.payment_action_required: the bank wants the owner to confirm the payment (3-D Secure).
 
-Emails added here (worker/outbox.py contract), with the `extra` the template receives:
-  action-required  add_case_email / add_customer_email(..., extra={"action_url": <url>})
-                   dedupe key `case:<case>:action-required:<attempt>` (or
-                   `invoice:<invoice>:action-required:<attempt>` when no case is open).
+Emails added here: action-required (extra: worker/email_contract.ActionRequiredExtra), dedupe key
+handlers.dedupe_keys.action_required (per case, or per invoice when no case is open, and attempt).
 
 The link is where the owner confirms: the payment intent's `next_action` redirect URL when the
 payload carries an expanded payment intent, else the invoice's `hosted_invoice_url` (Stripe's
@@ -18,6 +16,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from handlers import dedupe_keys
 from handlers.context import HandlerContext, StripeEvent
 from handlers.facts import FINAL_INVOICE_STATUSES, upsert_invoice
 from handlers.stripe_objects import dig
@@ -59,10 +58,10 @@ def payment_action_required(ctx: HandlerContext, event: StripeEvent):
     case_id = ctx.conn.execute(select(cases.c.id).where(cases.c.invoice_id == row["id"])).scalar()
     if case_id:
         email_id = outbox.add_case_email(ctx, "action-required", case_id,
-                                         f"case:{case_id}:action-required:{attempt}", extra)
+                                         dedupe_keys.action_required(attempt, case_id=case_id), extra)
     else:
         email_id = outbox.add_customer_email(ctx, "action-required", row["customer_id"],
-                                             f"invoice:{row['id']}:action-required:{attempt}", extra,
+                                             dedupe_keys.action_required(attempt, invoice_id=row["id"]), extra,
                                              invoice_id=row["id"])
     if ctx.log is not None:
         ctx.log.info("action_required.emailed", invoice_id=row["id"], case_id=case_id,

@@ -1,9 +1,8 @@
 """Card events: record every card change; a new default card retries the failed invoice at once.
 
-Emails added here (worker/outbox.py contract), with the `extra` each template receives:
-  card-expiring  add_customer_email(..., extra={"card": {"brand", "last4", "exp_month", "exp_year",
-                 "funding"}}) — dedupe key `card-expiring:<customer>:<fingerprint or pm>:<YYYY-MM>`,
-                 the same key the monthly scan (worker/card_expiry.py) uses: one email per card and expiry.
+Emails added here: card-expiring (extra: worker/email_contract.CardExpiringExtra), dedupe key
+handlers.dedupe_keys.card_expiring (customer, card, expiry month), the same key the monthly scan
+(worker/card_expiry.py) uses: one email per card and expiry.
 
 What we keep of a card is brand, last four, expiry, funding, fingerprint, whether it is the
 customer's default, and the event that told us (https://docs.stripe.com/api/payment_methods/object).
@@ -16,7 +15,7 @@ When is a card "a new default card" worth an immediate retry of the failed invoi
     (Stripe sends these in any order: the attach may come after the customer.updated);
   - payment_method.updated / customer.source.updated of the default card only when its number
     or expiry changed (a new billing address is no reason to charge again).
-card_retries.dedupe_key `<invoice>:<payment method>:<exp year-month>` makes that
+card_retries.dedupe_key (handlers.dedupe_keys.card_retry: invoice, payment method, expiry) makes that
 exactly one retry per (invoice, card version), however many of these events arrive and in
 whatever order: a new expiry or number on the same payment method (an automatic card update)
 retries once more. At most `max_immediate_retries_per_day` (policy, default 3) per invoice in
@@ -26,15 +25,16 @@ retries once more. At most `max_immediate_retries_per_day` (policy, default 3) p
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, desc, func, select, update
 
+from handlers import dedupe_keys
 from handlers.context import HandlerContext, StripeEvent
+from handlers.dunning import OPEN_STATES
 from handlers.stripe_objects import card_details, dig, expandable_id
 from worker.ids import new_id
 
-DUNNING_STATES = ("failing", "disruption_scheduled", "disrupted")
 ACTIVE_SUBSCRIPTION_STATUSES = ("active", "trialing")
 CARD_FIELDS = ("brand", "last4", "exp_month", "exp_year", "funding", "fingerprint")
 # previous_attributes keys that mean "this is a different card now" (number or expiry changed)
@@ -60,29 +60,38 @@ def payment_method_changed(ctx: HandlerContext, event: StripeEvent):
 
 def source_changed(ctx: HandlerContext, event: StripeEvent):
     """customer.source.created / .updated (a legacy Card, or a Source of type card)."""
-    source = event.object
-    customer_id = expandable_id(source.get("customer"))
-    details = card_details(source)
-    if not customer_id or not details or not source.get("id"):
-        return "ignored"  # a bank account or non-card source: not a card
-    record_card(ctx, event, customer_id, source["id"], details)
+    card = _record_source_card(ctx, event)
+    if card is None:
+        return "ignored"
     if event.type == "customer.source.updated" and not _card_changed(event.previous_attributes):
         return None
-    retry_if_default(ctx, customer_id, source["id"])
+    retry_if_default(ctx, card.customer_id, card.id)
     return None
 
 
 def source_expiring(ctx: HandlerContext, event: StripeEvent):
     """customer.source.expiring: Stripe's own warning, at the start of the card's last month."""
+    card = _record_source_card(ctx, event)
+    sent = card and send_card_expiring(ctx, card.customer_id, {"payment_method_id": card.id, **card.details})
+    return None if sent else "ignored"
+
+
+class SourceCard(NamedTuple):
+    customer_id: str
+    id: str
+    details: dict[str, Any]
+
+
+def _record_source_card(ctx: HandlerContext, event: StripeEvent) -> SourceCard | None:
+    """Record the card of a customer.source.* event; None when the source is no customer's card
+    (a bank account, an ACH credit transfer source: nothing expires)."""
     source = event.object
     customer_id = expandable_id(source.get("customer"))
     details = card_details(source)
     if not customer_id or not details or not source.get("id"):
-        return "ignored"  # e.g. an ACH credit transfer source: nothing expires
+        return None
     record_card(ctx, event, customer_id, source["id"], details)
-    if send_card_expiring(ctx, customer_id, {"payment_method_id": source["id"], **details}) is None:
-        return "ignored"
-    return None
+    return SourceCard(customer_id, source["id"], details)
 
 
 def setup_intent_succeeded(ctx: HandlerContext, event: StripeEvent):
@@ -152,25 +161,24 @@ def retry_if_default(ctx: HandlerContext, customer_id: str, payment_method_id: s
 
 def schedule_retries(ctx: HandlerContext, customer_id: str, payment_method_id: str, *,
                      renewed: bool = False) -> list[str]:
-    """One card_retries row per unpaid invoice in dunning (dedupe `<invoice>:<pm>`), enqueued after commit."""
+    """One card_retries row per unpaid invoice in dunning (one per card version), enqueued after commit."""
     cases, invoices = ctx.table("cases"), ctx.table("invoices")
     found = ctx.conn.execute(
         select(cases.c.id, cases.c.invoice_id)
         .select_from(cases.join(invoices, invoices.c.id == cases.c.invoice_id))
-        .where(and_(cases.c.customer_id == customer_id, cases.c.state.in_(DUNNING_STATES),
+        .where(and_(cases.c.customer_id == customer_id, cases.c.state.in_(OPEN_STATES),
                     invoices.c.status == "open"))
         .order_by(cases.c.opened_at)).all()
     scheduled = []
     retries = ctx.table("card_retries")
-    version = card_version(known_details(ctx, customer_id, payment_method_id), payment_method_id)
+    expiry = card_expiry(known_details(ctx, customer_id, payment_method_id))
     for case_id, invoice_id in found:
         # the case row lock serializes two card events of one customer (PostgreSQL): the version
         # check below then sees the other's retry (a unique key alone cannot, versions differ)
         ctx.conn.execute(ctx.db.lock(select(ctx.table("cases").c.id).where(ctx.table("cases").c.id == case_id)))
-        dedupe_key = f"{invoice_id}:{version}"
-        tried = ctx.conn.execute(select(retries.c.dedupe_key).where(
+        tried = ctx.conn.execute(select(retries.c.card_expiry).where(
             retries.c.invoice_id == invoice_id, retries.c.payment_method_id == payment_method_id)).scalars()
-        if any(_same_version(key.rsplit(":", 1)[-1], version.rsplit(":", 1)[-1], renewed) for key in tried):
+        if any(_same_version(tried_expiry, expiry, renewed) for tried_expiry in tried):
             continue  # this card version was tried on this invoice already
         recent = ctx.conn.execute(select(func.count()).select_from(retries).where(
             retries.c.invoice_id == invoice_id, retries.c.created_at > ctx.now - timedelta(hours=24))).scalar()
@@ -181,8 +189,9 @@ def schedule_retries(ctx: HandlerContext, customer_id: str, payment_method_id: s
             continue
         retry_id = new_id("cr")
         inserted = ctx.db.insert_new(ctx.conn, retries, {
-            "id": retry_id, "dedupe_key": dedupe_key, "invoice_id": invoice_id,
-            "case_id": case_id, "customer_id": customer_id, "payment_method_id": payment_method_id,
+            "id": retry_id, "dedupe_key": dedupe_keys.card_retry(invoice_id, payment_method_id, expiry),
+            "invoice_id": invoice_id, "case_id": case_id, "customer_id": customer_id,
+            "payment_method_id": payment_method_id, "card_expiry": expiry,
             "status": "pending", "created_at": ctx.now, "enqueued_at": ctx.now,
         }, "dedupe_key")
         if not inserted:
@@ -200,7 +209,7 @@ def schedule_retries(ctx: HandlerContext, customer_id: str, payment_method_id: s
     return scheduled
 
 
-def _same_version(tried: str, new: str, renewed: bool) -> bool:
+def _same_version(tried: str | None, new: str, renewed: bool) -> bool:
     """Is expiry `new` the version already `tried`? An unknown expiry (the default changed before the
     card's own event told us its details) counts as the same, never a second charge on a guess,
     unless Stripe says this event renewed the card (its previous_attributes show the old expiry)."""
@@ -209,25 +218,17 @@ def _same_version(tried: str, new: str, renewed: bool) -> bool:
     return tried == "unknown" and not renewed
 
 
-def card_version(details: dict[str, Any] | None, payment_method_id: str) -> str:
-    """`<payment method>:<exp year-month>`: a new expiry on the same payment method is a new version
-    (a new number is a new payment method, or a new expiry with it)."""
+def card_expiry(details: dict[str, Any] | None) -> str:
+    """`<exp year-month>` of a card, or "unknown": with the payment method, the card's version (a new
+    expiry on the same payment method is a new version; a new number is a new payment method)."""
     details = details or {}
-    which = payment_method_id
     try:
-        expiry = f"{int(details['exp_year']):04d}-{int(details['exp_month']):02d}"
+        return f"{int(details['exp_year']):04d}-{int(details['exp_month']):02d}"
     except (KeyError, TypeError, ValueError):
-        expiry = "unknown"
-    return f"{which}:{expiry}"
+        return "unknown"
 
 
 # -- expiring cards -------------------------------------------------------------------------
-def card_expiring_dedupe_key(customer_id: str, card: dict[str, Any]) -> str:
-    """One card-expiring email per card (fingerprint, else id) and expiry month."""
-    which = card.get("fingerprint") or card.get("payment_method_id")
-    return f"card-expiring:{customer_id}:{which}:{int(card['exp_year']):04d}-{int(card['exp_month']):02d}"
-
-
 def has_active_subscription(ctx: HandlerContext, customer_id: str) -> bool:
     subs = ctx.table("subscriptions")
     return ctx.conn.execute(select(subs.c.id).where(
@@ -250,4 +251,4 @@ def send_card_expiring(ctx: HandlerContext, customer_id: str, card: dict[str, An
         return None
     extra = {"card": {key: card.get(key) for key in ("brand", "last4", "exp_month", "exp_year", "funding")}}
     return outbox.add_customer_email(ctx, "card-expiring", customer_id,
-                                     card_expiring_dedupe_key(customer_id, card), extra)
+                                     dedupe_keys.card_expiring(customer_id, card), extra)

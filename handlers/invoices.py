@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy import select
 
 from handlers import accounts, dunning, steps
+from handlers import dedupe_keys
 from handlers.context import HandlerContext, PermanentEventError, StripeEvent
 from handlers.facts import FINAL_INVOICE_STATUSES, load, upsert_invoice
 from handlers.stripe_objects import card_details, dig, invoice_failure
@@ -77,10 +78,6 @@ def voided(ctx: HandlerContext, event: StripeEvent):
 def marked_uncollectible(ctx: HandlerContext, event: StripeEvent):
     """Occurs when the invoice is written off: its case ends as uncollectible."""
     return _ending_event(ctx, event, "uncollectible")
-
-
-def payment_action_required(ctx: HandlerContext, event: StripeEvent):
-    upsert_invoice(ctx, event.object, event.created)
 
 
 def updated(ctx: HandlerContext, event: StripeEvent):
@@ -279,6 +276,6 @@ def _thank_owner(ctx: HandlerContext, case: dict, restored: bool) -> None:
     # The case has ended: say what happened to the service (restored, or still disrupted by
     # another unpaid invoice of the account), not what the case state implies.
     still_disrupted = accounts.lock_account(ctx, case)["status"] == accounts.DISRUPTED
-    outbox.add_case_email(ctx, "payment-received", case["id"], f"case:{case['id']}:payment-received",
+    outbox.add_case_email(ctx, "payment-received", case["id"], dedupe_keys.payment_received(case["id"]),
                           {"service_disrupted": restored or still_disrupted, "service_restored": restored},
                           case=case)

@@ -1,7 +1,9 @@
 """The dunning policy (config/policy.toml): who gets mail, who is left alone, which schedule applies.
 
 Read once per process (`runtime.policy`) and validated up front, so a typo in the file stops the
-service at start instead of silently skipping a step weeks later.
+service at start instead of silently skipping a step weeks later. That includes the email of each
+step: the caller passes the templates there are (worker.emails.template_names), and a step naming
+another stops start-up with one line naming the step and the known templates.
 """
 
 from __future__ import annotations
@@ -10,13 +12,12 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from config.settings import ConfigError
 
 ACTIONS = ("schedule_disruption", "disrupt")
 UNREACHABLE_CHOICES = ("hold", "proceed")
-RECIPIENT_SOURCES = ("customer.email", "customer.metadata.")
 
 # Deliberately strict: one local part, one domain with a dot, no spaces, no CR/LF, no commas
 # or angle brackets (a second address or a header injection could hide behind those).
@@ -133,7 +134,8 @@ class Policy:
         return self.schedules.get(name) or self.schedules["default"]
 
 
-def load_policy(path: str | Path) -> Policy:
+def load_policy(path: str | Path, templates: Collection[str] | None = None) -> Policy:
+    """The policy file, checked; `templates`: the email templates there are (None: not checked)."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -141,10 +143,11 @@ def load_policy(path: str | Path) -> Policy:
         raise PolicyError(f"policy file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy file {path}: {exc}") from None
-    return parse_policy(raw, path)
+    return parse_policy(raw, path, templates)
 
 
-def parse_policy(raw: dict[str, Any], path: Path | None = None) -> Policy:
+def parse_policy(raw: dict[str, Any], path: Path | None = None,
+                 templates: Collection[str] | None = None) -> Policy:
     where = str(path or "policy")
     source = str((raw.get("recipient") or {}).get("source", "customer.email"))
     if not (source == "customer.email" or (source.startswith("customer.metadata.")
@@ -157,6 +160,8 @@ def parse_policy(raw: dict[str, Any], path: Path | None = None) -> Policy:
     if "default" not in schedules_raw:
         raise PolicyError(f"{where}: [schedules.default] is required")
     schedules = {name: _parse_schedule(name, body, where) for name, body in schedules_raw.items()}
+    if templates is not None:
+        _check_emails(schedules, templates, where)
     links = raw.get("payment_links") or {}
     payment_links = PaymentLinkPolicy(
         bank_minimums={str(k).lower(): int(v) for k, v in (links.get("bank_minimums") or {}).items()},
@@ -190,6 +195,15 @@ def parse_policy(raw: dict[str, Any], path: Path | None = None) -> Policy:
                   path=path, raw=raw,
                   min_warning_days=min_warning_days, min_gap_hours=min_gap_hours, unreachable=unreachable,
                   max_immediate_retries_per_day=max_retries)
+
+
+def _check_emails(schedules: dict[str, Schedule], templates: Collection[str], where: str) -> None:
+    """Every step's email is a template folder: a misspelt name stops start-up, not the step weeks later."""
+    for name, schedule in schedules.items():
+        for step in schedule.steps:
+            if step.email not in templates:
+                raise PolicyError(f"{where}: [schedules.{name}] step on day {step.day} names email {step.email!r},"
+                                  f" which is not a template (known: {', '.join(sorted(templates))})")
 
 
 def _parse_retention(raw: dict[str, Any], where: str) -> RetentionPolicy:

@@ -24,6 +24,7 @@ import structlog
 from sqlalchemy import or_, select
 
 from handlers import dunning
+from handlers import dedupe_keys
 from handlers.context import HandlerContext
 from worker.ids import new_id
 
@@ -94,7 +95,7 @@ def mark_unreachable(ctx: HandlerContext, case: dict, reason: str) -> dict:
     if not case["owner_unreachable"]:
         case = dunning.update_case(ctx, case, {"owner_unreachable": 1})
     account = lock_account(ctx, case)
-    outbox.add_notice(ctx, UNREACHABLE_NOTICE, account["id"], f"notice:{account['id']}:{UNREACHABLE_NOTICE}:{case['id']}",
+    outbox.add_notice(ctx, UNREACHABLE_NOTICE, account["id"], dedupe_keys.notice(account["id"], UNREACHABLE_NOTICE, case["id"]),
                       case_id=case["id"], invoice_id=case["invoice_id"], customer_id=case["customer_id"],
                       subscription_id=case["subscription_id"], disrupt_at=case.get("disrupt_at"))
     log.warning("case.owner_unreachable", case_id=case["id"], reason=reason, policy=ctx.policy.unreachable)

@@ -5,8 +5,9 @@ with all cases) and enqueues their ids; `run_due_steps` then runs every step due
 given instant, in order, one transaction per step. A step runs at most once: it is chosen by
 the case's `next_step` index read under the case row lock, and the same transaction advances
 the index with a guarded update (WHERE version = :seen); its email_steps key
-`case:<id>:step:<n>` makes a second send impossible even if all that failed. Steps of several
-invoices of one customer that fall due together share one email (worker/account_emails.py).
+(handlers.dedupe_keys.email_step, the text of its email's key handlers.dedupe_keys.step_email)
+makes a second send impossible even if all that failed. Steps of several invoices of one customer
+that fall due together share one email (worker/account_emails.py).
 
 A case whose steps message is queued is not queued again before ENQUEUE_LEASE lapses
 (cases.steps_enqueued_at, cleared when the message runs): a backlog, or a second scheduler

@@ -3,9 +3,9 @@
 Each invoice keeps its own case, timers and disruption deadline (handlers/steps.py); only the
 *emails* of steps that fall due together are merged. Exactly-once moves from "one email per case
 step" to "each (invoice, step) is satisfied by exactly one email": `email_steps` holds one row per
-case step, keyed `case:<case id>:step:<n>` (the key a step email always had), naming the email that
-satisfied it. The caller holds the case locked; this module then takes the customer's account-emails lock (a PostgreSQL
-advisory lock until commit). A step that falls due:
+case step, keyed `case:<case id>:step:<n>` (handlers.dedupe_keys.email_step: the key a step email
+always had), naming the email that satisfied it. The caller holds the case locked; this module then
+takes the customer's account-emails lock (a PostgreSQL advisory lock until commit). A step that falls due:
 
 1. is satisfied when its row exists already (an account email covered it): nothing is sent;
    a lone unpaid invoice's step email is written as before, its dedupe key its claim (no row);
@@ -13,8 +13,9 @@ advisory lock until commit). A step that falls due:
    locked FOR UPDATE: the sender locks the row before claiming it (worker/email_delivery.py), so it
    sends either the body before the join (and the join then finds nothing to join) or the body
    after it, never a stale one. The email is rendered again, its dedupe key becomes
-   `account:<customer>:<template>:<invoice>@<step>,...` (account, step, set of invoices) and
-   X-Dunning-Invoice names every invoice it covers (emails.invoice_ids);
+   `account:<customer>:<template>:<invoice>@<step>,...` (handlers.dedupe_keys.account_step_email:
+   account, template, set of invoice steps; emails.kind "account-step") and X-Dunning-Invoice names
+   every invoice it covers (emails.invoice_ids);
 3. else gets its own email; a lone invoice's looks exactly as before (first failures processed at
    the same instant by parallel workers may each go alone: a writer sees only committed cases). When another open case of
    the customer has a step of the same template due within the policy's `[emails]
@@ -35,8 +36,9 @@ from datetime import timedelta
 
 import structlog
 from babel.numbers import format_decimal
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import and_, func, or_, select, text, update
 
+from handlers import dedupe_keys
 from worker.clock import utcnow
 from worker.money import DEFAULT_LOCALE, exponent, format_amount_with_code, to_major
 
@@ -50,7 +52,7 @@ FINAL_INVOICE_STATUSES = ("paid", "void", "uncollectible")
 class ListedInvoice:
     """One unpaid invoice as the step templates show it (`invoices` items; templates/emails/_invoices.*).
 
-    Template variables this module adds (always present in the context, None when not given):
+    The step templates' `extra` (worker/email_contract.py StepExtra; None in the context when not given):
       invoices        list of ListedInvoice (as dicts): every unpaid invoice of the account
       invoice_totals  list of str, one per currency: "USD 169.00" (code, then the amount)
     The step templates show the list only when it holds more than one invoice.
@@ -60,13 +62,6 @@ class ListedInvoice:
     number: str
     amount: str            # "$49.00 USD": formatted with the currency's exponent
     url: str | None        # the invoice's hosted page (checked by email_context.safe_url)
-
-
-TEMPLATE_VARIABLES = {"invoices": "list[ListedInvoice]", "invoice_totals": "list[str]"}
-
-
-def step_key(case_id: str, index: int) -> str:
-    return f"case:{case_id}:step:{index}"
 
 
 def coalesce_window(policy) -> timedelta:
@@ -83,13 +78,14 @@ def add_step_email(ctx, case: dict, index: int, template: str, *, delay_seconds:
     """Satisfy step `index` of the (locked) case by an email; the id of the email that satisfies it
     (this one, or an account email that covered it already), None when refused (no owner address, erased)."""
     from worker import outbox
-    key = step_key(case["id"], index)
+    key = dedupe_keys.email_step(case["id"], index)
     satisfied_by, others = _look(ctx, case, key)
     if satisfied_by:
         log.info("case.step_email_satisfied", case_id=case["id"], step=index, template=template, email_id=satisfied_by)
         return satisfied_by
+    own = dedupe_keys.step_email(case["id"], index)  # its value is `key`: a lone email's key is its claim
     if not others:  # a lone unpaid invoice: its email as before, its dedupe key is its claim
-        return outbox.add_case_email(ctx, template, case["id"], key, delay_seconds=delay_seconds, case=case,
+        return outbox.add_case_email(ctx, template, case["id"], own, delay_seconds=delay_seconds, case=case,
                                      checked=True)
     _lock_account_emails(ctx, case["customer_id"])
     listing = _listing(ctx, case["customer_id"])
@@ -98,7 +94,7 @@ def add_step_email(ctx, case: dict, index: int, template: str, *, delay_seconds:
         return _join(ctx, held, case, index, key)
     expected = _expected_steps(ctx, case["customer_id"], template, covered={case["id"]})
     hold = int(coalesce_window(ctx.policy).total_seconds()) if expected else 0
-    email_id = outbox.add_case_email(ctx, template, case["id"], key, delay_seconds=max(delay_seconds, hold),
+    email_id = outbox.add_case_email(ctx, template, case["id"], own, delay_seconds=max(delay_seconds, hold),
                                      case=case, extra=_extra(listing), enqueue=not hold, checked=True)
     if email_id is None:
         return None
@@ -142,7 +138,7 @@ def is_satisfied(ctx, key: str) -> bool:
 def step_email(ctx, case_id: str, index: int) -> dict | None:
     """The email row that satisfied the case's step, whichever invoice's email it was."""
     steps, emails = ctx.table("email_steps"), ctx.table("emails")
-    key = step_key(case_id, index)
+    key = dedupe_keys.email_step(case_id, index)
     email_id = ctx.conn.execute(select(steps.c.email_id).where(steps.c.dedupe_key == key)).scalar()
     where = emails.c.id == email_id if email_id else emails.c.dedupe_key == key
     row = ctx.conn.execute(select(emails).where(where)).mappings().first()
@@ -158,13 +154,13 @@ def covered_case_ids(conn, steps_table, email_id: str) -> list[str]:
 # -- joining an email still held ----------------------------------------------------------------
 def _held_email(ctx, case: dict, template: str) -> dict | None:
     """The customer's unsent step email of this template about other invoices, locked (the sender
-    waits for this transaction). A lone invoice's email (its key `case:<id>:step:<n>`) qualifies."""
+    waits for this transaction). A lone invoice's step email (emails.kind "step") qualifies."""
     emails, steps = ctx.table("emails"), ctx.table("email_steps")
     stmt = (select(emails).where(
         emails.c.customer_id == case["customer_id"], emails.c.template == template,
         emails.c.status == "pending", emails.c.attempts == 0,
-        or_(emails.c.dedupe_key.startswith("account:"), emails.c.dedupe_key.like("case:%:step:%")),
-        ~emails.c.dedupe_key.startswith(f"case:{case['id']}:step:", autoescape=True),
+        or_(emails.c.kind == dedupe_keys.ACCOUNT_STEP,
+            and_(emails.c.kind == dedupe_keys.STEP, emails.c.case_id != case["id"])),
         emails.c.id.not_in(select(steps.c.email_id).where(steps.c.case_id == case["id"])))
         .order_by(emails.c.created_at, emails.c.id).limit(1))
     row = ctx.conn.execute(ctx.db.lock(stmt)).mappings().first()
@@ -175,9 +171,9 @@ def _join(ctx, email: dict, case: dict, index: int, key: str) -> str | None:
     """Add the case's step to the held email: claim it, render the email again, release it when complete."""
     steps = ctx.table("email_steps")
     if not _covered(ctx, email["id"]):  # a lone invoice's email: its own key was its claim, now a row
-        _, own_case, _, own_step = email["dedupe_key"].split(":")
-        _claim(ctx, email["dedupe_key"], email["id"], {"id": own_case, "invoice_id": email["invoice_id"],
-                                                        "customer_id": email["customer_id"]}, int(own_step))
+        _claim(ctx, dedupe_keys.email_step(email["case_id"], email["step"]), email["id"],
+               {"id": email["case_id"], "invoice_id": email["invoice_id"], "customer_id": email["customer_id"]},
+               email["step"])
     _claim(ctx, key, email["id"], case, index)
     covered = _covered(ctx, email["id"])
     release = email["enqueued_at"] is None and not _expected_steps(
@@ -223,18 +219,18 @@ def _render_again(ctx, email: dict, covered: list[dict], *, release: bool) -> bo
     """Render the held email for the steps it covers (its main invoice: the first still unpaid) and
     the account's unpaid invoices now; False when the owner can no longer be mailed."""
     from worker import outbox
-    account_key = f"account:{email['customer_id']}:{email['template']}:" + ",".join(
-        sorted(f"{row['invoice_id']}@{row['step']}" for row in covered))
+    key = dedupe_keys.account_step_email(email["customer_id"], email["template"],
+                                         [(row["invoice_id"], row["step"]) for row in covered])
     unpaid = [row for row in covered if row["open"]] or covered
     main = outbox._load(ctx, "cases", unpaid[0]["case_id"])
-    composed = outbox.compose_email(ctx, email["template"], account_key, _extra(_listing(ctx, email["customer_id"])),
+    composed = outbox.compose_email(ctx, email["template"], key, _extra(_listing(ctx, email["customer_id"])),
                                     case=main, customer_id=email["customer_id"], invoice_id=main["invoice_id"])
     if composed is None:
         return False
     recipient, rendered, _shown = composed
-    values = {"dedupe_key": account_key, "recipient": recipient, "subject": rendered.subject,
-              "body_text": rendered.text, "body_html": rendered.html, "case_id": main["id"],
-              "invoice_id": main["invoice_id"],
+    values = {"dedupe_key": key.value, "kind": key.kind, "step": key.step, "recipient": recipient,
+              "subject": rendered.subject, "body_text": rendered.text, "body_html": rendered.html,
+              "case_id": main["id"], "invoice_id": main["invoice_id"],
               "invoice_ids": ",".join(row["invoice_id"] for row in unpaid) if len(unpaid) > 1 else None}
     if release:
         values.update(next_attempt_at=utcnow(), enqueued_at=utcnow())
@@ -270,7 +266,8 @@ def _expected_steps(ctx, customer_id: str, template: str, *, covered: set[str]) 
         if row["id"] in covered:
             continue
         step = ctx.policy.schedule_named(row["schedule"]).step(row["next_step"])
-        if step is not None and step.email == template and not is_satisfied(ctx, step_key(row["id"], row["next_step"])):
+        if step is not None and step.email == template and not is_satisfied(
+                ctx, dedupe_keys.email_step(row["id"], row["next_step"])):
             expected.append(dict(row))
     return expected
 
@@ -280,10 +277,14 @@ def _extra(listing: dict) -> dict:
     return {"invoices": listing["invoices"], "invoice_totals": listing["totals"]}
 
 
-def _listing(ctx, customer_id: str, locale: str = DEFAULT_LOCALE) -> dict:
-    """Every unpaid invoice of the customer (an open case, its invoice not final) and the totals."""
+def _listing(ctx, customer_id: str) -> dict:
+    """Every unpaid invoice of the customer (an open case, its invoice not final) and the totals,
+    written as the owner's language writes money (worker.email_locale.owner_locale, issue 14)."""
     from handlers.dunning import OPEN_STATES
+    from worker import outbox
     from worker.email_context import safe_url
+    from worker.email_locale import babel_locale, owner_locale
+    locale = babel_locale(owner_locale(ctx.policy, outbox._load(ctx, "customers", customer_id)))
     cases, invoices = ctx.table("cases"), ctx.table("invoices")
     rows = ctx.conn.execute(
         select(cases.c.invoice_id, cases.c.currency, cases.c.amount_due, invoices.c.number,

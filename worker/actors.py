@@ -2,6 +2,8 @@
 
 Messages carry ids, never objects (the database is the truth). Actors are declared on an
 explicit broker by `declare_actors`, called from runtime.setup() before any message is sent.
+Each message's log context (its id, the case's ids) is bound by one middleware
+(worker/log_middleware.py) from MESSAGE_IDS, not by each actor.
 """
 
 from __future__ import annotations
@@ -11,18 +13,22 @@ from typing import Any
 
 import dramatiq
 import structlog
-from dramatiq.middleware import CurrentMessage
 
 from handlers.context import PermanentEventError
 
 log = structlog.get_logger("worker.actors")
 
 QUEUES = ("events", "steps", "emails", "notices", "stripe")
-
-
-def _message_id() -> str | None:
-    message = CurrentMessage.get_current_message()
-    return message.message_id if message else None
+# actor -> the name its message's id is logged under, and whether the case's ids are looked up
+# from it (an event's are bound by processing once it loaded the event).
+MESSAGE_IDS = {
+    "process_event": ("event_id", False),
+    "run_case_steps": ("case_id", True),
+    "send_email": ("email_id", False),  # deliver_email names the case from the row it reads
+    "deliver_notices": ("account_id", True),
+    "create_payment_link": ("payment_link_request", True),
+    "retry_invoice": ("card_retry", True),
+}
 
 
 @dataclass(frozen=True)
@@ -37,14 +43,10 @@ class Actors:
 
 def declare_actors(broker: dramatiq.Broker) -> Actors:
     """Declare every actor on `broker` (ids in, work done through the runtime)."""
+    from worker import log_middleware
     from worker import runtime as rt
-    from worker.log_context import case_ids
 
-    def bound(lookup: bool = True, **ids):
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(message_id=_message_id(), **ids)
-        if lookup:
-            structlog.contextvars.bind_contextvars(**case_ids(rt.current(), ids))  # invoice, customer, case
+    log_middleware.install(broker, MESSAGE_IDS, rt.current)
 
     @dramatiq.actor(broker=broker, queue_name="events",
                     throws=(PermanentEventError,))  # a malformed payload is not retried
@@ -52,11 +54,7 @@ def declare_actors(broker: dramatiq.Broker) -> Actors:
         """Process one stored Stripe event through its handler."""
         from worker.processing import process_event as run
         runtime = rt.current()
-        bound(lookup=False, event_id=event_id)  # processing binds type and ids once it loaded the event
-        try:
-            run(runtime, event_id)
-        finally:
-            structlog.contextvars.clear_contextvars()
+        run(runtime, event_id)
 
     # Few retries: the scheduler enqueues a due case again on its next pass anyway.
     @dramatiq.actor(broker=broker, queue_name="steps", max_retries=3)
@@ -64,51 +62,31 @@ def declare_actors(broker: dramatiq.Broker) -> Actors:
         """Run the steps of one case that are due as of an instant (scheduler or `dunning tick`)."""
         from handlers.steps import run_due_steps
         from worker.clock import parse_instant
-        bound(case_id=case_id)
-        try:
-            run_due_steps(rt.current(), case_id, parse_instant(as_of))
-        finally:
-            structlog.contextvars.clear_contextvars()
+        run_due_steps(rt.current(), case_id, parse_instant(as_of))
 
     @dramatiq.actor(broker=broker, queue_name="emails", max_retries=3)
     def send_email(email_id: str) -> None:
         """Deliver one outbox email (SendGrid or .eml file); retries are scheduled in the row."""
         from worker.email_delivery import deliver_email
-        bound(lookup=False, email_id=email_id)  # deliver_email names the case from the row it reads
-        try:
-            deliver_email(rt.current(), email_id)
-        finally:
-            structlog.contextvars.clear_contextvars()
+        deliver_email(rt.current(), email_id)
 
     @dramatiq.actor(broker=broker, queue_name="notices", max_retries=3)
     def deliver_notices(account_id: str) -> None:
         """Deliver the pending platform notices of one account, oldest first."""
         from worker.notices import deliver_account_notices
-        bound(account_id=account_id)
-        try:
-            deliver_account_notices(rt.current(), account_id)
-        finally:
-            structlog.contextvars.clear_contextvars()
+        deliver_account_notices(rt.current(), account_id)
 
     @dramatiq.actor(broker=broker, queue_name="stripe")
     def create_payment_link(request_id: str) -> None:
         """Create the Stripe payment link of one request and email it to the owner."""
         from worker.payment_links import create_link
-        bound(payment_link_request=request_id)
-        try:
-            create_link(rt.current(), request_id)
-        finally:
-            structlog.contextvars.clear_contextvars()
+        create_link(rt.current(), request_id)
 
     @dramatiq.actor(broker=broker, queue_name="stripe")
     def retry_invoice(retry_id: str) -> None:
         """Retry a failed invoice at once with the customer's new default card."""
         from worker.card_retries import run_retry
-        bound(card_retry=retry_id)
-        try:
-            run_retry(rt.current(), retry_id)
-        finally:
-            structlog.contextvars.clear_contextvars()
+        run_retry(rt.current(), retry_id)
 
     return Actors(process_event, run_case_steps, send_email, deliver_notices,
                   create_payment_link, retry_invoice)

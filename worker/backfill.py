@@ -6,7 +6,8 @@ stored exactly like a webhook delivery (worker.event_store.store_event, source="
 primary key dedupes against webhooks and earlier runs) and the progress is saved in the
 `cursors` table after every page, so an interrupted run resumes where it stopped. When every
 page is stored, the events this backfill stored and nobody processed yet are enqueued oldest
-first, the order a live delivery would have had.
+first, the order a live delivery would have had. Stripe is called through the one gateway
+(worker.stripe_api: its timeouts, retries and error sorting).
 
 Idempotent: a second run stores nothing new and enqueues nothing (the events are processed).
 """
@@ -22,8 +23,10 @@ import structlog
 from sqlalchemy import select
 
 from handlers.registry import known_types
+from worker import cursors
 from worker.clock import to_unix, utcnow
 from worker.event_store import InvalidEvent, mark_enqueued, parse_envelope, store_event
+from worker.stripe_api import StripeGateway, gateway
 
 MAX_TYPES_PER_REQUEST = 20  # Stripe's limit on `types`
 PAGE_SIZE = 100
@@ -52,55 +55,18 @@ def type_groups(types=None) -> list[list[str]]:
     return [names[i:i + MAX_TYPES_PER_REQUEST] for i in range(0, len(names), MAX_TYPES_PER_REQUEST)]
 
 
-def stripe_client(settings):
-    """A StripeClient on STRIPE_API_KEY, honouring STRIPE_API_BASE (a local fake in tests)."""
-    import stripe
-    if not settings.stripe_api_key:
-        from config.settings import ConfigError
-        raise ConfigError("STRIPE_API_KEY is required for a backfill")
-    options = {"max_network_retries": 2}
-    if settings.stripe_api_base:
-        options["base_addresses"] = {"api": settings.stripe_api_base}
-    return stripe.StripeClient(settings.stripe_api_key, **options)
-
-
 def _cursor_name(since: int, group: list[str]) -> str:
     return f"backfill:events:{since}:{','.join(group)}"[:500]
 
 
-def _read_cursor(db, name: str) -> dict | None:
-    cursors = db.table("cursors")
-    with db.engine.connect() as conn:
-        value = conn.execute(select(cursors.c.value).where(cursors.c.name == name)).scalar()
-    return json.loads(value) if value else None
-
-
-def _write_cursor(db, name: str, value: dict) -> None:
-    cursors = db.table("cursors")
-    row = {"name": name, "value": json.dumps(value, sort_keys=True), "updated_at": utcnow()}
-    with db.transaction() as conn:
-        if not db.insert_new(conn, cursors, row, "name"):
-            conn.execute(cursors.update().where(cursors.c.name == name)
-                         .values(value=row["value"], updated_at=row["updated_at"]))
-
-
-def _page_events(page) -> list[dict]:
-    """The events of a list page as Stripe sent them (the response's own JSON, not the typed
-    objects, whose decimals and nested types would not serialize back to the same payload)."""
-    response = getattr(page, "last_response", None)
-    if response is not None and isinstance(response.data, dict) and "data" in response.data:
-        return list(response.data["data"])
-    return [event.to_dict() for event in page.data]
-
-
-def backfill(runtime, since: datetime, *, client=None,
+def backfill(runtime, since: datetime, *, stripe: StripeGateway | None = None,
              on_progress: Callable[[int], None] | None = None) -> BackfillResult:
     """Fetch the events created at or after `since` that we do not have; store and enqueue them.
 
     on_progress(seconds) is called as the listing walks back in time (for a progress bar whose
     length is len(type_groups()) * (now - since) seconds).
     """
-    client = client or runtime.service("stripe_backfill", lambda rt: stripe_client(rt.settings))
+    stripe = stripe or gateway(runtime)
     db = runtime.db
     since_unix = to_unix(since)
     known = known_types()
@@ -108,7 +74,8 @@ def backfill(runtime, since: datetime, *, client=None,
     now_unix = to_unix(utcnow())
     for group in type_groups(known):
         name = _cursor_name(since_unix, group)
-        cursor = _read_cursor(db, name)
+        with db.engine.connect() as conn:
+            cursor = cursors.read(conn, db, name)
         starting_after, frontier = None, now_unix
         if cursor and not cursor.get("completed"):
             starting_after, frontier = cursor.get("starting_after"), cursor.get("frontier", now_unix)
@@ -116,12 +83,8 @@ def backfill(runtime, since: datetime, *, client=None,
             if on_progress and frontier < now_unix:
                 on_progress(now_unix - frontier)
         while True:
-            params = {"types": group, "created": {"gte": since_unix}, "limit": PAGE_SIZE}
-            if starting_after:
-                params["starting_after"] = starting_after
-            page = client.v1.events.list(params)
+            listed, has_more = stripe.list_events(group, since_unix, PAGE_SIZE, starting_after)
             result.pages += 1
-            listed = _page_events(page)
             for event in listed:
                 result.seen += 1
                 try:
@@ -140,9 +103,10 @@ def backfill(runtime, since: datetime, *, client=None,
                 if on_progress and oldest < frontier:
                     on_progress(frontier - oldest)
                 frontier = min(frontier, oldest)
-            more = bool(page.has_more) and bool(listed)
-            _write_cursor(db, name, {"since": since_unix, "starting_after": starting_after,
-                                     "frontier": frontier, "completed": not more})
+            more = has_more and bool(listed)
+            with db.transaction() as conn:
+                cursors.write(conn, db, name, {"since": since_unix, "starting_after": starting_after,
+                                               "frontier": frontier, "completed": not more}, utcnow())
             log.info("backfill.page", types=len(group), events=len(listed), has_more=more)
             if not more:
                 break

@@ -1,8 +1,7 @@
 """The monthly scan of recorded cards that expire this month (pre-dunning: before anything fails).
 
-Emails: card-expiring through handlers.cards.send_card_expiring (extra={"card": {"brand", "last4",
-"exp_month", "exp_year", "funding"}}), dedupe key `card-expiring:<customer>:<card>:<YYYY-MM>`,
-shared with the customer.source.expiring handler: one email per card and expiry however many
+Emails: card-expiring through handlers.cards.send_card_expiring (extra: worker/email_contract.py
+CardExpiringExtra), dedupe key handlers.dedupe_keys.card_expiring, shared with the customer.source.expiring handler: one email per card and expiry however many
 times the scan runs and whatever Stripe sends.
 
 The scheduler calls this every pass, so it must be cheap: the `cursors` row `card_expiry`
@@ -17,7 +16,6 @@ subscription, not excluded by the policy.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 
 import structlog
@@ -25,6 +23,7 @@ from sqlalchemy import desc, or_, select
 
 from handlers.cards import known_details, send_card_expiring
 from handlers.context import HandlerContext
+from worker import cursors
 from worker.clock import parse_instant
 
 CURSOR = "card_expiry"
@@ -35,27 +34,13 @@ LATE_COMMIT_GRACE = timedelta(minutes=10)
 log = structlog.get_logger("worker.card_expiry")
 
 
-def _read_cursor(conn, cursors) -> dict:
-    value = conn.execute(select(cursors.c.value).where(cursors.c.name == CURSOR)).scalar()
-    try:
-        return json.loads(value) if value else {}
-    except ValueError:
-        return {}
-
-
-def _write_cursor(runtime, conn, cursors, value: dict, now: datetime) -> None:
-    text = json.dumps(value, sort_keys=True)
-    if not runtime.db.insert_new(conn, cursors, {"name": CURSOR, "value": text, "updated_at": now}, "name"):
-        conn.execute(cursors.update().where(cursors.c.name == CURSOR).values(value=text, updated_at=now))
-
-
 def scan_expiring_cards(runtime, now: datetime) -> int:
     """Queue one card-expiring email per card expiring in `now`'s month; return how many were queued."""
     db = runtime.db
-    cards, customers, cursors = db.table("cards"), db.table("customers"), db.table("cursors")
+    cards, customers = db.table("cards"), db.table("customers")
     month = f"{now.year:04d}-{now.month:02d}"
     with db.engine.connect() as conn:
-        cursor = _read_cursor(conn, cursors)
+        cursor = cursors.read(conn, db, CURSOR) or {}
         same_month = cursor.get("month") == month
         since = parse_instant(cursor["seen_until"]) if same_month and cursor.get("seen_until") else None
         # What this pass sees: everything recorded up to now (a card recorded later is caught next pass).
@@ -92,5 +77,5 @@ def scan_expiring_cards(runtime, now: datetime) -> int:
     new_cursor = {"month": month, "seen_until": seen_until.isoformat() if seen_until else None}
     if new_cursor != cursor:
         with db.transaction() as conn:
-            _write_cursor(runtime, conn, cursors, new_cursor, now)
+            cursors.write(conn, db, CURSOR, new_cursor, now)
     return queued

@@ -1,9 +1,7 @@
 """Retry a failed invoice at once with the customer's new default card (the `retry_invoice` actor).
 
-Emails added here (worker/outbox.py contract), with the `extra` the template receives:
-  card-declined-again  add_case_email(..., extra={"card": {"brand", "last4", "exp_month", "exp_year"},
-                       "decline": {"code", "decline_code", "message"}})
-                       dedupe key `case:<case>:card-declined-again:<card version>` (one per card version).
+Emails added here: card-declined-again (extra: worker/email_contract.CardDeclinedAgainExtra), dedupe
+key handlers.dedupe_keys.card_declined_again (one per card version).
 
 A `card_retries` row (written by handlers/cards.py, unique per invoice and card) is the job.
 The Stripe call carries the idempotency key `dunning-card-retry:<invoice>:<payment method>`, so
@@ -26,9 +24,10 @@ from typing import Any
 import structlog
 from sqlalchemy import select, update
 
-from handlers.cards import DUNNING_STATES, known_details
+from handlers.cards import known_details
+from handlers import dedupe_keys
 from handlers.context import HandlerContext
-from handlers.dunning import lock_case
+from handlers.dunning import OPEN_STATES, lock_case
 from handlers.stripe_objects import card_details, dig, expandable_id, invoice_failure, invoice_payment_intent_id
 from worker.clock import utcnow
 from worker.stripe_api import (
@@ -62,7 +61,7 @@ def run_retry(runtime, retry_id: str) -> str:
         return retry["status"]
     case = _load(runtime, "cases", retry["case_id"])
     invoice = _load(runtime, "invoices", retry["invoice_id"])
-    if case is None or case["state"] not in DUNNING_STATES or invoice is None or invoice["status"] != "open":
+    if case is None or case["state"] not in OPEN_STATES or invoice is None or invoice["status"] != "open":
         return _finish(runtime, retry, "skipped", last_error="the invoice is no longer unpaid in dunning")
 
     try:
@@ -105,7 +104,7 @@ def _recovered_now(runtime, retry, invoice: dict) -> None:
     with runtime.db.transaction() as conn:
         ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=None, log=log)
         case = lock_case(ctx, case_id=retry["case_id"])
-        if case is None or case["state"] not in DUNNING_STATES:
+        if case is None or case["state"] not in OPEN_STATES:
             return
         end_verified(ctx, case, dunning.INVOICE_PAID, invoice)
     ctx.run_after_commit()
@@ -170,7 +169,7 @@ def _declined(runtime, retry, case, decline: Decline) -> str:
         # The case may have ended while the charge was at Stripe (paid, voided, subscription
         # deleted): the decline stays on the retry row, the ended case and its owner are left alone.
         current = lock_case(ctx, case_id=case["id"])
-        if current is None or current["state"] not in DUNNING_STATES:
+        if current is None or current["state"] not in OPEN_STATES:
             log.info("card_retry.declined_after_case_ended", retry_id=retry["id"], case_id=case["id"],
                      state=current["state"] if current else None)
             return "declined"
@@ -181,7 +180,7 @@ def _declined(runtime, retry, case, decline: Decline) -> str:
         if not needs_action:
             email_id = outbox.add_case_email(
                 ctx, "card-declined-again", case["id"],
-                f"case:{case['id']}:card-declined-again:{retry['dedupe_key'].split(':', 1)[1]}",
+                dedupe_keys.card_declined_again(case["id"], retry["payment_method_id"], retry["card_expiry"]),
                 {"card": card, "decline": {"code": decline.code, "decline_code": decline.decline_code,
                                            "message": decline.message}})
     ctx.run_after_commit()

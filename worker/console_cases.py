@@ -19,13 +19,14 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, true, tuple_
 
+from handlers import dunning
 from worker.cli.cases import _next_step
 from worker.clock import from_unix, utcnow
 from worker.db import about_case
 from worker.logs import mask_email
 
 PAGE_SIZE = 50
-STATES = ("failing", "disruption_scheduled", "disrupted", "recovered", "uncollectible", "voided")
+STATES = dunning.STATES
 SORTS = {  # name -> (column, descending, label)
     "opened": ("opened_at", True, "newest first"),
     "amount": ("amount_due", True, "largest amount first"),

@@ -22,6 +22,7 @@ import structlog
 
 from sqlalchemy import select, text
 
+from handlers.dunning import RECOVERED, TERMINAL_STATES
 from worker.clock import isoformat, utcnow
 
 WINDOWS = (7, 30, 90)
@@ -90,11 +91,11 @@ def compute(runtime, now: datetime | None = None) -> dict:
             c = per_currency.setdefault(row["currency"], _empty())
             c["opened"] += row["n"]
             state = row["state"]
-            if state in ("recovered", "uncollectible", "voided"):
+            if state in TERMINAL_STATES:
                 c[state] += row["n"]
             else:
                 c["open"] += row["n"]
-            if state == "recovered":
+            if state == RECOVERED:
                 c["recovered_amount"] += int(row["amount"] or 0)
         histograms: dict[str, list[tuple[int, int]]] = {}
         for row in recovered:
@@ -121,7 +122,7 @@ def compute(runtime, now: datetime | None = None) -> dict:
     for row in cohort:
         if row["wk"] < WEEKS:
             weeks[row["wk"]]["failed"] += row["n"]
-            if row["state"] == "recovered":
+            if row["state"] == RECOVERED:
                 weeks[row["wk"]]["recovered"] += row["n"]
     return {"computed_at": isoformat(now), "windows": windows, "weeks": list(reversed(weeks))}
 

@@ -57,7 +57,7 @@ KEPT: dict[str, tuple[str, ...]] = {
     "case_transitions": ("id", "case_id", "from_state", "to_state", "trigger", "event_id", "step", "at"),
     "emails": ("id", "dedupe_key", "template", "case_id", "invoice_id", "customer_id", "attempts",
                "next_attempt_at", "lease_until", "provider_message_id", "created_at", "sent_at", "enqueued_at",
-               "invoice_ids"),
+               "invoice_ids", "kind", "step"),
     "platform_notices": ("id", "dedupe_key", "type", "account_id", "seq", "case_id", "invoice_id", "customer_id",
                          "status", "attempts", "last_error", "next_attempt_at", "lease_until", "created_at",
                          "delivered_at", "enqueued_at"),
@@ -68,7 +68,8 @@ KEPT: dict[str, tuple[str, ...]] = {
     "cards": ("id", "customer_id", "payment_method_id", "funding", "is_default", "event_id", "event_type",
               "recorded_at"),
     "card_retries": ("id", "dedupe_key", "invoice_id", "case_id", "customer_id", "payment_method_id", "status",
-                     "decline_code", "last_error", "created_at", "finished_at", "enqueued_at"),
+                     "decline_code", "last_error", "created_at", "finished_at", "enqueued_at",
+                     "card_expiry"),  # kept like dedupe_key, which holds it: a retry is never repeated
     "events": ("id", "type", "object_id", "api_version", "created", "livemode", "source", "received_at", "status", "attempts",
                "last_error", "enqueued_at", "lease_until", "processed_at", "failed_transient", "first_failed_at",
                "redrive_at"),

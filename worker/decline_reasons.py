@@ -92,20 +92,20 @@ DECLINE_GROUPS: dict[str, str] = {
 ADVICE: dict[str, tuple[str, str]] = {
     EXPIRED_CARD: (N_("The card has expired or its details are out of date."),
                    N_("Add a card with current details: the payment cannot succeed with the saved ones.")),
+    LOST_OR_STOLEN: (N_("The bank will not accept this card any more."),
+                     N_("Add a different card: this one cannot be charged again.")),
     INSUFFICIENT_FUNDS: (N_("The bank declined the payment for insufficient funds or a card limit."),
                          N_("Make sure the amount is available on the card, or add another card. "
                             "We retry automatically.")),
     DO_NOT_HONOR: (N_("The bank declined the payment without giving a reason."),
                    N_("Call the number on the back of your card and ask the bank to allow the payment, "
                       "or add another card.")),
-    LOST_OR_STOLEN: (N_("The bank will not accept this card any more."),
-                     N_("Add a different card: this one cannot be charged again.")),
-    AUTHENTICATION_REQUIRED: (N_("Your bank asks you to confirm this payment."),
-                              N_("Open the invoice page and confirm the payment with your bank "
-                                 "(3-D Secure); saving the same card again does not help.")),
+    AUTHENTICATION_REQUIRED: (
+        N_("Your bank asks you to confirm this payment."),
+        N_("Open the invoice page and confirm the payment with your bank (3-D Secure); saving the same card "
+           "again does not help.")),
     PROCESSING_ERROR: (N_("The payment failed on the bank's side, not because of your card."),
-                       N_("No change is needed: we retry automatically. If it fails again, "
-                          "add another card.")),
+                       N_("No change is needed: we retry automatically. If it fails again, add another card.")),
 }
 
 

@@ -9,11 +9,9 @@ Sources, by precedence: `extra` (what the caller knows best: a payment link, the
 is expiring) > the case (the card that failed, the disruption date, Stripe's next retry) >
 the invoice > the customer's latest recorded card.
 
-`extra` shapes understood (any other key is passed through to the template as is):
-  {"card": {"brand", "last4", "exp_month", "exp_year"}}          -> card_* (card-expiring, card-declined-again)
-  {"decline": {"code", "decline_code", "message"}}               -> failure_message
-  {"payment_link": {"url", "expires_at", "amount", "currency"}}  -> payment_link_*, amount
-  {"payment_link_methods": ["Card", ...]}, {"action_url": url}   -> shown as is (URLs checked)
+`extra` of each template: worker/email_contract.py EXTRAS (the outbox refuses any other key). The
+nested shapes are flattened here: card -> card_*, decline -> failure_message and the decline's
+advice, payment_link -> payment_link_* and amount; other keys are shown as is (URLs checked).
 Datetimes in extra are formatted (…_expires_at with the hour, in UTC).
 
 Language (issue 14): `locale` (worker.email_locale: "en", "de", "pt_BR" ...) sets the words this
@@ -33,6 +31,7 @@ import structlog
 from babel.dates import format_date, format_datetime
 from sqlalchemy import Connection, Table, select
 
+from handlers.dunning import DISRUPTED, RECOVERED
 from worker.email_locale import N_, babel_locale, gettext, normalize
 from worker.emails import one_line
 from worker.money import format_amount_with_code
@@ -128,7 +127,7 @@ def build_context(*, case: dict | None = None, invoice: dict | None = None,
         "next_payment_attempt": format_deadline(case.get("next_payment_attempt"), tz, lang),
         "disrupt_at": format_deadline(case.get("disrupt_at"), tz, lang),
         "case_state": case.get("state"),
-        "service_disrupted": case.get("state") == "disrupted",
+        "service_disrupted": case.get("state") == DISRUPTED,
         "hosted_invoice_url": safe_url(invoice.get("hosted_invoice_url"), settings),
         "invoice_pdf": safe_url(invoice.get("invoice_pdf"), settings),
         "card_update_steps": tuple(gettext(lang, step) for step in CARD_UPDATE_STEPS),
@@ -183,7 +182,7 @@ def _set_brand(context: dict, settings: Any, case: dict, invoice: dict, customer
     context["brand_logo_url"] = getattr(settings, "brand_logo_url", None)
     context["brand_color"] = getattr(settings, "brand_color", None) or "#1d4ed8"
     context["support_url"] = getattr(settings, "support_url", None)
-    context["invoice_paid"] = invoice.get("status") == "paid" or case.get("state") == "recovered"
+    context["invoice_paid"] = invoice.get("status") == "paid" or case.get("state") == RECOVERED
     portal = getattr(settings, "billing_portal_url", None)
     if not portal:
         return

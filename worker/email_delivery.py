@@ -1,10 +1,10 @@
 """Deliver outbox emails once: claim the row, hand the message to a sender, record the outcome.
 
-The `emails` row is the truth. `deliver_email` claims it with a guarded update
-(pending -> sending, with a lease), so two workers holding the same id cannot both send; a
-worker that dies mid-send leaves `sending` with a lapsed lease, which the sweeper re-enqueues.
-Retry state lives in the row (attempts, last_error, next_attempt_at with exponential backoff),
-not in the broker, so a retry survives restarts and `dunning stats` can show it.
+The `emails` row is the truth, delivered under a lease (worker/leased_delivery.py: claim, backoff,
+give-up, finish and sweep, shared with platform notices): two workers holding the same id cannot
+both send, a worker that dies mid-send leaves a lapsed lease the sweeper re-enqueues, and the
+retry state lives in the row, so a retry survives restarts and `dunning stats` can show it.
+Only emails are cancelled before a try: to an erased customer, or a step of a case that ended.
 
 Senders (one interface, two implementations, chosen by SENDGRID_API_KEY):
 - SendGridSender: the SendGrid v3 API, body built by the official SDK, POSTed on the process's
@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Protocol
 
 import structlog
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import exists, select, update
 
+from handlers import dedupe_keys
 from worker.clock import utcnow
 from worker.emails import one_line
+from worker.leased_delivery import Leased
 from worker.log_context import bind_in_message
 from worker.logs import mask_email
 
@@ -49,6 +51,8 @@ SWEEP_BATCH = 500
 # RFC 5322 with CRLF; headers kept on one line up to the hard 998 limit (subjects are capped at
 # 200 characters), which spares readers the stdlib's odd fold before the first word.
 EML_POLICY = email_policy.SMTP.clone(max_line_length=998)
+DELIVERY = Leased("emails", "email", lease=LEASE, enqueue_lease=ENQUEUE_LEASE, backoff_base=BACKOFF_BASE,
+                  backoff_cap=BACKOFF_CAP, retry_for=RETRY_FOR, min_attempts=MIN_ATTEMPTS)
 
 
 class SendError(Exception):
@@ -257,7 +261,7 @@ def email_sender(runtime) -> EmailSender:
 # -- delivery -----------------------------------------------------------------------------
 def backoff(attempts: int) -> timedelta:
     """60 s, 2 min, 4 min ... capped at 4 h, after the n-th failed attempt."""
-    return min(BACKOFF_BASE * (2 ** max(0, attempts - 1)), BACKOFF_CAP)
+    return DELIVERY.backoff(attempts)
 
 
 def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
@@ -297,23 +301,14 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
                                  last_error=f"not sent: the case ended ({ended}) before delivery"))
             log.info("email.cancelled", email_id=email_id, case_state=ended)
             return "cancelled"
-        if (row["dedupe_key"] or "").startswith("account:"):  # issue 14: paid invoices leave the list
+        if row["kind"] == dedupe_keys.ACCOUNT_STEP:  # issue 14: paid invoices leave the list
             from worker.account_emails import without_ended_invoices
             row = without_ended_invoices(runtime, conn, row)
-        if row["status"] == "sending" and _exhausted(row["attempts"], row["created_at"], now):
-            # Interrupted again and again (a worker dying on this very message): stop, visibly.
-            conn.execute(update(emails).where(emails.c.id == email_id, emails.c.status == "sending",
-                                              emails.c.attempts == row["attempts"])
-                         .values(status="failed", lease_until=None,
-                                 last_error=f"gave up: {row['attempts']} attempts, the last one interrupted"))
-            log.error("email.gave_up", email_id=email_id, attempts=row["attempts"])
+        if row["status"] == "sending" and DELIVERY.exhausted(row["attempts"], row["created_at"], now):
+            DELIVERY.give_up_interrupted(db, conn, row, log)
             return "failed"
         attempt = row["attempts"] + 1
-        claimed = conn.execute(
-            update(emails).where(emails.c.id == email_id, emails.c.status == row["status"],
-                                 emails.c.attempts == row["attempts"])
-            .values(status="sending", lease_until=utcnow() + LEASE, attempts=attempt, enqueued_at=None)
-        ).rowcount
+        claimed = DELIVERY.claim(db, conn, row, utcnow())
     if not claimed:
         log.info("email.claimed_elsewhere", email_id=email_id)
         return "sending"
@@ -326,16 +321,17 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
     try:
         message_id = sender.send(email)
     except PermanentSendError as exc:
-        _finish(db, email_id, attempt, status="failed", last_error=str(exc)[:2000], lease_until=None)
+        DELIVERY.finish(db, email_id, attempt, status="failed", last_error=str(exc)[:2000], lease_until=None)
         bound.error("email.failed_permanently", error=str(exc)[:300])
         if email.case_id and str(exc).startswith("SendGrid HTTP"):  # the provider refused this address
             from handlers.reachability import mark_rejected_email
             mark_rejected_email(runtime, email_id, str(exc))
         return "failed"
     except TransientSendError as exc:
-        return _retry_later(db, email_id, attempt, row["created_at"], str(exc), bound)
+        return DELIVERY.retry_later(db, email_id, attempt, row["created_at"], str(exc), bound, utcnow())
     except Exception as exc:
-        _retry_later(db, email_id, attempt, row["created_at"], f"{type(exc).__name__}: {exc}", bound)
+        DELIVERY.retry_later(db, email_id, attempt, row["created_at"], f"{type(exc).__name__}: {exc}", bound,
+                             utcnow())
         raise
     _record_sent(db, email_id, attempt, message_id, bound)
     bound.info("email.sent", provider_message_id=message_id)
@@ -352,50 +348,21 @@ def _email_and_its_checks(db, email_id: str):
 
 
 def _case_ended_state(runtime, conn, row) -> str | None:
-    """The end state of the case of a schedule-step email, if ended; for an account email, the end
-    of its last covered case (it goes out while any invoice it covers is still unpaid)."""
-    if not row["case_id"]:
+    """The end state of the case of a schedule-step email (emails.kind "step"), if ended; for an
+    account email ("account-step"), the end of its last covered case (it goes out while any invoice
+    it covers is still unpaid)."""
+    if not row["case_id"] or row["kind"] not in (dedupe_keys.STEP, dedupe_keys.ACCOUNT_STEP):
         return None
     from handlers.dunning import TERMINAL_STATES
     from worker.account_emails import covered_case_ids
-    key = row["dedupe_key"] or ""
-    if key.startswith("account:"):
-        case_ids = covered_case_ids(conn, runtime.db.table("email_steps"), row["id"]) or [row["case_id"]]
-    elif ":step:" in key:
+    if row["kind"] == dedupe_keys.STEP:  # its case's state came with the row
         return row["case_state"] if row["case_state"] in TERMINAL_STATES else None
-    else:
-        return None  # not a step email (payment received, payment link...)
+    case_ids = covered_case_ids(conn, runtime.db.table("email_steps"), row["id"]) or [row["case_id"]]
     cases = runtime.db.table("cases")
     states = list(conn.execute(select(cases.c.state).where(cases.c.id.in_(case_ids))).scalars())
     if states and all(state in TERMINAL_STATES for state in states):
         return states[0]
     return None
-
-
-def _exhausted(attempts: int, created_at: datetime, now: datetime) -> bool:
-    """Retried long enough: at least MIN_ATTEMPTS tries over at least RETRY_FOR."""
-    return attempts >= MIN_ATTEMPTS and now - created_at >= RETRY_FOR
-
-
-def _retry_later(db, email_id: str, attempt: int, created_at: datetime, error: str, bound) -> str:
-    now = utcnow()
-    if _exhausted(attempt, created_at, now):
-        _finish(db, email_id, attempt, status="failed", last_error=error[:2000], lease_until=None)
-        bound.error("email.gave_up", error=error[:300])
-        return "failed"
-    next_at = now + backoff(attempt)
-    _finish(db, email_id, attempt, status="pending", last_error=error[:2000], next_attempt_at=next_at,
-            lease_until=None)
-    bound.warning("email.retry_scheduled", error=error[:300], next_attempt_at=next_at.isoformat())
-    return "pending"
-
-
-def _finish(db, email_id: str, attempt: int, **values) -> None:
-    """Record the outcome, only if the row is still ours (same claim: status sending, same attempt)."""
-    emails = db.table("emails")
-    with db.transaction() as conn:
-        conn.execute(update(emails).where(emails.c.id == email_id, emails.c.status == "sending",
-                                          emails.c.attempts == attempt).values(**values))
 
 
 def _record_sent(db, email_id: str, attempt: int, message_id: str | None, bound) -> None:
@@ -413,7 +380,7 @@ def _record_sent(db, email_id: str, attempt: int, message_id: str | None, bound)
     delay = 0.5
     while True:
         try:
-            _finish(db, email_id, attempt, status="sent", sent_at=utcnow(),
+            DELIVERY.finish(db, email_id, attempt, status="sent", sent_at=utcnow(),
                     provider_message_id=message_id, lease_until=None)
             return
         except DatabaseUnavailable as exc:
@@ -432,21 +399,13 @@ def sweep_emails(runtime, now: datetime) -> int:
     """
     db = runtime.db
     emails = db.table("emails")
-    real_now = utcnow()
     with db.transaction() as conn:
         rows = conn.execute(
             select(emails.c.id, emails.c.status, emails.c.next_attempt_at)
-            .where(or_(and_(emails.c.status == "pending", emails.c.next_attempt_at <= now,
-                            or_(emails.c.enqueued_at.is_(None), emails.c.enqueued_at <= now - ENQUEUE_LEASE)),
-                       and_(emails.c.status == "sending", emails.c.lease_until < now)))
+            .where(DELIVERY.sweepable(emails, now))
             .order_by(emails.c.next_attempt_at).limit(SWEEP_BATCH)
         ).mappings().all()
-        for row in rows:
-            if row["status"] == "pending" and row["next_attempt_at"] > real_now:
-                conn.execute(update(emails).where(emails.c.id == row["id"], emails.c.status == "pending")
-                             .values(next_attempt_at=real_now))
-        if rows:
-            conn.execute(update(emails).where(emails.c.id.in_([r["id"] for r in rows])).values(enqueued_at=now))
+        DELIVERY.mark_swept(conn, emails, rows, now, utcnow())
     for row in rows:
         runtime.actors.send_email.send(row["id"])
     if rows:

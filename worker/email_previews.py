@@ -28,6 +28,7 @@ from pathlib import Path
 
 from types import SimpleNamespace
 
+from handlers.dunning import DISRUPTED, DISRUPTION_SCHEDULED
 from worker.email_context import build_context
 from worker.email_locale import SUPPORTED
 from worker.emails import TEMPLATES, render
@@ -80,7 +81,7 @@ def rows_for(variant: Variant) -> dict:
     case = {
         "id": f"dc_preview_{variant.currency}", "invoice_id": invoice_id, "customer_id": "cus_preview",
         "subscription_id": "sub_preview", "account_id": "sub_preview",
-        "state": "disrupted" if variant.disrupted else "disruption_scheduled", "schedule": "default",
+        "state": DISRUPTED if variant.disrupted else DISRUPTION_SCHEDULED, "schedule": "default",
         "currency": variant.currency, "amount_due": amount, "first_failed_at": first_failed,
         "attempt_count": 4 if variant.disrupted else 3,
         "next_payment_attempt": None if variant.disrupted else NOW + timedelta(days=2),
@@ -103,7 +104,7 @@ def rows_for(variant: Variant) -> dict:
 
 
 def extra_for(template: str, variant: Variant) -> dict:
-    """What the code that sends this template adds to the context (see worker.outbox callers)."""
+    """What the code that sends this template adds to the context (declared in worker/email_contract.py)."""
     if template == "payment-link":
         return {"payment_link": {"url": "https://buy.stripe.com/test_preview_link",
                                  "expires_at": NOW + timedelta(hours=72),
@@ -111,6 +112,8 @@ def extra_for(template: str, variant: Variant) -> dict:
     if template == "card-declined-again":
         return {"decline": {"code": "card_declined", "decline_code": "do_not_honor",
                             "message": "Your card was declined."}}
+    if template == "payment-received":  # paid after the disruption: service restored
+        return {"service_disrupted": variant.disrupted, "service_restored": variant.disrupted}
     if template == "action-required":
         return {"action_url": "https://invoice.stripe.com/i/acct_preview/confirm"}
     if template == "card-expiring":

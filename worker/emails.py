@@ -7,9 +7,12 @@ an owner's inbox: the context builder (worker.email_context) defines every optio
 as None when unknown. The subject is forced onto one line (a header cannot hold a newline),
 and the CSS of the HTML part is inlined, since many mail clients drop <style> blocks.
 
-EMAIL_TEMPLATES_DIR (issue 14) is searched before the built-in folder: a file there replaces the
-built-in file of the same name (`reminder/subject.txt`, `_base.html` ...) and nothing else, so an
-operator rewords one subject without copying every template.
+The templates are the folders of templates/emails: a folder holding subject.txt, body.txt and
+body.html is an email, named after the folder (the policy's steps name them; what each reads is
+declared in worker/email_contract.py). EMAIL_TEMPLATES_DIR (issue 14) is searched before the
+built-in folder: a file there replaces the built-in file of the same name (`reminder/subject.txt`,
+`_base.html` ...), so an operator rewords one subject without copying every template, and a new
+folder there adds an email (an email-only step: that folder and one line in the policy).
 
 Language (issue 14): the templates' words are gettext messages (`{% trans %}` blocks and `_()`,
 jinja2.ext.i18n, trimmed); the catalogue is chosen per render by the context's `locale`
@@ -32,21 +35,23 @@ from config.settings import PROJECT_ROOT
 from worker import email_locale
 
 TEMPLATES_DIR = PROJECT_ROOT / "templates" / "emails"
-TEMPLATES = (
-    "payment-failed",
-    "reminder",
-    "disruption-warning",
-    "final-notice",
-    "service-disrupted",
-    "service-restored",
-    "payment-received",
-    "payment-link",
-    "card-declined-again",
-    "action-required",
-    "card-expiring",
-)
+PARTS = ("subject.txt", "body.txt", "body.html")
 SUBJECT_MAX = 200
 _WHITESPACE = re.compile(r"\s+")
+
+
+@lru_cache(maxsize=16)
+def template_names(override: Path | None = None, directory: Path = TEMPLATES_DIR) -> tuple[str, ...]:
+    """The emails there are: each folder of `directory` or `override` whose three parts exist (a
+    part may come from either; `_base` and `_macros` are files, not folders), sorted."""
+    folders = {path.name for root in (directory, override) if root is not None
+               for path in Path(root).iterdir() if path.is_dir()}
+    return tuple(sorted(name for name in folders
+                        if all(any(root is not None and (Path(root) / name / part).is_file()
+                                   for root in (override, directory)) for part in PARTS)))
+
+
+TEMPLATES = template_names()  # the built-in emails
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,7 @@ def render(template: str, context: dict[str, Any], templates_dir: Path | None = 
     """Render the subject (one line), the plain-text part and the HTML part (CSS inlined).
 
     templates_dir: EMAIL_TEMPLATES_DIR, whose files replace the built-in ones name by name."""
-    if template not in TEMPLATES:
+    if template not in template_names(templates_dir):
         raise ValueError(f"unknown email template {template!r}")
     env = environment(TEMPLATES_DIR, templates_dir)
     context = {"locale": email_locale.DEFAULT_LOCALE, **context, "template": template}

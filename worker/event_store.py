@@ -19,7 +19,6 @@ from worker.db import Database
 
 _CONTROL_CHARS = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")  # and lone surrogates: no database stores them
 MAX_CREATED = 253402300799  # 9999-12-31T23:59:59Z: later is no Stripe timestamp (and 2^63 broke the INSERT)
-STATUSES = ("received", "processing", "processed", "failed", "ignored")
 
 
 class InvalidEvent(ValueError):

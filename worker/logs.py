@@ -111,7 +111,3 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     logging.getLogger("sendgrid").setLevel(logging.WARNING)
     logging.getLogger("python_http_client").setLevel(logging.WARNING)
     logging.getLogger("stripe").setLevel(logging.WARNING)
-
-
-def get_logger(name: str | None = None):
-    return structlog.get_logger(name)

@@ -308,15 +308,8 @@ def _outbox_families(counts, oldest: dict, now):
                                      "(pending, sending, sent, failed).", labels=["template", "status"])
     email_failed = GaugeMetricFamily("dunning_emails_failed", "Emails that gave up, by template.",
                                      labels=["template"])
-    for (template, status), n, _ in counts.rows("emails"):
-        email_states.add_metric([template, status], n)
-        if status == "sent":
-            sent.add_metric([template], n)
-        elif status == "failed":
-            email_failed.add_metric([template], n)
-    yield sent
-    yield email_failed
-    yield email_states
+    _by_status(counts.rows("emails"), email_states, sent, email_failed)
+    yield from (sent, email_failed, email_states)
 
     notice_states = GaugeMetricFamily("dunning_platform_notices", "Platform notices by type and "
                                       "status (pending, sent, failed).", labels=["type", "status"])
@@ -325,15 +318,8 @@ def _outbox_families(counts, oldest: dict, now):
     notice_failed = GaugeMetricFamily("dunning_platform_notices_failed", "Platform notices that gave "
                                       "up after the retry window, by type (redeliver them with "
                                       "`dunning notices redeliver --failed`).", labels=["type"])
-    for (ntype, status), n, _ in counts.rows("platform_notices"):
-        notice_states.add_metric([ntype, status], n)
-        if status == "sent":
-            delivered.add_metric([ntype], n)
-        elif status == "failed":
-            notice_failed.add_metric([ntype], n)
-    yield notice_states
-    yield delivered
-    yield notice_failed
+    _by_status(counts.rows("platform_notices"), notice_states, delivered, notice_failed)
+    yield from (notice_states, delivered, notice_failed)
 
     links = counts.rows("payment_links")  # labels: status, currency
     created = CounterMetricFamily("dunning_payment_links_created", "Payment links created at "
@@ -359,6 +345,16 @@ def _outbox_families(counts, oldest: dict, now):
     for name, first in oldest.items():
         age.add_metric([name], max(0.0, (now - first).total_seconds()) if first else 0.0)
     yield age
+
+
+def _by_status(rows, states, delivered, failed) -> None:
+    """An outbox's counts by (template or type, status) feed its three families at once."""
+    for (kind, status), n, _total in rows:
+        states.add_metric([kind, status], n)
+        if status == "sent":
+            delivered.add_metric([kind], n)
+        elif status == "failed":
+            failed.add_metric([kind], n)
 
 
 def _oldest_pending(conn, table):

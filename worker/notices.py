@@ -11,10 +11,11 @@ header carries one signature per secret (rotation). The platform dedupes on the 
 Order: only the head of an account (its lowest `seq` still pending) is ever tried; delivery
 stops at the first failure, so `service.restored` can never overtake the `service.disrupted`
 it answers. Concurrency: the head is claimed with a guarded update (pending -> sending with a
-lease), so two workers delivering one account cannot both send it; a worker that dies leaves a
-lapsed lease, retried by the sweeper. A 2xx marks the notice sent (never sent again); network
-errors and other statuses are retried with exponential backoff for at least three days, then
-the notice is marked failed (kept, visible in `dunning stats`) and the next one may proceed.
+lease; worker/leased_delivery.py, shared with emails), so two workers delivering one account
+cannot both send it; a worker that dies leaves a lapsed lease, retried by the sweeper. A 2xx marks
+the notice sent (never sent again); network errors and other statuses are retried with
+exponential backoff for at least three days, then the notice is marked failed (kept, visible in
+`dunning stats`) and the next one may proceed.
 
 Without PLATFORM_WEBHOOK_URL each signed notice is written as `<id>.json` in NOTICE_OUTBOX_DIR.
 """
@@ -29,10 +30,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, select
 
 from worker import standard_webhooks
 from worker.clock import utcnow
+from worker.leased_delivery import Leased
 from worker.signatures import sign_all
 
 log = structlog.get_logger("worker.notices")
@@ -48,6 +50,8 @@ MIN_ATTEMPTS = 20                       # ...and at least this many times before
 MAX_PER_RUN = 100
 SWEEP_BATCH = 500
 USER_AGENT = "dunning-worker/notices"
+DELIVERY = Leased("platform_notices", "notice", lease=LEASE, enqueue_lease=ENQUEUE_LEASE, backoff_base=BACKOFF_BASE,
+                  backoff_cap=BACKOFF_CAP, retry_for=RETRY_FOR, min_attempts=MIN_ATTEMPTS)
 
 
 class DeliveryFailed(Exception):
@@ -56,7 +60,7 @@ class DeliveryFailed(Exception):
 
 def backoff(attempts: int) -> timedelta:
     """30 s, 1 min, 2 min ... capped at 1 h, after the n-th failed attempt."""
-    return min(BACKOFF_BASE * (2 ** max(0, attempts - 1)), BACKOFF_CAP)
+    return DELIVERY.backoff(attempts)
 
 
 # -- transports ---------------------------------------------------------------------------
@@ -148,12 +152,13 @@ def deliver_account_notices(runtime, account_id: str, now: datetime | None = Non
         try:
             how = _transmit(runtime, head)
         except DeliveryFailed as exc:
-            _failed(runtime, head, attempt, str(exc), bound)
+            DELIVERY.retry_later(runtime.db, head["id"], attempt, head["created_at"], str(exc), bound, utcnow())
             break
         except Exception as exc:
-            _failed(runtime, head, attempt, f"{type(exc).__name__}: {exc}", bound)
+            DELIVERY.retry_later(runtime.db, head["id"], attempt, head["created_at"], f"{type(exc).__name__}: {exc}",
+                                 bound, utcnow())
             raise
-        _finish(runtime, head["id"], attempt, status="sent", delivered_at=utcnow(), lease_until=None)
+        DELIVERY.finish(runtime.db, head["id"], attempt, status="sent", delivered_at=utcnow(), lease_until=None)
         bound.info("notice.delivered", via=how)
         delivered += 1
     return delivered
@@ -178,47 +183,12 @@ def _claim_head(runtime, account_id: str, now: datetime):
                 break
             if head["lease_until"] is not None and head["lease_until"] >= now:
                 return None  # another worker is delivering it (and will continue the queue)
-            if not _exhausted(head["attempts"], head["created_at"], now):
+            if not DELIVERY.exhausted(head["attempts"], head["created_at"], now):
                 break
             # Interrupted again and again (a worker dying on it): stop, visibly, and move on.
-            conn.execute(update(notices).where(notices.c.id == head["id"], notices.c.status == "sending",
-                                               notices.c.attempts == head["attempts"])
-                         .values(status="failed", lease_until=None,
-                                 last_error=f"gave up: {head['attempts']} attempts, the last one interrupted"))
-            log.error("notice.gave_up", notice_id=head["id"], account_id=account_id)
-        claimed = conn.execute(
-            update(notices).where(notices.c.id == head["id"], notices.c.status == head["status"],
-                                  notices.c.attempts == head["attempts"])
-            .values(status="sending", lease_until=utcnow() + LEASE, attempts=head["attempts"] + 1,
-                    enqueued_at=None)
-        ).rowcount
+            DELIVERY.give_up_interrupted(db, conn, head, log, account_id=account_id)
+        claimed = DELIVERY.claim(db, conn, head, utcnow())
     return dict(head) if claimed else None
-
-
-def _exhausted(attempts: int, created_at: datetime, now: datetime) -> bool:
-    """Retried long enough: at least MIN_ATTEMPTS tries over at least RETRY_FOR."""
-    return attempts >= MIN_ATTEMPTS and now - created_at >= RETRY_FOR
-
-
-def _failed(runtime, head, attempt: int, error: str, bound) -> None:
-    now = utcnow()
-    if _exhausted(attempt, head["created_at"], now):
-        _finish(runtime, head["id"], attempt, status="failed", last_error=error[:2000], lease_until=None)
-        bound.error("notice.gave_up", error=error[:300])
-        return
-    next_at = now + backoff(attempt)
-    _finish(runtime, head["id"], attempt, status="pending", last_error=error[:2000],
-            next_attempt_at=next_at, lease_until=None)
-    bound.warning("notice.retry_scheduled", error=error[:300], next_attempt_at=next_at.isoformat())
-
-
-def _finish(runtime, notice_id: str, attempt: int, **values) -> None:
-    """Record the outcome only while the claim is still ours (status sending, same attempt)."""
-    db = runtime.db
-    notices = db.table("platform_notices")
-    with db.transaction() as conn:
-        conn.execute(update(notices).where(notices.c.id == notice_id, notices.c.status == "sending",
-                                           notices.c.attempts == attempt).values(**values))
 
 
 def sweep_notices(runtime, now: datetime) -> int:
@@ -229,7 +199,6 @@ def sweep_notices(runtime, now: datetime) -> int:
     """
     db = runtime.db
     notices = db.table("platform_notices")
-    real_now = utcnow()
     heads = (select(notices.c.account_id, func.min(notices.c.seq).label("seq"))
              .where(notices.c.status.in_(("pending", "sending")))
              .group_by(notices.c.account_id).subquery())
@@ -237,18 +206,10 @@ def sweep_notices(runtime, now: datetime) -> int:
         rows = conn.execute(
             select(notices.c.id, notices.c.account_id, notices.c.status, notices.c.next_attempt_at)
             .join(heads, and_(notices.c.account_id == heads.c.account_id, notices.c.seq == heads.c.seq))
-            .where(or_(and_(notices.c.status == "pending", notices.c.next_attempt_at <= now,
-                            or_(notices.c.enqueued_at.is_(None), notices.c.enqueued_at <= now - ENQUEUE_LEASE)),
-                       and_(notices.c.status == "sending", notices.c.lease_until < now)))
+            .where(DELIVERY.sweepable(notices, now))
             .order_by(notices.c.next_attempt_at).limit(SWEEP_BATCH)
         ).mappings().all()
-        for row in rows:
-            if row["status"] == "pending" and row["next_attempt_at"] > real_now:
-                conn.execute(update(notices).where(notices.c.id == row["id"], notices.c.status == "pending")
-                             .values(next_attempt_at=real_now))
-        if rows:
-            conn.execute(update(notices).where(notices.c.id.in_([r["id"] for r in rows]))
-                         .values(enqueued_at=now))
+        DELIVERY.mark_swept(conn, notices, rows, now, utcnow())
     accounts = sorted({row["account_id"] for row in rows})
     for account_id in accounts:
         runtime.actors.deliver_notices.send(account_id)

@@ -20,6 +20,8 @@ from typing import Any
 import structlog
 from sqlalchemy import select, update
 
+from handlers.dunning import DISRUPTED, DISRUPTION_SCHEDULED
+from handlers.dedupe_keys import STEP, EmailKey
 from worker import db as dbmod
 from worker.clock import to_unix, utcnow
 from worker.ids import new_id
@@ -45,49 +47,52 @@ class UnknownNoticeType(ValueError):
 
 
 # -- emails -------------------------------------------------------------------------------
-def add_case_email(ctx, template: str, case_id: str, dedupe_key: str,
+def add_case_email(ctx, template: str, case_id: str, key: EmailKey,
                    extra: dict | None = None, delay_seconds: int = 0, case: dict | None = None,
                    enqueue: bool = True, checked: bool = False) -> str | None:
     """Write the email `template` about case `case_id` to the outbox; None if a duplicate or refused.
 
     The context comes from the case, its invoice, its customer and the customer's latest card
-    (plus `extra`); the recipient only from the policy. A duplicate dedupe_key adds nothing.
+    (plus `extra`, declared per template in worker/email_contract.py); the recipient only from the
+    policy. A duplicate key (handlers/dedupe_keys.py) adds nothing.
     `case`: the case row as this transaction just wrote or locked it, when the caller holds it.
+    `enqueue=False` leaves the row to the sweeper (an account email held for the others' steps);
+    `checked`: the caller has just looked for the key (worker/account_emails.py).
     """
-    _check_template(template)
-    # A case this transaction opened has no mail yet (its id is new): no lookup; the INSERT's
-    # ON CONFLICT on dedupe_key still refuses a second row.
-    opened_here = case_id in ctx.opened_cases and dedupe_key.startswith(f"case:{case_id}:")
-    if not checked and not opened_here and _exists(ctx, "emails", dedupe_key):
+    _check_template(ctx, template, extra)
+    # A case this transaction opened has no mail yet (its id is new): no lookup for its step email;
+    # the INSERT's ON CONFLICT on dedupe_key still refuses a second row.
+    opened_here = case_id in ctx.opened_cases and key.kind == STEP
+    if not checked and not opened_here and _exists(ctx, "emails", key.value):
         return None
     if case is None or case.get("id") != case_id:  # a caller holding the current row passes it: no re-read
         case = _load(ctx, "cases", case_id)
     if case is None:
         raise LookupError(f"case {case_id} is not stored")
-    return _add_email(ctx, template, dedupe_key, extra, case=case,
+    return _add_email(ctx, template, key, extra, case=case,
                       customer_id=case["customer_id"], invoice_id=case["invoice_id"], delay_seconds=delay_seconds,
                       enqueue=enqueue)
 
 
-def add_customer_email(ctx, template: str, customer_id: str, dedupe_key: str,
+def add_customer_email(ctx, template: str, customer_id: str, key: EmailKey,
                        extra: dict | None = None, invoice_id: str | None = None) -> str | None:
     """The same as add_case_email for mail not tied to a case (card-expiring, payment-link...).
 
     When the invoice has a case, the case's facts (card that failed, disruption date) are used.
     """
-    _check_template(template)
-    if _exists(ctx, "emails", dedupe_key):
+    _check_template(ctx, template, extra)
+    if _exists(ctx, "emails", key.value):
         return None
     case = None
     if invoice_id:
         cases = ctx.table("cases")
         row = ctx.conn.execute(select(cases).where(cases.c.invoice_id == invoice_id)).mappings().first()
         case = dict(row) if row else None
-    return _add_email(ctx, template, dedupe_key, extra, case=case,
+    return _add_email(ctx, template, key, extra, case=case,
                       customer_id=customer_id, invoice_id=invoice_id)
 
 
-def compose_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case: dict | None,
+def compose_email(ctx, template: str, key: EmailKey, extra: dict | None, *, case: dict | None,
                   customer_id: str, invoice_id: str | None):
     """(recipient, rendered email, case as shown) for `template`; None when refused (erased, no owner)."""
     from worker.email_context import build_context, latest_card
@@ -96,13 +101,13 @@ def compose_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, ca
     from worker.erasure import erased_in
 
     if erased_in(ctx, customer_id):
-        log.info("email.refused_erased_customer", template=template, customer_id=customer_id, dedupe_key=dedupe_key)
+        log.info("email.refused_erased_customer", template=template, customer_id=customer_id, dedupe_key=key.value)
         return None
     customer = _load(ctx, "customers", customer_id)
     recipient = resolve_recipient(ctx.policy, customer)
     if recipient is None:
         log.warning("email.refused_no_recipient", template=template, customer_id=customer_id,
-                    dedupe_key=dedupe_key,
+                    dedupe_key=key.value,
                     address=mask_email((customer or {}).get("email")) if customer else None)
         return None
     invoice = _load(ctx, "invoices", invoice_id)
@@ -122,42 +127,35 @@ def compose_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, ca
     return recipient, rendered, case
 
 
-def _add_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case: dict | None,
+def _add_email(ctx, template: str, key: EmailKey, extra: dict | None, *, case: dict | None,
                customer_id: str, invoice_id: str | None, delay_seconds: int = 0,
                enqueue: bool = True) -> str | None:
     """Render and insert the email row; `enqueue=False` leaves it to the sweeper (a held account email)."""
-    composed = compose_email(ctx, template, dedupe_key, extra, case=case, customer_id=customer_id,
+    composed = compose_email(ctx, template, key, extra, case=case, customer_id=customer_id,
                              invoice_id=invoice_id)
     if composed is None:
         return None
     recipient, rendered, case = composed
 
     email_id = new_id("em")
-    now = utcnow()
-    inserted = ctx.db.insert_new(ctx.conn, ctx.table("emails"), {
+    inserted = _insert_queued(ctx, "emails", {
         "id": email_id,
-        "dedupe_key": dedupe_key,
+        "dedupe_key": key.value,
+        "kind": key.kind,
+        "step": key.step,
         "template": template,
         "recipient": recipient,
         "subject": rendered.subject,
         "body_text": rendered.text,
         "body_html": rendered.html,
-        "case_id": case["id"] if case else None,
-        "invoice_id": invoice_id,
-        "customer_id": customer_id,
-        "status": "pending",
-        "attempts": 0,
-        "next_attempt_at": now + timedelta(seconds=delay_seconds),
-        # sent after commit, below: the sweeper leaves it to that message (a held one is the sweeper's)
-        "enqueued_at": now if enqueue else None,
-        "created_at": now,
-    }, "dedupe_key")
+    }, case_id=case["id"] if case else None, invoice_id=invoice_id, customer_id=customer_id,
+        now=utcnow(), delay=timedelta(seconds=delay_seconds), queued=enqueue)
     if not inserted:
         return None
     if enqueue:
         enqueue_send(ctx, email_id, delay_seconds)
     log.info("email.queued", email_id=email_id, template=template, customer_id=customer_id,
-             invoice_id=invoice_id, dedupe_key=dedupe_key, recipient=mask_email(recipient))
+             invoice_id=invoice_id, dedupe_key=key.value, recipient=mask_email(recipient))
     return email_id
 
 
@@ -178,7 +176,7 @@ def _with_account_disrupt_at(ctx, case: dict | None) -> dict | None:
     paying another invoice of the account can move the date later (or an earlier one can win),
     and the owner must read the date the platform was told, not the one first computed.
     """
-    if not case or case.get("state") not in ("disruption_scheduled", "disrupted") or not case.get("account_id"):
+    if not case or case.get("state") not in (DISRUPTION_SCHEDULED, DISRUPTED) or not case.get("account_id"):
         return case
     account = _load(ctx, "accounts", case["account_id"])
     if account and account["status"] in ("disruption_scheduled", "disrupted") and account["disrupt_at"]:
@@ -237,22 +235,14 @@ def add_notice(ctx, type: str, account_id: str, dedupe_key: str, *, case_id: str
         "metadata": {**_as_dict(customer.get("metadata")), **_as_dict(subscription.get("metadata"))},
     })
     now = utcnow()
-    inserted = ctx.db.insert_new(ctx.conn, ctx.table("platform_notices"), {
+    inserted = _insert_queued(ctx, "platform_notices", {
         "id": notice_id,
         "dedupe_key": dedupe_key,
         "type": type,
         "account_id": account_id,
         "seq": seq,
         "body": body,
-        "case_id": case_id,
-        "invoice_id": invoice_id,
-        "customer_id": customer_id,
-        "status": "pending",
-        "attempts": 0,
-        "next_attempt_at": now,
-        "enqueued_at": now,  # sent after commit, below: the sweeper leaves it to that message
-        "created_at": now,
-    }, "dedupe_key")
+    }, case_id=case_id, invoice_id=invoice_id, customer_id=customer_id, now=now)
     if not inserted:
         return None
     runtime = ctx.runtime
@@ -281,10 +271,27 @@ def _next_seq(ctx, account_id: str, customer_id: str, subscription_id: str | Non
 
 
 # -- helpers ------------------------------------------------------------------------------
-def _check_template(template: str) -> None:
-    from worker.emails import TEMPLATES
-    if template not in TEMPLATES:
-        raise UnknownTemplate(f"unknown email template {template!r}; expected one of {TEMPLATES}")
+def _insert_queued(ctx, table_name: str, row: dict[str, Any], *, case_id: str | None, invoice_id: str | None,
+                   customer_id: str | None, now: datetime, delay: timedelta = timedelta(0),
+                   queued: bool = True) -> bool:
+    """Insert a new outbox row, pending and never tried (worker/leased_delivery.py). Queued now: its
+    message is sent after commit, so the sweeper leaves it to that message; not queued (enqueued_at
+    NULL, a held account email): the sweeper sends it when next_attempt_at comes. False if its key exists."""
+    return ctx.db.insert_new(ctx.conn, ctx.table(table_name), {
+        **row, "case_id": case_id, "invoice_id": invoice_id, "customer_id": customer_id, "status": "pending",
+        "attempts": 0, "next_attempt_at": now + delay, "enqueued_at": now if queued else None, "created_at": now,
+    }, "dedupe_key")
+
+
+def _check_template(ctx, template: str, extra: dict | None) -> None:
+    """The template exists (a folder of templates/emails or EMAIL_TEMPLATES_DIR) and `extra` is what
+    worker/email_contract.py declares for it: a mistake fails the handler's test, not a delivery."""
+    from worker.email_contract import check_extra
+    from worker.emails import template_names
+    known = template_names(getattr(ctx.settings, "email_templates_dir", None))
+    if template not in known:
+        raise UnknownTemplate(f"unknown email template {template!r}; expected one of {known}")
+    check_extra(template, extra)
 
 
 def _exists(ctx, table_name: str, dedupe_key: str) -> bool:

@@ -1,15 +1,7 @@
 """Payment links on request: support asks, the owner of record receives the invoice's own payment page.
 
-Emails added here (worker/outbox.py contract), with the `extra` the template receives:
-  payment-link  add_case_email / add_customer_email(..., extra={
-                  "payment_link": {"url", "expires_at" (naive UTC datetime), "amount" (minor units),
-                                   "currency"},
-                  "payment_link_methods": readable names, e.g. ["Card", "ACH Direct Debit (US bank
-                                          account)", "Bank transfer (wire)"],
-                  "payment_link_method_types": Stripe types, e.g. ["card", "us_bank_account",
-                                               "customer_balance"]})
-                dedupe key `case:<case>:payment-link:<request>` (or `payment-link:<request>` when
-                the invoice has no case): one email per request.
+Emails added here: payment-link (extra: worker/email_contract.PaymentLinkExtra), dedupe key
+handlers.dedupe_keys.payment_link: one email per request.
 
 Why the invoice's hosted page and not a Stripe Payment Link: a Payment Link object sells a
 price in a NEW checkout; paying it would leave the failed invoice open. The hosted invoice page
@@ -39,8 +31,9 @@ from typing import Any
 import structlog
 from sqlalchemy import and_, func, select, update
 
-from handlers.cards import DUNNING_STATES
+from handlers import dedupe_keys
 from handlers.context import HandlerContext
+from handlers.dunning import OPEN_STATES
 from worker.clock import utcnow
 from worker.db import dumps, loads
 from worker.ids import new_id
@@ -227,7 +220,7 @@ def _invoices_to_link(db, conn, request: LinkRequest, policy) -> list[dict]:
     rows = conn.execute(db.lock(
         select(invoices).select_from(invoices.join(cases, cases.c.invoice_id == invoices.c.id))
         .where(and_(invoices.c.customer_id == request.customer, invoices.c.status == "open",
-                    cases.c.state.in_(DUNNING_STATES)))
+                    cases.c.state.in_(OPEN_STATES)))
         .order_by(invoices.c.id))).mappings().all()
     if not rows:
         raise PaymentLinkRefused(400, f"customer {request.customer} has no unpaid invoice in dunning")
@@ -297,10 +290,10 @@ def _record_and_email(runtime, row, invoice: dict, url: str, methods: list[str],
         case_id = conn.execute(select(cases.c.id).where(cases.c.invoice_id == row["invoice_id"])).scalar()
         if case_id:
             email_id = outbox.add_case_email(ctx, "payment-link", case_id,
-                                             f"case:{case_id}:payment-link:{row['id']}", extra)
+                                             dedupe_keys.payment_link(row["id"], case_id), extra)
         else:
             email_id = outbox.add_customer_email(ctx, "payment-link", row["customer_id"],
-                                                 f"payment-link:{row['id']}", extra, invoice_id=row["invoice_id"])
+                                                 dedupe_keys.payment_link(row["id"]), extra, invoice_id=row["invoice_id"])
     ctx.run_after_commit()
     log.info("payment_link.created", request_id=row["id"], invoice_id=row["invoice_id"], methods=methods,
              email_id=email_id)

@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 import structlog
 from sqlalchemy import and_, bindparam, exists, func, or_, select, text, true, update
 
+from handlers.dunning import TERMINAL_STATES
 from worker.clock import utcnow
 from worker.customer_data import REMOVED_MARK, stripped_payload
 
@@ -42,7 +43,6 @@ BATCH = 1000
 CASE_PAGE = 200
 LOCK_KEY = 727275          # pg advisory lock id (727274 is `db init`'s)
 CURSOR_NAME = "retention.prune"
-TERMINAL = ("recovered", "uncollectible", "voided")
 UNDELIVERED = ("pending", "sending")
 FINISHED_EMAIL = ("sent", "failed", "cancelled")
 DONE_EVENT = ("processed", "ignored")
@@ -158,7 +158,7 @@ class Pruner:
         self.counts.setdefault("cases", 0)
         while not self.should_stop():
             stmt = (select(cases.c.id, cases.c.invoice_id, cases.c.closed_at)
-                    .where(cases.c.state.in_(TERMINAL), cases.c.closed_at < cutoff, ~undelivered)
+                    .where(cases.c.state.in_(TERMINAL_STATES), cases.c.closed_at < cutoff, ~undelivered)
                     .order_by(cases.c.closed_at, cases.c.id).limit(CASE_PAGE))
             if cursor:
                 stmt = stmt.where(or_(cases.c.closed_at > cursor[0],

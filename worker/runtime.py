@@ -33,7 +33,9 @@ class Runtime:
         """The dunning policy file, parsed once per process."""
         if self._policy is None:
             from handlers.policy import load_policy
-            self._policy = load_policy(self.settings.dunning_policy)
+            from worker.emails import template_names
+            self._policy = load_policy(self.settings.dunning_policy,
+                                       template_names(self.settings.email_templates_dir))
         return self._policy
 
     def service(self, name: str, factory):

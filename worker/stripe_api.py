@@ -1,7 +1,7 @@
 """The only module that talks to the Stripe API: a small gateway with the few calls we make.
 
-Why a gateway: handlers do no network I/O; the two jobs that must call Stripe (prepare a payment
-link, retry an invoice with a new card) call it through this one interface, built once per
+Why a gateway: handlers do no network I/O; the jobs that must call Stripe (prepare a payment
+link, retry an invoice with a new card, backfill events) call it through this one interface, built once per
 process from the settings (`runtime.service("stripe", ...)`). Tests point STRIPE_API_BASE at a
 local server (tests/fake_stripe.py or localstripe); nothing here is patched.
 
@@ -115,6 +115,15 @@ def _as_dict(obj: Any) -> dict:
     return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
 
 
+def _page_events(page) -> list[dict]:
+    """The events of a list page as Stripe sent them (the response's own JSON, not the typed
+    objects, whose decimals and nested types would not serialize back to the same payload)."""
+    response = getattr(page, "last_response", None)
+    if response is not None and isinstance(response.data, dict) and "data" in response.data:
+        return list(response.data["data"])
+    return [event.to_dict() for event in page.data]
+
+
 def _error_body(exc: stripe.StripeError) -> dict:
     body = exc.json_body if isinstance(exc.json_body, dict) else {}
     error = body.get("error")
@@ -170,6 +179,15 @@ class StripeGateway:
         return self._call("payment_intents.retrieve",
                           lambda: self.client.v1.payment_intents.retrieve(payment_intent_id))
 
+    def list_events(self, types: list[str], created_gte: int, limit: int,
+                    starting_after: str | None = None) -> tuple[list[dict], bool]:
+        """One page of GET /v1/events (newest first): the events as Stripe sent them, and has_more."""
+        params: dict[str, Any] = {"types": types, "created": {"gte": created_gte}, "limit": limit}
+        if starting_after:
+            params["starting_after"] = starting_after
+        page = self._call("events.list", lambda: self.client.v1.events.list(params), raw=True)
+        return _page_events(page), bool(page.has_more)
+
     # -- writes (always with the caller's idempotency key) ---------------------------------
     def offer_payment_methods(self, invoice_id: str, methods: list[str], currency: str,
                               idempotency_key: str) -> dict:
@@ -194,9 +212,10 @@ class StripeGateway:
             invoice_id, params, {"idempotency_key": idempotency_key}))
 
     # -- error sorting ---------------------------------------------------------------------
-    def _call(self, operation: str, fn) -> dict:
+    def _call(self, operation: str, fn, *, raw: bool = False) -> Any:
         try:
-            return _as_dict(fn())
+            result = fn()
+            return result if raw else _as_dict(result)
         except stripe.CardError as exc:
             error = _error_body(exc)
             decline = Decline(code=exc.code or error.get("code"),

@@ -7,6 +7,7 @@ import os
 import subprocess
 
 from tests.support.processes import DUNNING
+from tests.support.services import base_env
 
 SERVICE_VARS = ("STRIPE_WEBHOOK_SECRET", "ADMIN_TOKEN", "REDIS_URL", "BROKER_URL", "DATABASE_URL")
 
@@ -61,3 +62,18 @@ def test_the_start_banner_says_where_webhooks_emails_notices_database_and_broker
     assert "(schema 0002_x)" in text and "Redis redis://:***@127.0.0.1:6400/0" in text
     rabbit = banner(load_settings({**env, "BROKER_URL": "amqp://guest:secret@mq:5672/dunning"}), {}, None)
     assert rabbit[-1] == "broker            RabbitMQ amqp://guest:***@mq:5672/dunning"
+
+
+def test_dunning_run_exits_with_one_line_naming_the_misspelt_step_email(tmp_path):
+    """The policy is checked against the templates at start-up: a misspelt step email stops `dunning
+    run` with one line naming the step and the known templates (issue 11)."""
+    policy = tmp_path / "typo.toml"
+    policy.write_text('[schedules.default]\ndisrupt_after_days = 14\nsteps = [\n'
+                      '  { day = 0, email = "payment-failed" },\n  { day = 3, email = "remider" },\n]\n')
+    environ = {**base_env(tmp_path), "DUNNING_POLICY": str(policy)}  # every other setting valid
+    done = subprocess.run([DUNNING, "run"], env=environ, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("configuration error: ") and "names email 'remider'" in lines[0]
+    assert "known: action-required," in lines[0]

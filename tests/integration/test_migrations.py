@@ -267,3 +267,53 @@ def test_an_upgrade_puts_back_a_counting_trigger_a_revision_lost(kind, fresh_url
     migrate.upgrade(db)  # nothing to migrate: the triggers are checked all the same
     assert triggers_of(db, "cases") == sorted(n for n in metric_counts.trigger_names() if "_cases_" in n)
     db.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_emails_and_card_retries_written_before_0007_get_their_kind_step_and_expiry_from_their_keys(kind, fresh_url):
+    """The keys keep their text (exactly once across the upgrade); the new columns are filled from it."""
+    db = Database(fresh_url(kind))
+    migrate.upgrade(db, "0006_owner_locale")
+    now = datetime(2026, 11, 1, 12, 0, 0)
+    keys = {"case:dc_1:step:3": ("step", 3), "account:cus_1:reminder:in_1@1,in_2@1": ("account-step", None),
+            "case:dc_1:payment-received": ("payment-received", None),
+            "case:dc_1:payment-link:plr_1": ("payment-link", None), "payment-link:plr_2": ("payment-link", None),
+            "case:dc_1:card-declined-again:pm_1:2031-08": ("card-declined-again", None),
+            "case:dc_1:action-required:2": ("action-required", None),
+            "invoice:in_1:action-required:evt_1": ("action-required", None),
+            "card-expiring:cus_1:fp_1:2026-12": ("card-expiring", None), "k1": (None, None)}
+    with db.engine.begin() as conn:
+        for n, key in enumerate(keys):
+            conn.execute(text("INSERT INTO emails (id, dedupe_key, template, recipient, subject, body_text, "
+                              "body_html, next_attempt_at, created_at) VALUES (:id, :key, 'reminder', 'a@example.com',"
+                              " 's', 't', 'h', :now, :now)"), {"id": f"em_{n}", "key": key, "now": now})
+        for n, key in enumerate(("in_1:pm_1:2031-08", "in_1:pm_2:unknown", "in_2:pm_1")):
+            conn.execute(text("INSERT INTO card_retries (id, dedupe_key, invoice_id, customer_id, payment_method_id,"
+                              " created_at) VALUES (:id, :key, 'in_1', 'cus_1', 'pm_1', :now)"),
+                         {"id": f"cr_{n}", "key": key, "now": now})
+    migrate.upgrade(db)
+    with db.engine.connect() as conn:
+        got = {r.dedupe_key: (r.kind, r.step) for r in conn.execute(text("SELECT dedupe_key, kind, step FROM emails"))}
+        expiries = dict(conn.execute(text("SELECT dedupe_key, card_expiry FROM card_retries")).all())
+    db.dispose()
+    assert got == keys
+    assert expiries == {"in_1:pm_1:2031-08": "2031-08", "in_1:pm_2:unknown": "unknown", "in_2:pm_1": None}
+
+
+def test_the_dedupe_keys_of_existing_kinds_keep_their_text():
+    """Rows written before an upgrade must block the same send after it."""
+    from handlers import dedupe_keys as k
+    card = {"fingerprint": "fp_1", "payment_method_id": "pm_1", "exp_year": 2026, "exp_month": 12}
+    assert [k.step_email("dc_1", 3).value, k.payment_received("dc_1").value, k.payment_link("plr_1", "dc_1").value,
+            k.payment_link("plr_2").value, k.card_declined_again("dc_1", "pm_1", "2031-08").value,
+            k.action_required(2, case_id="dc_1").value, k.action_required("evt_1", invoice_id="in_1").value,
+            k.card_expiring("cus_1", card).value, k.notice("sub_1", "service.disrupted", "dc_1"),
+            k.card_retry("in_1", "pm_1", "2031-08")] == [
+        "case:dc_1:step:3", "case:dc_1:payment-received", "case:dc_1:payment-link:plr_1", "payment-link:plr_2",
+        "case:dc_1:card-declined-again:pm_1:2031-08", "case:dc_1:action-required:2",
+        "invoice:in_1:action-required:evt_1", "card-expiring:cus_1:fp_1:2026-12",
+        "notice:sub_1:service.disrupted:dc_1", "in_1:pm_1:2031-08"]
+    # issue 14's: a step's claim (email_steps) is its lone email's key; an account email's names its steps
+    assert k.email_step("dc_1", 3) == k.step_email("dc_1", 3).value
+    account = k.account_step_email("cus_1", "reminder", [("in_2", 1), ("in_1", 1)])
+    assert (account.value, account.kind, account.step) == ("account:cus_1:reminder:in_1@1,in_2@1", "account-step", None)

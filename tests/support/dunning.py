@@ -201,13 +201,6 @@ def templates(runtime, **where) -> list[str]:
     return [e["template"] for e in emails(runtime, **where)]
 
 
-def templates_covering(runtime, invoice_id: str) -> list[str]:
-    """The templates of every email that covers `invoice_id`: its own, and account emails that list
-    it among several unpaid invoices of its customer (emails.invoice_ids, issue 14)."""
-    return [e["template"] for e in emails(runtime)
-            if e["invoice_id"] == invoice_id or invoice_id in (e.get("invoice_ids") or "").split(",")]
-
-
 def notices(runtime, **where) -> list[str]:
     return [n["type"] for n in sorted(rows(runtime, "platform_notices", **where),
                                        key=lambda r: (r["account_id"], r["seq"]))]

@@ -13,10 +13,10 @@ from collections import Counter
 import falcon.testing
 import pytest
 
+from handlers import dedupe_keys
 from tests.support import dunning as fx
 from tests.support.fake_receivers import scripted_server
-from tests.support.dunning import DAY, T0
-from tests.support.dunning import open_case
+from tests.support.dunning import DAY, T0, open_case
 from tests.support.helpers import post_event, rows
 from worker.web import create_app
 
@@ -57,7 +57,7 @@ def html_of(body: dict) -> str:
 
 def satisfied_steps(runtime) -> Counter:
     """(invoice, step) -> how many emails satisfy it: email_steps rows, and a lone invoice's step email
-    (whose `case:<id>:step:<n>` dedupe key is its claim)."""
+    (emails.kind "step": its dedupe key, handlers.dedupe_keys.step_email, is its claim)."""
     claims = rows(runtime, "email_steps")
     emails = {e["id"]: e for e in rows(runtime, "emails")}
     assert all(claim["email_id"] in emails for claim in claims)
@@ -65,10 +65,8 @@ def satisfied_steps(runtime) -> Counter:
     got = Counter((c["invoice_id"], c["step"]) for c in claims)
     claimed_keys = {c["dedupe_key"] for c in claims}
     for email in emails.values():
-        key = email["dedupe_key"]
-        if key.startswith("case:") and ":step:" in key and key not in claimed_keys:
-            _, case_id, _, step = key.split(":")
-            got[(invoice_of[case_id], int(step))] += 1
+        if email["kind"] == "step" and email["dedupe_key"] not in claimed_keys:
+            got[(invoice_of[email["case_id"]], email["step"])] += 1
     return got
 
 
@@ -116,6 +114,11 @@ def test_two_failing_invoices_of_one_customer_get_one_email_per_step_listing_bot
         assert sorted(step for (inv, step) in satisfied_steps(runtime) if inv == invoice_id) == [0, 1, 2, 3, 4]
     assert_each_step_satisfied_once(runtime)
     assert {e["status"] for e in rows(runtime, "emails")} == {"sent"}
+    for email in rows(runtime, "emails"):  # an email covering both invoices is an account email
+        assert (email["kind"], email["step"]) == ("account-step", None)
+        assert email["dedupe_key"] == dedupe_keys.account_step_email(
+            "cus_acct", email["template"], [(c["invoice_id"], c["step"]) for c in rows(runtime, "email_steps")
+                                            if c["email_id"] == email["id"]]).value
     # the second invoice's story (console, `dunning cases show`) shows the emails that covered it
     from sqlalchemy import select
 
@@ -137,6 +140,7 @@ def test_a_lone_invoice_email_shows_no_list_and_names_its_invoice_as_before(web_
     assert "UNPAID INVOICES" not in text_of(body) and "Total owed" not in html_of(body)
     [email] = rows(runtime, "emails")
     assert email["dedupe_key"] == f"case:{email['case_id']}:step:0" and email["invoice_ids"] is None
+    assert (email["kind"], email["step"]) == ("step", 0)
 
 
 @pytest.mark.parametrize("web_sendgrid", ["sqlite", "postgres"], indirect=True)

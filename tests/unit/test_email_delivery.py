@@ -10,6 +10,7 @@ from email.parser import BytesParser
 import pytest
 from sqlalchemy import update
 
+from handlers import dedupe_keys
 from tests.support.delivery import in_handler, seed_case
 from tests.support.fake_receivers import scripted_server
 from tests.support.helpers import drain, rows
@@ -20,7 +21,8 @@ from worker.email_delivery import SendGridSender, deliver_email, sweep_emails
 SENDGRID_KEY = "SG.test-key-for-the-suite"
 
 
-def queue(runtime, template="payment-failed", case_id="dc_test_1", key="case:dc_test_1:step:0", extra=None):
+def queue(runtime, template="payment-failed", case_id="dc_test_1", key=dedupe_keys.step_email("dc_test_1", 0),
+          extra=None):
     return in_handler(runtime, lambda ctx: outbox.add_case_email(ctx, template, case_id, key, extra))
 
 
@@ -109,7 +111,8 @@ def test_a_row_being_sent_is_not_taken_by_a_second_worker(runtime):
 
 def test_the_sweeper_picks_up_an_email_whose_message_was_lost(runtime):
     seed_case(runtime)
-    in_handler(runtime, lambda ctx: outbox.add_case_email(ctx, "reminder", "dc_test_1", "k1"))
+    in_handler(runtime, lambda ctx: outbox.add_case_email(ctx, "reminder", "dc_test_1",
+                                                                  dedupe_keys.step_email("dc_test_1", 1)))
     runtime.broker.flush_all()  # the broker lost the message
     assert sweep_emails(runtime, utcnow()) == 0  # queued at commit: not again before the lease lapses
     from datetime import timedelta
@@ -147,7 +150,8 @@ def test_customer_emails_without_a_case_carry_none_for_the_invoice(runtime):
     seed_case(runtime)
     extra = {"card": {"brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2026}}
     email_id = in_handler(runtime, lambda ctx: outbox.add_customer_email(
-        ctx, "card-expiring", "cus_test_1", "card-expiring:cus_test_1:pm_1:2026-12", extra))
+        ctx, "card-expiring", "cus_test_1",
+        dedupe_keys.card_expiring("cus_test_1", {"payment_method_id": "pm_1", **extra["card"]}), extra))
     drain(runtime)
     msg = parse_eml(runtime.settings.email_outbox_dir / f"{email_id}.eml")
     assert msg["X-Dunning-Invoice"] == "none" and msg["X-Dunning-Template"] == "card-expiring"
@@ -296,7 +300,7 @@ def test_a_rolled_back_decision_leaves_no_email_and_sends_nothing(runtime):
     seed_case(runtime)
 
     def decide_then_fail(ctx):
-        assert outbox.add_case_email(ctx, "reminder", "dc_test_1", "case:dc_test_1:step:1")
+        assert outbox.add_case_email(ctx, "reminder", "dc_test_1", dedupe_keys.step_email("dc_test_1", 1))
         raise RuntimeError("the handler failed after deciding")
 
     with pytest.raises(RuntimeError):

@@ -135,6 +135,26 @@ def test_every_template_renders_in_every_locale_without_english_headings(templat
     assert "ABC-0001" in email.text and "%(" not in email.text + email.html + email.subject
 
 
+@pytest.mark.parametrize("locale, heading, total", [
+    ("de", "Offene Rechnungen auf Ihrem Konto", "Offener Gesamtbetrag:"),
+    ("fr", "Factures impayées sur votre compte", "Total dû :"),
+    ("es", "Facturas pendientes de pago en su cuenta", "Total adeudado:"),
+    ("pt_BR", "Faturas em aberto na sua conta", "Total devido:"),
+    ("ja", "お客様のアカウントの未払い請求書", "未払い合計："),
+])
+def test_an_account_emails_list_of_unpaid_invoices_is_in_the_owners_language(locale, heading, total):
+    """Issue 14's list (templates/emails/_invoices.*) is worded and punctuated like the rest of the email."""
+    from worker.account_emails import format_total
+    listed = [{"invoice_id": f"in_{n}", "number": f"ABC-000{n}", "amount": f"{n} EUR", "url": None} for n in (1, 2)]
+    context = build_context(case=CASE, invoice=INVOICE, customer={"id": "cus_1", "name": "Ada"}, locale=locale,
+                            tz="Europe/Berlin",
+                            extra={"invoices": listed, "invoice_totals": [format_total(123456, "eur", locale)]})
+    email = render("reminder", context)
+    assert heading in email.html and heading.upper() in email.text
+    assert total in email.text and "Total owed" not in email.text + email.html
+    assert "Unpaid invoices" not in email.html and "UNPAID INVOICES" not in email.text
+
+
 def test_the_decline_advice_is_translated():
     assert "unzureichender Deckung" in _render("reminder", "de").text
     assert "残高不足" in _render("payment-failed", "ja").text

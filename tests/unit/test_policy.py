@@ -121,3 +121,41 @@ def test_policy_show_prints_the_transition_table_and_the_schedule_day_by_day(mon
         (0, "payment-failed", None), (3, "reminder", None), (7, "disruption-warning", "disruption_scheduled"),
         (12, "final-notice", None), (14, "service-disrupted", "disrupted")]
     assert {"from": "disrupted", "trigger": "invoice_paid", "to": "recovered"} in doc["transitions"]
+
+
+# -- the email of each step is a template (issue 11) ---------------------------------------------
+TYPO_POLICY = ('[schedules.default]\ndisrupt_after_days = 14\nsteps = [\n  { day = 0, email = "payment-failed" },\n'
+               '  { day = 3, email = "remider" },\n]\n')
+
+
+def test_a_step_naming_no_template_stops_the_policy_with_one_line_naming_the_step_and_the_templates():
+    from worker.emails import TEMPLATES
+    raw = {"schedules": {"default": {"disrupt_after_days": 14,
+                                     "steps": steps((0, "payment-failed"), (3, "remider"))}}}
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(raw, templates=TEMPLATES)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "[schedules.default] step on day 3 names email 'remider'" in message
+    assert f"(known: {', '.join(sorted(TEMPLATES))})" in message
+    assert parse_policy(raw).schedules["default"].steps[1].email == "remider"  # unchecked without templates
+
+
+def test_the_service_start_up_refuses_a_misspelt_step_email(make_runtime, tmp_path):
+    policy = tmp_path / "typo.toml"
+    policy.write_text(TYPO_POLICY)
+    with pytest.raises(PolicyError, match="step on day 3 names email 'remider'"):
+        make_runtime(DUNNING_POLICY=str(policy))  # worker.runtime.setup: every process starts there
+
+
+def test_a_step_may_name_a_template_folder_of_email_templates_dir(tmp_path):
+    from worker.emails import template_names
+    folder = tmp_path / "courtesy-call"
+    folder.mkdir()
+    for part in ("subject.txt", "body.txt", "body.html"):
+        (folder / part).write_text("x")
+    raw = {"schedules": {"default": {"disrupt_after_days": 14,
+                                     "steps": steps((0, "payment-failed"), (1, "courtesy-call"))}}}
+    assert parse_policy(raw, templates=template_names(tmp_path)).schedules["default"].steps[1].email == "courtesy-call"
+    with pytest.raises(PolicyError, match="courtesy-call"):
+        parse_policy(raw, templates=template_names())

@@ -22,6 +22,7 @@ def events_backfill(since: str, as_json: bool) -> None:
     from config.settings import ConfigError
     from worker.backfill import backfill, type_groups
     from worker.clock import parse_instant, to_unix, utcnow
+    from worker.stripe_api import StripeNotConfigured
     try:
         start = parse_instant(since)
     except ValueError:
@@ -33,7 +34,7 @@ def events_backfill(since: str, as_json: bool) -> None:
     try:
         with bar as progress:
             result = backfill(runtime, start, on_progress=progress.update if progress is not None else None)
-    except ConfigError as exc:
+    except (ConfigError, StripeNotConfigured) as exc:
         click.echo(f"configuration error: {exc}", err=True)
         sys.exit(2)
     emit(result.as_dict(), as_json,

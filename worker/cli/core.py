@@ -19,7 +19,9 @@ def run() -> None:
     try:
         settings = load_settings()
         from handlers.policy import load_policy
-        load_policy(settings.dunning_policy)  # a bad policy stops start-up here, before any process starts
+        from worker.emails import template_names
+        # a bad policy (a misspelt email too) stops start-up here, before any process starts
+        load_policy(settings.dunning_policy, template_names(settings.email_templates_dir))
     except Exception as exc:
         click.echo(f"configuration error: {exc}", err=True)
         sys.exit(2)

@@ -9,7 +9,8 @@ from worker.cli import emit, main
 
 def policy_document(policy) -> dict:
     """The policy as data: the transition table, and per schedule what happens on which day."""
-    from handlers.dunning import STATES, TERMINAL_STATES, transition_rows
+    from handlers.dunning import (DISRUPTED, DISRUPTION_SCHEDULED, RECOVERED, STATES, TERMINAL_STATES, UNCOLLECTIBLE,
+                                  VOIDED, transition_rows)
 
     schedules = {}
     for name, schedule in policy.schedules.items():
@@ -17,10 +18,10 @@ def policy_document(policy) -> dict:
         for index, step in enumerate(schedule.steps):
             state, notice = None, None
             if step.action == "schedule_disruption":
-                state = "disruption_scheduled"
+                state = DISRUPTION_SCHEDULED
                 notice = f"service.disruption_scheduled (disrupt_at = day {schedule.disrupt_after_days})"
             elif step.action == "disrupt":
-                state, notice = "disrupted", "service.disrupted (only if still unpaid)"
+                state, notice = DISRUPTED, "service.disrupted (only if still unpaid)"
             days.append({"step": index, "day": step.day, "email": step.email, "action": step.action,
                          "state_change": state, "platform_notice": notice})
         schedules[name] = {"disrupt_after_days": schedule.disrupt_after_days, "prices": list(schedule.prices),
@@ -34,13 +35,13 @@ def policy_document(policy) -> dict:
         "transitions": transition_rows(),
         "schedules": schedules,
         "on_end": {
-            "recovered": "steps cancelled; payment-received email (saying service is restored) and service.restored"
+            RECOVERED: "steps cancelled; payment-received email (saying service is restored) and service.restored"
                          " when service had been disrupted and no unpaid invoice of the account remains;"
                          " service.disruption_cancelled when paid before the date",
-            "voided": "steps cancelled; service.disruption_cancelled before the date; after it service.restored"
+            VOIDED: "steps cancelled; service.disruption_cancelled before the date; after it service.restored"
                       " when the invoice was voided (not when its subscription was deleted) and no unpaid"
                       " invoice of the account remains",
-            "uncollectible": "steps cancelled; service.disruption_cancelled before the date (service stays"
+            UNCOLLECTIBLE: "steps cancelled; service.disruption_cancelled before the date (service stays"
                              " disrupted after it)",
         },
     }

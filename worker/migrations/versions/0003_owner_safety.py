@@ -14,7 +14,7 @@ Create Date: 2026-12-03
 Existing rows get the defaults: reachable, not released, no re-drive pending, no event object id
 (the console's case page then lists fewer events for cases older than this release).
 """
-from alembic import op
+from worker import migration_steps
 import sqlalchemy as sa
 
 revision = "0003_owner_safety"
@@ -92,17 +92,8 @@ DROPPED_TABLES = ("case_releases", "erasures", "console_snapshots", "console_act
 
 
 def upgrade() -> None:
-    for table, column in COLUMNS:
-        op.add_column(table, column)
-    for statement in TABLES + INDEXES:
-        op.execute(statement)
+    migration_steps.add(COLUMNS, TABLES + INDEXES)
 
 
 def downgrade() -> None:
-    for statement in INDEXES:
-        op.execute("DROP INDEX IF EXISTS " + statement.split(" IF NOT EXISTS ")[1].split(" ON ")[0])
-    for table in DROPPED_TABLES:
-        op.drop_table(table)
-    for table, column in reversed(COLUMNS):
-        with op.batch_alter_table(table) as batch:
-            batch.drop_column(column.name)
+    migration_steps.drop(COLUMNS, INDEXES, DROPPED_TABLES)

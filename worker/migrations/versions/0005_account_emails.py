@@ -1,7 +1,7 @@
 """One email per account and step (issue 14): which email satisfied each invoice's step.
 
-Revision ID: 0004_account_emails
-Revises: 0003_owner_safety
+Revision ID: 0005_account_emails
+Revises: 0004_metric_counts
 Create Date: 2026-12-03
 
 - email_steps: one row per (case, schedule step), keyed `case:<id>:step:<n>`, naming the email that
@@ -12,14 +12,15 @@ Create Date: 2026-12-03
   failed payment on day 0 (brand, last four and expiry are all that is kept of a card).
 Existing step emails keep their `case:<id>:step:<n>` dedupe key, which is still read as the claim.
 """
-from alembic import op
+from worker import migration_steps
 import sqlalchemy as sa
 
-revision = "0004_account_emails"
-down_revision = "0003_owner_safety"
+revision = "0005_account_emails"
+down_revision = "0004_metric_counts"
 branch_labels = None
 depends_on = None
 
+DROPPED_TABLES = ("email_steps",)  # by downgrade(): the table TABLES creates
 COLUMNS = (
     ("emails", sa.Column("invoice_ids", sa.Text(), nullable=True)),
     ("cases", sa.Column("card_exp_month", sa.Integer(), nullable=True)),
@@ -43,21 +44,11 @@ INDEXES = (
     "CREATE INDEX IF NOT EXISTS email_steps_email ON email_steps (email_id)",
     "CREATE INDEX IF NOT EXISTS email_steps_case ON email_steps (case_id)",
 )
-DROPPED_TABLES = ("email_steps",)
 
 
 def upgrade() -> None:
-    for table, column in COLUMNS:
-        op.add_column(table, column)
-    for statement in TABLES + INDEXES:
-        op.execute(statement)
+    migration_steps.add(COLUMNS, TABLES + INDEXES)
 
 
 def downgrade() -> None:
-    for statement in INDEXES:
-        op.execute("DROP INDEX IF EXISTS " + statement.split(" IF NOT EXISTS ")[1].split(" ON ")[0])
-    for table in DROPPED_TABLES:
-        op.drop_table(table)
-    for table, column in reversed(COLUMNS):
-        with op.batch_alter_table(table) as batch:
-            batch.drop_column(column.name)
+    migration_steps.drop(COLUMNS, INDEXES, DROPPED_TABLES)

@@ -1,7 +1,7 @@
 """The owner's language: customers.locale (issue 14).
 
-Revision ID: 0004_owner_locale
-Revises: 0003_owner_safety
+Revision ID: 0006_owner_locale
+Revises: 0005_account_emails
 Create Date: 2026-12-03
 
 customers.locale holds the first supported locale of the customer's Stripe `preferred_locales`
@@ -12,8 +12,8 @@ or read brings Stripe's preferences.
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0004_owner_locale"
-down_revision = "0003_owner_safety"
+revision = "0006_owner_locale"
+down_revision = "0005_account_emails"
 branch_labels = None
 depends_on = None
 
