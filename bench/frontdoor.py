@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from worker.signatures import sign
+from worker.intake.signatures import sign
 
 STALLS = (
     b"",  # connect only

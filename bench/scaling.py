@@ -14,7 +14,7 @@ import statistics
 import time
 from bench.events import EVT_MARK, INV_MARK, ingest_template
 from bench.services import free_port, psycopg_url, purge_namespace
-from worker.clock import utcnow
+from worker.pure.clock import utcnow
 
 CHUNK = 250_000
 
@@ -136,7 +136,7 @@ def _time_ticks(runtimes: dict, fn, now, repeats: int, redis_url: str) -> dict:
 
 def measure_tick(run, urls: dict[str, str], now, loaded: dict[str, float]) -> dict:
     from config.settings import load_settings
-    from worker.broker import make_redis_broker
+    from worker.queue.broker import make_redis_broker
     from worker.runtime import setup
 
     runtimes = {}

@@ -1,6 +1,6 @@
 """invoice.payment_action_required: the bank wants the owner to confirm the payment (3-D Secure).
 
-Emails added here (worker/outbox.py contract), with the `extra` the template receives:
+Emails added here (worker/delivery/outbox.py contract), with the `extra` the template receives:
   action-required  add_case_email / add_customer_email(..., extra={"action_url": <url>})
                    dedupe key `case:<case>:action-required:<attempt>` (or
                    `invoice:<invoice>:action-required:<attempt>` when no case is open).
@@ -21,7 +21,7 @@ from sqlalchemy import select
 from handlers.context import HandlerContext, StripeEvent
 from handlers.facts import FINAL_INVOICE_STATUSES, upsert_invoice
 from handlers.stripe_objects import dig
-from worker.db import loads
+from worker.infra.db import loads
 
 
 def action_url(invoice: dict) -> str | None:
@@ -37,7 +37,7 @@ def action_url(invoice: dict) -> str | None:
 
 def payment_action_required(ctx: HandlerContext, event: StripeEvent):
     """Email the owner the link where they confirm the payment; the case's schedule is untouched."""
-    from worker import outbox
+    from worker.delivery import outbox
 
     invoice = event.object
     row = upsert_invoice(ctx, invoice, event.created)

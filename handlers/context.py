@@ -54,7 +54,7 @@ class HandlerContext:
     log: Any = None
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
     as_of: datetime | None = None  # the scheduler's instant (`dunning tick --at`) when a timer is the cause
-    prefetched: dict | None = None  # read from Stripe before the transaction (worker.payment_prefetch)
+    prefetched: dict | None = None  # read from Stripe before the transaction (worker.intake.payment_prefetch)
 
     @property
     def clock(self) -> datetime:

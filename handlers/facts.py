@@ -20,7 +20,7 @@ from handlers.stripe_objects import (
     invoice_subscription_metadata,
     metadata_of,
 )
-from worker.db import dumps
+from worker.infra.db import dumps
 
 FINAL_INVOICE_STATUSES = ("paid", "void", "uncollectible")
 
@@ -48,7 +48,7 @@ def upsert_customer(ctx: HandlerContext, customer: dict, created: int) -> None:
     default_pm = (expandable_id((customer.get("invoice_settings") or {}).get("default_payment_method"))
                   or expandable_id(customer.get("default_source")))
     values["default_payment_method"] = default_pm
-    from worker.erasure import is_erased
+    from worker.privacy.erasure import is_erased
     if is_erased(ctx.conn, ctx.db.tables, cid):
         # Erased: what Stripe still holds (a step's re-read, a late customer.* event) never brings
         # the personal values back; ids and the default payment method stay, as erasure keeps them.
@@ -61,7 +61,7 @@ def ensure_customer(ctx: HandlerContext, customer_id: str, name: str | None, cre
 
     Never its address: an invoice's `customer_email` is a snapshot, not the owner of record (the
     platform may have cleared the address on purpose). Mail waits for a customer.* event or a
-    read of the customer from Stripe (worker/customer_prefetch.py); until then the owner is
+    read of the customer from Stripe (worker/intake/customer_prefetch.py); until then the owner is
     unreachable (handlers/reachability.py).
     """
     table = ctx.table("customers")

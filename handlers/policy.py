@@ -60,7 +60,7 @@ class PaymentLinkPolicy:
 
 @dataclass(frozen=True)
 class RetentionPolicy:
-    """[retention]: how many days each kind of record is kept (worker/retention.py applies it)."""
+    """[retention]: how many days each kind of record is kept (worker/privacy/retention.py applies it)."""
 
     event_payload_days: int = 35    # an event's raw body, after it was processed
     event_days: int = 400           # its id, type, object id, created and status
@@ -97,7 +97,7 @@ class Policy:
             key = self.recipient_source[len("customer.metadata."):]
             metadata = customer_row.get("metadata")
             if isinstance(metadata, str):
-                from worker.db import loads
+                from worker.infra.db import loads
                 try:
                     metadata = loads(metadata, {})
                 except ValueError:
@@ -176,7 +176,7 @@ def parse_policy(raw: dict[str, Any], path: Path | None = None) -> Policy:
     unreachable = str(raw.get("unreachable", "hold"))
     if unreachable not in UNREACHABLE_CHOICES:
         raise PolicyError(f"{where}: unreachable must be one of {UNREACHABLE_CHOICES}")
-    from worker.email_time import settings_of as email_time_settings
+    from worker.delivery.email_time import settings_of as email_time_settings
     try:
         email_time_settings(type("P", (), {"raw": raw})())  # [emails]: the owner's time zone (issue 14)
     except ValueError as exc:

@@ -25,7 +25,7 @@ from sqlalchemy import or_, select
 
 from handlers import dunning
 from handlers.context import HandlerContext
-from worker.ids import new_id
+from worker.pure.ids import new_id
 
 log = structlog.get_logger("handlers.reachability")
 
@@ -39,7 +39,7 @@ class ReleaseError(Exception):
 
 def owner_address(ctx: HandlerContext, customer_id: str) -> str | None:
     """The owner of record's address per the policy, or None when there is no deliverable one."""
-    from worker.outbox import resolve_recipient
+    from worker.delivery.outbox import resolve_recipient
     customers = ctx.table("customers")
     row = ctx.conn.execute(select(customers).where(customers.c.id == customer_id)).mappings().first()
     return resolve_recipient(ctx.policy, dict(row) if row else None)
@@ -72,7 +72,7 @@ def owner_known(ctx: HandlerContext, customer_id: str) -> None:
     day-0 email was refused then (no address yet) and is sent now, once (same dedupe key). A case
     marked unreachable is cleared when the address now works.
     """
-    from worker import outbox
+    from worker.delivery import outbox
     if owner_address(ctx, customer_id) is None:
         return
     cases = ctx.table("cases")
@@ -90,7 +90,7 @@ def owner_known(ctx: HandlerContext, customer_id: str) -> None:
 def mark_unreachable(ctx: HandlerContext, case: dict, reason: str) -> dict:
     """Mark the (locked) case unreachable and tell the platform, once per case."""
     from handlers.accounts import lock_account
-    from worker import outbox
+    from worker.delivery import outbox
     if not case["owner_unreachable"]:
         case = dunning.update_case(ctx, case, {"owner_unreachable": 1})
     account = lock_account(ctx, case)
@@ -109,7 +109,7 @@ def holds(ctx: HandlerContext, case: dict) -> bool:
 def mark_rejected_email(runtime, email_id: str, error: str) -> None:
     """A dunning email of a case was refused permanently by the provider: its owner is unreachable."""
     emails = runtime.db.table("emails")
-    from worker.clock import utcnow
+    from worker.pure.clock import utcnow
     with runtime.db.transaction() as conn:
         case_id = conn.execute(select(emails.c.case_id).where(emails.c.id == email_id)).scalar()
         if not case_id:
@@ -128,7 +128,7 @@ def release_case(runtime, case_key: str, *, released_by: str, reason: str) -> di
     `case_key` is a case id or an invoice id. Recorded in case_releases (who, why, when); the
     case keeps `owner_unreachable` (the owner still cannot be mailed), only the hold is lifted.
     """
-    from worker.clock import utcnow
+    from worker.pure.clock import utcnow
     released_by, reason = (released_by or "").strip(), (reason or "").strip()
     if not released_by or not reason:
         raise ReleaseError("a release needs who released it and a reason")

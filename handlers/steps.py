@@ -33,7 +33,7 @@ from sqlalchemy import or_, select, update
 
 from handlers import accounts, dunning, reachability, verification
 from handlers.context import HandlerContext
-from worker.clock import isoformat, utcnow
+from worker.pure.clock import isoformat, utcnow
 
 log = structlog.get_logger("handlers.steps")
 
@@ -252,8 +252,8 @@ def move_disruption(ctx: HandlerContext, case: dict, new_date: datetime) -> dict
 
 def _send_step_email(ctx: HandlerContext, case: dict, index: int, template: str) -> None:
     """The step's email; day 0 waits FIRST_EMAIL_DELAY_SECONDS so an invoice.paid arriving right behind
-    the older failure (issue 12) cancels it before delivery (worker/email_delivery.py)."""
-    from worker import outbox
+    the older failure (issue 12) cancels it before delivery (worker/delivery/email_delivery.py)."""
+    from worker.delivery import outbox
     delay = ctx.settings.first_email_delay_seconds if index == 0 else 0
     email_id = outbox.add_case_email(ctx, template, case["id"], f"case:{case['id']}:step:{index}",
                                      delay_seconds=delay, case=case)

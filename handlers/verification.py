@@ -25,7 +25,7 @@ from handlers import dunning
 from handlers.context import HandlerContext
 from handlers.facts import upsert_customer
 from handlers.stripe_objects import invoice_subscription_id
-from worker.clock import to_unix, utcnow
+from worker.pure.clock import to_unix, utcnow
 
 log = structlog.get_logger("handlers.verification")
 
@@ -57,7 +57,7 @@ def backoff(failures: int) -> timedelta:
 
 def read(runtime, case: dict) -> StripeFacts:
     """GET the invoice, its subscription and the customer (network I/O: call outside a transaction)."""
-    from worker.stripe_api import StripeGatewayError, StripeRejected, StripeUnavailable, gateway
+    from worker.stripe.gateway import StripeGatewayError, StripeRejected, StripeUnavailable, gateway
     try:
         gw = gateway(runtime)
         invoice = gw.retrieve_invoice(case["invoice_id"])

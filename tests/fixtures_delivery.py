@@ -18,8 +18,8 @@ from typing import Callable
 import structlog
 
 from handlers.context import HandlerContext
-from worker.clock import utcnow
-from worker.db import dumps
+from worker.pure.clock import utcnow
+from worker.infra.db import dumps
 
 log = structlog.get_logger("tests.delivery")
 

@@ -29,7 +29,7 @@ def sqlite_stripe_runtime(make_runtime, fake_stripe):
 
 
 def admin_client(runtime) -> falcon.testing.TestClient:
-    from worker.web import create_app
+    from worker.web.app import create_app
     return falcon.testing.TestClient(create_app(runtime))
 
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import dramatiq
 
-from worker.signatures import sign
+from worker.intake.signatures import sign
 
 WEBHOOK_SECRET = "whsec_test_secret_for_the_suite"
 ADMIN_TOKEN = "test-admin-token-0123456789"

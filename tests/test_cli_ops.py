@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from tests.fixtures_dunning import DAY, T0, at, deliver, failed, paid
 from tests.helpers import rows, wait_until
 from worker.cli import main
-from worker.clock import utcnow
+from worker.pure.clock import utcnow
 
 
 def cli_env(runtime) -> dict[str, str]:

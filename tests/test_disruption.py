@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from tests import fixtures_dunning as fx
 from tests.fixtures_dunning import DAY, T0
 from tests.helpers import post_event, rows
-from worker.clock import to_unix
-from worker.web import create_app
+from worker.pure.clock import to_unix
+from worker.web.app import create_app
 
 
 def post(runtime, client, evt: dict) -> None:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from tests import fixtures_dunning as fx
 from tests.fixtures_dunning import DAY, T0
 from tests.helpers import post_event, rows
-from worker.web import create_app
+from worker.web.app import create_app
 
 STEP_TEMPLATES = ["payment-failed", "reminder", "disruption-warning", "final-notice", "service-disrupted"]
 
@@ -274,7 +274,7 @@ def test_shuffled_triplicated_events_on_concurrent_workers_give_the_emails_of_on
     import random
 
     from handlers.steps import enqueue_due_steps
-    from worker.event_store import parse_envelope, store_event
+    from worker.intake.event_store import parse_envelope, store_event
     runtime = make_runtime(db="postgres")
     rng = random.Random(7)
     invoices = [f"in_conc_{n:03d}" for n in range(30)]

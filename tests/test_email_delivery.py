@@ -12,9 +12,9 @@ from sqlalchemy import update
 
 from tests.fixtures_delivery import in_handler, scripted_server, seed_case
 from tests.helpers import drain, rows
-from worker import outbox
-from worker.clock import utcnow
-from worker.email_delivery import SendGridSender, deliver_email, sweep_emails
+from worker.delivery import outbox
+from worker.pure.clock import utcnow
+from worker.delivery.email_delivery import SendGridSender, deliver_email, sweep_emails
 
 SENDGRID_KEY = "SG.test-key-for-the-suite"
 
@@ -113,7 +113,7 @@ def test_the_sweeper_picks_up_an_email_whose_message_was_lost(runtime):
     assert sweep_emails(runtime, utcnow()) == 0  # queued at commit: not again before the lease lapses
     from datetime import timedelta
 
-    from worker.email_delivery import ENQUEUE_LEASE
+    from worker.delivery.email_delivery import ENQUEUE_LEASE
     assert sweep_emails(runtime, utcnow() + ENQUEUE_LEASE + timedelta(seconds=1)) == 1
     drain(runtime)
     assert rows(runtime, "emails")[0]["status"] == "sent"
@@ -266,7 +266,7 @@ def test_only_one_plain_address_is_accepted_as_a_recipient(address, ok):
 
 
 def test_the_message_builder_refuses_a_line_break_in_any_header():
-    from worker.email_delivery import OutgoingEmail, build_mime, header_value
+    from worker.delivery.email_delivery import OutgoingEmail, build_mime, header_value
     assert header_value("a\r\nBcc: x@example.com\x00") == "a Bcc: x@example.com"
     email = OutgoingEmail(id="em_1", template="reminder", recipient="owner@example.com\nBcc: x@example.com",
                           subject="s", text="t", html="<p>h</p>", invoice_id="in_1", customer_id="cus_1",
@@ -276,7 +276,7 @@ def test_the_message_builder_refuses_a_line_break_in_any_header():
 
 
 def test_an_email_interrupted_again_and_again_for_days_is_failed_not_retried_forever(runtime):
-    from worker.email_delivery import MIN_ATTEMPTS
+    from worker.delivery.email_delivery import MIN_ATTEMPTS
     seed_case(runtime)
     email_id = queue(runtime)
     runtime.broker.flush_all()

@@ -50,7 +50,7 @@ class FakeSentry:
 def sentry():
     import sentry_sdk
 
-    from worker import error_tracking
+    from worker.observe import error_tracking
     fake = FakeSentry()
     yield fake
     sentry_sdk.get_client().close(timeout=2)

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import MetaData, create_engine, inspect, select, text
 
 from tests.conftest import TEST_DATABASE_URL, _postgres_reachable, _skip_or_fail
-from worker import migrate
-from worker.db import Database
+from worker.infra import migrate
+from worker.infra.db import Database
 
 BASELINE_MODULE = migrate.MIGRATIONS_DIR / "versions" / "0001_baseline.py"
 
@@ -237,6 +237,6 @@ def test_db_upgrade_and_its_alias_db_init_migrate_from_the_command_line(tmp_path
 
 def test_the_procfile_migrates_in_its_release_phase_and_make_run_does_not_keep_that_running():
     from config.settings import PROJECT_ROOT
-    from worker.launcher import procfile_entries
+    from worker.cli.launcher import procfile_entries
     assert "release: dunning db upgrade" in (PROJECT_ROOT / "Procfile").read_text().splitlines()
     assert set(procfile_entries()) == {"web", "worker", "scheduler"}

@@ -14,10 +14,10 @@ from sqlalchemy import update
 
 from tests.fixtures_delivery import free_port, in_handler, scripted_server, seed_case
 from tests.helpers import drain, rows
-from worker import outbox
-from worker.clock import to_unix, utcnow
-from worker.notices import MIN_ATTEMPTS, SIGNATURE_HEADER, deliver_account_notices, sweep_notices
-from worker.signatures import SignatureError, verify_stripe_signature
+from worker.delivery import outbox
+from worker.pure.clock import to_unix, utcnow
+from worker.delivery.notices import MIN_ATTEMPTS, SIGNATURE_HEADER, deliver_account_notices, sweep_notices
+from worker.intake.signatures import SignatureError, verify_stripe_signature
 
 SECRET = "whsec_cGxhdGZvcm0tc2VjcmV0LWtleS1mb3ItdGhlLXRlc3Rz"  # whsec_<base64>, as Standard Webhooks writes it
 TYPES = ("service.disruption_scheduled", "service.disrupted", "service.restored")

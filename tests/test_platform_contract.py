@@ -27,11 +27,11 @@ from tests.conftest import base_env
 from tests.fixtures_delivery import in_handler, scripted_server, seed_case
 from tests.fixtures_dunning import DAY, T0
 from tests.helpers import ADMIN_TOKEN, drain, post_event, rows
-from worker import notices as notices_module
-from worker import outbox
-from worker.clock import utcnow
-from worker.notices import sweep_notices
-from worker.web import create_app
+from worker.delivery import notices as notices_module
+from worker.delivery import outbox
+from worker.pure.clock import utcnow
+from worker.delivery.notices import sweep_notices
+from worker.web.app import create_app
 
 NEW_SECRET = "whsec_" + base64.b64encode(b"the-new-platform-signing-key-32b").decode()
 OLD_SECRET = "old-plain-platform-secret-0123456789"  # a plain secret: keyed by its UTF-8 bytes
@@ -117,7 +117,7 @@ def test_every_notice_of_a_full_run_verifies_with_standardwebhooks_under_either_
     assert len(platform.requests) == 3
     from jsonschema import Draft202012Validator
 
-    from worker.openapi import PATH
+    from worker.web.openapi import PATH
     components = json.loads(PATH.read_text())["components"]
     notice_schema = Draft202012Validator({"$ref": "#/components/schemas/Notice", "components": components})
 
@@ -138,7 +138,7 @@ def test_every_notice_of_a_full_run_verifies_with_standardwebhooks_under_either_
         with pytest.raises(WebhookVerificationError):
             Webhook(other).verify(raw, headers)
         # the Stripe-style header is still there, keyed by the whole secret strings
-        from worker.signatures import verify_stripe_signature
+        from worker.intake.signatures import verify_stripe_signature
         verify_stripe_signature(raw.decode(), headers["dunning-signature"], (OLD_SECRET,))
         verify_stripe_signature(raw.decode(), headers["dunning-signature"], (NEW_SECRET,))
 
@@ -275,7 +275,7 @@ def test_without_a_platform_token_configured_the_pull_api_refuses_everyone(runti
 
 # -- 3. no notice is lost for good ------------------------------------------------------------------
 class Clock:
-    """The clock the delivery reads (worker.notices.utcnow), moved forward by the test."""
+    """The clock the delivery reads (worker.delivery.notices.utcnow), moved forward by the test."""
 
     def __init__(self):
         self.now = utcnow()
@@ -328,7 +328,7 @@ def test_notices_failed_past_the_retry_window_are_redelivered_in_order(service, 
     assert platform.applied == [] and len(platform.requests) >= 60
     stats = cli(runtime, "stats")
     assert stats["notices_failed"] == 3 and [n["seq"] for n in stats["failed_notices"]] == [1, 2, 3]
-    from worker import metrics
+    from worker.observe import metrics
     scraped = metrics.render(runtime)[0].decode()
     assert 'dunning_platform_notices_failed{type="service.disrupted"} 1.0' in scraped
 
@@ -413,7 +413,7 @@ def test_secrets_and_the_platform_token_are_checked_at_start_up(tmp_path):
 
 def test_signing_follows_the_specification_byte_for_byte():
     """The specification's own test vector (standard-webhooks/spec, and its libraries' tests)."""
-    from worker import standard_webhooks
+    from worker.delivery import standard_webhooks
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     msg_id, timestamp = "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330
     body = '{"test": 2432232314}'
@@ -426,7 +426,7 @@ def test_the_platform_token_opens_neither_the_dashboard_nor_the_admin_api_of_the
     from werkzeug.test import Client
 
     from tests.conftest import _redis_reachable
-    from worker.web import wsgi_app
+    from worker.web.app import wsgi_app
     runtime = make_runtime(broker="redis" if _redis_reachable() else "embedded", PLATFORM_API_TOKEN=PLATFORM_TOKEN)
     app = Client(wsgi_app(runtime))
     as_platform = {"Authorization": f"Bearer {PLATFORM_TOKEN}"}

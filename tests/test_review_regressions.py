@@ -41,10 +41,10 @@ from tests.fixtures_stripe import (  # noqa: F401  (fixtures)
     stripe_runtime,
 )
 from tests.helpers import rows
-from worker.card_expiry import scan_expiring_cards
-from worker.card_retries import run_retry
-from worker.clock import utcnow
-from worker.email_context import format_day
+from worker.scheduling.card_expiry import scan_expiring_cards
+from worker.stripe.card_retries import run_retry
+from worker.pure.clock import utcnow
+from worker.delivery.email_context import format_day
 
 
 # -- a subscription deleted while a card retry is in flight ------------------------------------

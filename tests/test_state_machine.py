@@ -10,7 +10,7 @@ import pytest
 from handlers import dunning
 from handlers.context import HandlerContext
 from tests.helpers import rows
-from worker.clock import utcnow
+from worker.pure.clock import utcnow
 
 ALL_PAIRS = list(itertools.product(dunning.STATES, dunning.TRIGGERS))
 

@@ -25,9 +25,9 @@ CEILINGS = {  # event type: (processing statements, transactions), (delivery sta
 
 def _process_and_deliver(runtime, evt: dict):
     from handlers.registry import known_types
-    from worker.email_delivery import deliver_email
-    from worker.event_store import parse_envelope, store_event
-    from worker.processing import process_event
+    from worker.delivery.email_delivery import deliver_email
+    from worker.intake.event_store import parse_envelope, store_event
+    from worker.intake.processing import process_event
 
     envelope = parse_envelope(json.dumps(evt))
     store_event(runtime.db, envelope, known_type=envelope.type in known_types())

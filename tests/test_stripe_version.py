@@ -12,7 +12,7 @@ from tests.conftest import STRIPE_DATA
 from tests.fake_stripe import API_KEY
 from tests.fixtures_stripe import fake_stripe, sqlite_stripe_runtime  # noqa: F401  (fixtures)
 from tests.helpers import drain, post_event, rows
-from worker.stripe_api import STRIPE_API_VERSION, StripeGateway
+from worker.stripe.gateway import STRIPE_API_VERSION, StripeGateway
 
 
 def test_every_call_to_stripe_names_the_pinned_api_version_not_the_library_default(fake_stripe):  # noqa: F811

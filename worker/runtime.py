@@ -13,9 +13,9 @@ from typing import Any
 import dramatiq
 
 from config.settings import Settings, load_settings
-from worker.broker import make_broker
-from worker.db import Database
-from worker.logs import configure_logging, register_secrets
+from worker.queue.broker import make_broker
+from worker.infra.db import Database
+from worker.observe.logs import configure_logging, register_secrets
 
 
 @dataclass
@@ -61,15 +61,15 @@ def setup(settings: Settings | None = None, broker: dramatiq.Broker | None = Non
                       settings.platform_api_token, settings.dashboard_password, settings.metrics_token,
                       settings.sentry_dsn])
     if settings.sentry_dsn:
-        from worker.error_tracking import init_error_tracking
-        from worker.metrics_ops import release
+        from worker.observe.error_tracking import init_error_tracking
+        from worker.observe.metrics_ops import release
         init_error_tracking(settings.sentry_dsn, release=release())
     if broker is None:
         broker = make_broker(settings)
-    from worker import metrics
+    from worker.observe import metrics
     metrics.install_broker_middleware(broker, settings)
     dramatiq.set_broker(broker)
-    from worker.actors import declare_actors
+    from worker.queue.actors import declare_actors
     database = Database(settings.database_url, pool_size=settings.database_pool_size,
                         max_overflow=settings.database_max_overflow)
     runtime = Runtime(settings=settings, db=database, broker=broker)

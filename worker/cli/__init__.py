@@ -52,7 +52,7 @@ def get_runtime(*, broker: bool = True, needs_secrets: bool = False):
         settings = load_settings(_environment(needs_secrets))
         if broker:
             return rt.setup(settings)
-        from worker.broker import make_stub_broker
+        from worker.queue.broker import make_stub_broker
         return rt.setup(settings, make_stub_broker())
     except ConfigError as exc:
         click.echo(f"configuration error: {exc}", err=True)

@@ -8,7 +8,7 @@ import click
 from sqlalchemy import desc, select
 
 from worker.cli import emit, get_runtime, main
-from worker.clock import isoformat
+from worker.pure.clock import isoformat
 
 
 @main.group()

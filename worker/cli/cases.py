@@ -13,9 +13,9 @@ import click
 from sqlalchemy import or_, select
 
 from worker.cli import emit, get_runtime, main
-from worker.clock import from_unix, isoformat
-from worker.db import about_case
-from worker.logs import mask_email
+from worker.pure.clock import from_unix, isoformat
+from worker.infra.db import about_case
+from worker.observe.logs import mask_email
 
 
 def _iso(row: dict) -> dict:

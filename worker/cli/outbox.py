@@ -1,6 +1,6 @@
 """`dunning outbox list|retry`: emails and platform notices not yet delivered, and a way to push one again.
 
-The outbox rows are the truth (worker/outbox.py writes them, the sender actors deliver them);
+The outbox rows are the truth (worker/delivery/outbox.py writes them, the sender actors deliver them);
 a retry resets the row to pending and due now, then enqueues its sender, exactly as the
 scheduler's sweep would.
 """
@@ -13,8 +13,8 @@ import click
 from sqlalchemy import select, update
 
 from worker.cli import emit, get_runtime, main
-from worker.clock import isoformat, utcnow
-from worker.logs import mask_email
+from worker.pure.clock import isoformat, utcnow
+from worker.observe.logs import mask_email
 
 UNDELIVERED = {"email": ("pending", "sending"), "notice": ("pending", "sending")}
 FAILED = ("failed",)
