@@ -165,7 +165,7 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | N
 
 def _platform_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
     """PLATFORM_WEBHOOK_SECRET: one or more comma-separated secrets; `whsec_` ones must be base64."""
-    from worker.delivery.standard_webhooks import BadSecret, secret_key
+    from worker.pure.standard_webhooks import BadSecret, secret_key
     raw = _optional(env, "PLATFORM_WEBHOOK_SECRET") or ""
     secrets = tuple(s.strip() for s in raw.split(",") if s.strip())
     for position, secret in enumerate(secrets, 1):

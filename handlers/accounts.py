@@ -70,11 +70,10 @@ def _set(ctx: HandlerContext, account: dict, **values) -> None:
 
 def _notice(ctx: HandlerContext, kind: str, account: dict, case: dict, discriminator: str,
             disrupt_at: datetime | None) -> str | None:
-    from worker.delivery import outbox
-    return outbox.add_notice(
-        ctx, kind, account["id"], f"notice:{account['id']}:{kind}:{discriminator}",
-        case_id=case["id"], invoice_id=case["invoice_id"], customer_id=case["customer_id"],
-        subscription_id=case["subscription_id"], disrupt_at=disrupt_at)
+    return ctx.effects.notice(
+         ctx, kind, account["id"], f"notice:{account['id']}:{kind}:{discriminator}",
+         case_id=case["id"], invoice_id=case["invoice_id"], customer_id=case["customer_id"],
+         subscription_id=case["subscription_id"], disrupt_at=disrupt_at)
 
 
 def nominal_disrupt_at(ctx: HandlerContext, case: dict) -> datetime:

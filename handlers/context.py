@@ -1,20 +1,20 @@
-"""What a handler receives: the open transaction, the stored event, the clock, and its services.
+"""What a handler receives: the open transaction, the stored event, the clock, and the ports it may use.
 
 Handlers do no network I/O. Effects are rows (outbox emails, platform notices, Stripe jobs)
-written in the same transaction; work registered with `after_commit` runs only once the
-transaction has committed (typically: enqueue the id of a row just written).
+written in the same transaction through `effects`; work registered with `after_commit` runs only
+once the transaction has committed (typically: enqueue the id of a row just written). The
+context is built by the unit of work (worker/infra/unit_of_work.py), never by a handler.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from sqlalchemy import Connection, Table
 
-if TYPE_CHECKING:  # pragma: no cover
-    from worker.runtime import Runtime
+from handlers.ports import Effects, Erasures, Store
 
 
 class PermanentEventError(Exception):
@@ -47,9 +47,13 @@ class StripeEvent:
 
 @dataclass
 class HandlerContext:
-    runtime: "Runtime"
     conn: Connection
     now: datetime
+    db: Store
+    settings: Any  # config.settings.Settings (first_email_delay_seconds, outbox folders)
+    policy: Any  # handlers.policy.Policy
+    effects: Effects
+    erasures: Erasures
     event: StripeEvent | None = None  # None when a timer (scheduler step) is the cause
     log: Any = None
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
@@ -61,20 +65,8 @@ class HandlerContext:
         """The instant decisions about the owner's calendar are made at: the scheduler's, else now."""
         return self.as_of or self.now
 
-    @property
-    def db(self):
-        return self.runtime.db
-
-    @property
-    def settings(self):
-        return self.runtime.settings
-
-    @property
-    def policy(self):
-        return self.runtime.policy
-
     def table(self, name: str) -> Table:
-        return self.runtime.db.table(name)
+        return self.db.table(name)
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         """Run fn once this transaction has committed (never inside it)."""

@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from handlers.context import HandlerContext
 from worker.pure.clock import utcnow
 from worker.pure.ids import new_id
-from worker.observe.log_context import bind_case
+from worker.pure.message_log import bind_case
 
 log = structlog.get_logger("handlers.dunning")
 

@@ -20,7 +20,7 @@ from handlers.stripe_objects import (
     invoice_subscription_metadata,
     metadata_of,
 )
-from worker.infra.db import dumps
+from worker.pure.json_text import dumps
 
 FINAL_INVOICE_STATUSES = ("paid", "void", "uncollectible")
 
@@ -48,7 +48,6 @@ def upsert_customer(ctx: HandlerContext, customer: dict, created: int) -> None:
     default_pm = (expandable_id((customer.get("invoice_settings") or {}).get("default_payment_method"))
                   or expandable_id(customer.get("default_source")))
     values["default_payment_method"] = default_pm
-    from worker.privacy.erasure import is_erased
     if is_erased(ctx.conn, ctx.db.tables, cid):
         # Erased: what Stripe still holds (a step's re-read, a late customer.* event) never brings
         # the personal values back; ids and the default payment method stay, as erasure keeps them.
@@ -151,3 +150,11 @@ def load(ctx: HandlerContext, table_name: str, row_id: str | None) -> dict | Non
     table = ctx.table(table_name)
     row = ctx.conn.execute(select(table).where(table.c.id == row_id)).mappings().first()
     return dict(row) if row else None
+
+
+def is_erased(conn, tables, customer_id: str | None) -> bool:
+    """True once the customer was erased (an `erasures` row): what Stripe still holds never comes back."""
+    if not customer_id:
+        return False
+    erasures = tables["erasures"]
+    return conn.execute(select(erasures.c.customer_id).where(erasures.c.customer_id == customer_id)).first() is not None

@@ -97,7 +97,7 @@ class Policy:
             key = self.recipient_source[len("customer.metadata."):]
             metadata = customer_row.get("metadata")
             if isinstance(metadata, str):
-                from worker.infra.db import loads
+                from worker.pure.json_text import loads
                 try:
                     metadata = loads(metadata, {})
                 except ValueError:
@@ -176,7 +176,7 @@ def parse_policy(raw: dict[str, Any], path: Path | None = None) -> Policy:
     unreachable = str(raw.get("unreachable", "hold"))
     if unreachable not in UNREACHABLE_CHOICES:
         raise PolicyError(f"{where}: unreachable must be one of {UNREACHABLE_CHOICES}")
-    from worker.delivery.email_time import settings_of as email_time_settings
+    from worker.pure.email_time import settings_of as email_time_settings
     try:
         email_time_settings(type("P", (), {"raw": raw})())  # [emails]: the owner's time zone (issue 14)
     except ValueError as exc:

@@ -162,7 +162,7 @@ def tick(runtime, moment: datetime | int) -> int:
 
 def tick_late(runtime, moment: datetime | int) -> int:
     """One scheduler pass as of `moment` (after downtime: late steps catch up), then run its messages."""
-    from handlers.steps import enqueue_due_steps
+    from worker.scheduling.due_steps import enqueue_due_steps
 
     if isinstance(moment, int):
         moment = at(moment)

@@ -273,7 +273,7 @@ def test_shuffled_triplicated_events_on_concurrent_workers_give_the_emails_of_on
     """PostgreSQL, 8 worker threads: every event delivered 3 times in random order, ticks enqueued 3 times."""
     import random
 
-    from handlers.steps import enqueue_due_steps
+    from worker.scheduling.due_steps import enqueue_due_steps
     from worker.intake.event_store import parse_envelope, store_event
     runtime = make_runtime(db="postgres")
     rng = random.Random(7)

@@ -297,7 +297,7 @@ def _policy_raw() -> dict:
 
 
 def test_deadlines_are_date_time_and_zone_in_the_owners_time_zone():
-    from worker.delivery.email_time import owner_timezone
+    from worker.pure.email_time import owner_timezone
     from handlers.policy import parse_policy
     policy = parse_policy({**_policy_raw(), "emails": {"timezone_metadata_key": "tz",
                                                       "default_timezone": "America/Los_Angeles"}})

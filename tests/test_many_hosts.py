@@ -146,7 +146,7 @@ def test_a_worker_host_consumes_only_its_queues_and_serves_its_own_metrics(tmp_p
 def test_a_due_case_already_queued_is_not_queued_again_before_its_lease_lapses(make_runtime, db):
     from datetime import timedelta
 
-    from handlers.steps import ENQUEUE_LEASE, enqueue_due_steps
+    from worker.scheduling.due_steps import ENQUEUE_LEASE, enqueue_due_steps
     from tests import fixtures_dunning as fx
     runtime = make_runtime(db=db)
     fx.deliver(runtime, fx.failed("in_lease_1", created=fx.T0, customer="cus_lease_1"))

@@ -37,11 +37,10 @@ def document() -> dict:
 def seed_contract_data(runtime) -> None:
     """The account the document's examples name, with one notice: 200 answers get checked too."""  # "sub_test_1", the account id the document's examples name
     from tests.fixtures_delivery import in_handler
-    from worker.delivery import outbox
     seed_case(runtime)
-    in_handler(runtime, lambda ctx: outbox.add_notice(
-        ctx, "service.disruption_scheduled", "sub_test_1", "notice:sub_test_1:openapi", case_id="dc_test_1",
-        invoice_id="in_test_1", customer_id="cus_test_1", subscription_id="sub_test_1", disrupt_at=None))
+    in_handler(runtime, lambda ctx: ctx.effects.notice(
+         ctx, "service.disruption_scheduled", "sub_test_1", "notice:sub_test_1:openapi", case_id="dc_test_1",
+         invoice_id="in_test_1", customer_id="cus_test_1", subscription_id="sub_test_1", disrupt_at=None))
 
 
 @pytest.fixture

@@ -130,7 +130,7 @@ def test_a_disruption_waits_for_the_warning_to_be_delivered(any_runtime):
     runtime = any_runtime
     deliver(runtime, failed("in_slow", created=T0))
     fx.tick(runtime, T0 + 3 * DAY)
-    from handlers.steps import enqueue_due_steps
+    from worker.scheduling.due_steps import enqueue_due_steps
     enqueue_due_steps(runtime, fx.at(T0 + 7 * DAY))
     fx.drain_queues(runtime, ("steps",))  # the warning is queued but not delivered
     enqueue_due_steps(runtime, fx.at(T0 + 14 * DAY))
@@ -343,6 +343,6 @@ def test_a_year_10000_created_fails_permanently_at_once(any_runtime):
 
 
 def test_stripe_api_key_is_what_turns_verification_on(make_runtime):
-    from handlers.verification import enabled
+    from worker.stripe.case_facts import enabled
     assert not enabled(make_runtime())
     assert enabled(make_runtime(STRIPE_API_KEY=API_KEY))

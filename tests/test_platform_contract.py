@@ -147,9 +147,9 @@ def test_the_notice_file_outbox_carries_the_standard_headers_too(make_runtime):
     secret = "plain-secret-for-the-file-outbox-0123"
     runtime = make_runtime(PLATFORM_WEBHOOK_SECRET=secret)
     ids = seed_case(runtime)
-    notice_id = in_handler(runtime, lambda ctx: outbox.add_notice(
-        ctx, "service.disrupted", ids["account_id"], "k1", case_id=ids["case_id"], invoice_id=ids["invoice_id"],
-        customer_id=ids["customer_id"], subscription_id=ids["subscription_id"], disrupt_at=None))
+    notice_id = in_handler(runtime, lambda ctx: ctx.effects.notice(
+         ctx, "service.disrupted", ids["account_id"], "k1", case_id=ids["case_id"], invoice_id=ids["invoice_id"],
+         customer_id=ids["customer_id"], subscription_id=ids["subscription_id"], disrupt_at=None))
     drain(runtime)
     record = json.loads((runtime.settings.notice_outbox_dir / f"{notice_id}.json").read_text())
     assert Webhook(secret.encode()).verify(record["body"], record["headers"])["id"] == notice_id
@@ -233,9 +233,9 @@ def test_the_accounts_list_pages_by_a_stable_cursor_and_filters_by_status(make_r
 def test_bad_parameters_are_a_400_with_a_json_error(make_runtime, path, params, fragment):
     runtime = make_runtime(PLATFORM_API_TOKEN=PLATFORM_TOKEN)
     seed_case(runtime)
-    in_handler(runtime, lambda ctx: outbox.add_notice(
-        ctx, "service.disrupted", "sub_test_1", "k1", case_id="dc_test_1", invoice_id="in_test_1",
-        customer_id="cus_test_1", subscription_id="sub_test_1", disrupt_at=None))
+    in_handler(runtime, lambda ctx: ctx.effects.notice(
+         ctx, "service.disrupted", "sub_test_1", "k1", case_id="dc_test_1", invoice_id="in_test_1",
+         customer_id="cus_test_1", subscription_id="sub_test_1", disrupt_at=None))
     answer = pull(falcon.testing.TestClient(create_app(runtime)), path, **params)
     assert answer.status_code == 400
     assert fragment in answer.json["error"]
@@ -244,9 +244,9 @@ def test_bad_parameters_are_a_400_with_a_json_error(make_runtime, path, params, 
 def test_tokens_unknown_ids_and_the_platform_token_on_acting_routes(make_runtime):
     runtime = make_runtime(PLATFORM_API_TOKEN=PLATFORM_TOKEN)
     ids = seed_case(runtime)
-    in_handler(runtime, lambda ctx: outbox.add_notice(
-        ctx, "service.disrupted", ids["account_id"], "k1", case_id=ids["case_id"], invoice_id=ids["invoice_id"],
-        customer_id=ids["customer_id"], subscription_id=ids["subscription_id"], disrupt_at=None))
+    in_handler(runtime, lambda ctx: ctx.effects.notice(
+         ctx, "service.disrupted", ids["account_id"], "k1", case_id=ids["case_id"], invoice_id=ids["invoice_id"],
+         customer_id=ids["customer_id"], subscription_id=ids["subscription_id"], disrupt_at=None))
     client = falcon.testing.TestClient(create_app(runtime))
     for path in ("/platform/accounts/sub_test_1", "/platform/accounts", "/platform/accounts/sub_test_1/notices"):
         for token in (None, "wrong-token-0123456789-abcdefgh", ADMIN_TOKEN, PLATFORM_TOKEN + "x"):
@@ -350,9 +350,9 @@ def test_redeliver_skips_a_failed_notice_a_later_delivered_one_superseded(make_r
     made = {}
     for account in (ids, other):
         for kind in ("service.disruption_scheduled", "service.disrupted", "service.restored"):
-            made[(account["account_id"], kind)] = in_handler(runtime, lambda ctx, a=account, k=kind: outbox.add_notice(
-                ctx, k, a["account_id"], f"{a['account_id']}:{k}", case_id=a["case_id"], invoice_id=a["invoice_id"],
-                customer_id=a["customer_id"], subscription_id=a["subscription_id"], disrupt_at=None))
+            made[(account["account_id"], kind)] = in_handler(runtime, lambda ctx, a=account, k=kind: ctx.effects.notice(
+                 ctx, k, a["account_id"], f"{a['account_id']}:{k}", case_id=a["case_id"], invoice_id=a["invoice_id"],
+                 customer_id=a["customer_id"], subscription_id=a["subscription_id"], disrupt_at=None))
     runtime.broker.flush_all()
     table = runtime.db.table("platform_notices")
     with runtime.db.transaction() as conn:  # sub_test_1: the disrupted notice failed, the restore got through
@@ -413,7 +413,7 @@ def test_secrets_and_the_platform_token_are_checked_at_start_up(tmp_path):
 
 def test_signing_follows_the_specification_byte_for_byte():
     """The specification's own test vector (standard-webhooks/spec, and its libraries' tests)."""
-    from worker.delivery import standard_webhooks
+    from worker.pure import standard_webhooks
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     msg_id, timestamp = "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330
     body = '{"test": 2432232314}'

@@ -14,7 +14,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import update
 
 from handlers import subscriptions
-from handlers.context import HandlerContext, StripeEvent
+from handlers.context import StripeEvent
+from worker.infra.unit_of_work import context_in
 from tests import fixtures_cards as fc
 from tests.fixtures_dunning import (
     DAY,
@@ -209,7 +210,7 @@ def test_on_postgres_a_failure_racing_the_deletion_of_its_subscription_waits_for
     outcome: dict = {}
 
     with runtime.db.transaction() as conn:  # the deletion's transaction, not committed yet
-        ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=deletion)
+        ctx = context_in(runtime=runtime, conn=conn, now=utcnow(), event=deletion)
         subscriptions.deleted(ctx, deletion)  # no case yet: nothing to void
         failure = failed(created=T0)  # built here: a payload missing from ../shared skips, not in a thread
         racer = threading.Thread(target=lambda: outcome.update(status=deliver(runtime, failure)))

@@ -1,7 +1,9 @@
-"""The process-wide runtime: settings, database, broker and actors, built once at start.
+"""The composition root: the process-wide runtime (settings, database, broker, actors) built once at
+start, and the adapters of the domain's ports (handlers/ports.py) wired into it.
 
 Every entry point (web app, `dramatiq` worker processes, scheduler, CLI) calls `setup()` first.
-Nothing here runs at import: the broker is set explicitly before any actor is declared.
+Nothing here runs at import: the broker is set explicitly before any actor is declared. Only the
+CLI (worker/cli/) imports this module; the rooms receive the runtime as an argument.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class Runtime:
     db: Database
     broker: dramatiq.Broker
     actors: Any = None
+    effects: Any = None  # handlers.ports.Effects (worker.delivery.effects)
+    erasures: Any = None  # handlers.ports.Erasures (worker.privacy.erasure)
     _policy: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _services: dict = field(default_factory=dict)
@@ -74,7 +78,10 @@ def setup(settings: Settings | None = None, broker: dramatiq.Broker | None = Non
                         max_overflow=settings.database_max_overflow)
     runtime = Runtime(settings=settings, db=database, broker=broker)
     runtime.policy  # checked at start: a bad policy file (e.g. a [retention] typo) stops start-up here
-    runtime.actors = declare_actors(broker)
+    runtime.actors = declare_actors(broker, current)
+    from worker.delivery.effects import OutboxEffects
+    from worker.privacy.erasure import Erasures
+    runtime.effects, runtime.erasures = OutboxEffects(runtime), Erasures()  # the domain's ports
     _current = runtime
     return runtime
 
@@ -83,6 +90,12 @@ def current() -> Runtime:
     if _current is None:
         return setup()
     return _current
+
+
+def web_app():
+    """The web process's WSGI app, built in each gunicorn worker after fork (`dunning web`)."""
+    from worker.web.app import wsgi_app
+    return wsgi_app(setup())
 
 
 def worker_setup() -> None:

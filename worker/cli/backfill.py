@@ -7,7 +7,7 @@ from contextlib import nullcontext
 
 import click
 
-from worker.cli import emit, get_runtime
+from worker.cli.base import emit, get_runtime
 from worker.cli.core import events
 
 

@@ -8,7 +8,7 @@ import sys
 import click
 from sqlalchemy import select
 
-from worker.cli import emit, get_runtime, main
+from worker.cli.base import emit, get_runtime, main
 
 
 @main.command()
@@ -40,7 +40,9 @@ def web(host: str, workers: int, threads: int) -> None:
     except ConfigError as exc:
         click.echo(f"configuration error: {exc}", err=True)
         sys.exit(2)
-    serve(host, runtime.settings.port, workers, threads, runtime.settings.web_read_timeout)
+    from worker.runtime import web_app
+    serve(host, runtime.settings.port, workers, threads, runtime.settings.web_read_timeout,
+          app_factory=web_app)  # the runtime is built in each worker, after fork
 
 
 def _queue_list(_ctx, _param, value: str | None) -> list[str]:

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 import click
 import dramatiq
 
-from worker.cli import emit, get_runtime, main
+from worker.cli.base import emit, get_runtime, main
 from worker.observe.logs import scrub
 from worker.queue.queue_state import service_queues
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from worker.cli import emit, main
+from worker.cli.base import emit, main
 
 
 @main.group()

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from worker.cli import emit, get_runtime, main
+from worker.cli.base import emit, get_runtime, main
 
 
 @main.command("payment-link")

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from worker.cli import emit, get_runtime, main
+from worker.cli.base import emit, get_runtime, main
 
 
 @main.group()

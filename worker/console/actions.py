@@ -4,7 +4,7 @@ The actions are the existing operations with their own rules, never a second cop
   payment-link   worker.stripe.payment_links.request_links (owner of record only, bank methods by
                  amount, daily limit per invoice); the reason becomes the request's note.
   replay-event   worker.intake.event_store.requeue_events, for a FAILED event of this case only.
-  retry-email    worker.cli.outbox.retry, for an undelivered email or notice of this case only.
+  retry-email    worker.delivery.outbox_admin.retry, for an undelivered email or notice of this case only.
   retry-notice
   release-hold   handlers.reachability.release_case: disruption of a case held because its owner
                  is unreachable may proceed on schedule (as `dunning cases release`).
@@ -94,7 +94,8 @@ def replay_event(runtime, invoice_id: str, event_id: str, *, actor: str, reason:
 
 def release_hold(runtime, invoice_id: str, *, actor: str, reason: str) -> None:
     """Lift the hold of a case whose owner is unreachable, as `dunning cases release` does."""
-    from handlers.reachability import ReleaseError, release_case
+    from handlers.reachability import ReleaseError
+    from worker.delivery.reachability import release_case
     reason = check_reason(reason)
     try:
         case = release_case(runtime, invoice_id, released_by=f"console:{actor}", reason=reason)
@@ -106,7 +107,7 @@ def release_hold(runtime, invoice_id: str, *, actor: str, reason: str) -> None:
 
 def retry_outbox(runtime, invoice_id: str, row_id: str, *, actor: str, reason: str) -> str:
     """Deliver an undelivered email or platform notice of this case again; returns 'email' or 'notice'."""
-    from worker.cli.outbox import OutboxError, retry
+    from worker.delivery.outbox_admin import OutboxError, retry
     reason = check_reason(reason)
     db = runtime.db
     case_id = _case_id(runtime, invoice_id)

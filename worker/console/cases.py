@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, true, tuple_
 
-from worker.cli.cases import _next_step
 from worker.pure.clock import from_unix, utcnow
 from worker.infra.db import about_case
 from worker.observe.logs import mask_email
@@ -46,6 +45,21 @@ class CaseFilter:
 
 
 # -- the list ----------------------------------------------------------------------------------
+def next_step(policy, case: dict) -> dict | None:
+    """The step the durable timer points at, described from the policy (None when none is left)."""
+    if case["next_step"] is None:
+        return None
+    described = {"index": case["next_step"], "due_at": case["next_step_at"]}
+    try:
+        schedule = policy.schedule_named(case["schedule"])
+        step = schedule.step(case["next_step"])
+    except Exception:  # a schedule renamed in the policy since the case opened
+        step = None
+    if step is not None:
+        described.update(day=step.day, email=step.email, action=step.action)
+    return described
+
+
 def _encode_cursor(value, row_id: str) -> str:
     raw = json.dumps([value.isoformat() if isinstance(value, datetime) else value, row_id])
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
@@ -209,7 +223,7 @@ def case_story(runtime, invoice_id: str) -> dict | None:
         "customer": ({"id": customer["id"], "name": customer["name"], "email": mask_email(customer["email"])}
                      if customer else {"id": customer_id, "name": None, "email": None}),
         "account": dict(account) if account else None,
-        "next_step": _next_step(runtime.policy, case) if case else None,
+        "next_step": next_step(runtime.policy, case) if case else None,
         "events": events, "transitions": transitions, "emails": emails, "notices": notices, "cards": cards,
         "card_retries": retries, "payment_links": links, "actions": actions, "timeline": timeline,
     }

@@ -275,7 +275,7 @@ def format_deadline(value: Any, tz: str | None = None, locale: str = DEFAULT_LOC
         return value
     if not isinstance(value, datetime):
         return format_day(value, locale)
-    from worker.delivery.email_time import as_zone
+    from worker.pure.email_time import as_zone
     local = as_zone(value, tz)
     return (format_date(local.date(), format="long", locale=locale) + " at "
             + format_datetime(local, format="HH:mm", tzinfo=local.tzinfo, locale=locale)

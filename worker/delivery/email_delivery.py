@@ -321,7 +321,7 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
         _finish(db, email_id, attempt, status="failed", last_error=str(exc)[:2000], lease_until=None)
         bound.error("email.failed_permanently", error=str(exc)[:300])
         if email.case_id and str(exc).startswith("SendGrid HTTP"):  # the provider refused this address
-            from handlers.reachability import mark_rejected_email
+            from worker.delivery.reachability import mark_rejected_email
             mark_rejected_email(runtime, email_id, str(exc))
         return "failed"
     except TransientSendError as exc:

@@ -31,7 +31,7 @@ from pathlib import Path
 import structlog
 from sqlalchemy import and_, func, or_, select, update
 
-from worker.delivery import standard_webhooks
+from worker.pure import standard_webhooks
 from worker.pure.clock import utcnow
 from worker.intake.signatures import sign_all
 

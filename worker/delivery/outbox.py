@@ -105,7 +105,7 @@ def _add_email(ctx, template: str, dedupe_key: str, extra: dict | None, *, case:
     clock = getattr(ctx, "clock", None) or ctx.now
     if case and case.get("next_payment_attempt") and case["next_payment_attempt"] <= clock:
         case = {**case, "next_payment_attempt": None}  # a "next automatic retry" in the past is never shown
-    from worker.delivery.email_time import owner_timezone
+    from worker.pure.email_time import owner_timezone
     context = build_context(case=case, invoice=invoice, customer=customer, card=card,
                             extra=extra, settings=ctx.settings, tz=owner_timezone(ctx.policy, customer))
     rendered = render(template, context, getattr(ctx.settings, "email_templates_dir", None))

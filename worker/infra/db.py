@@ -7,7 +7,6 @@ timeout waits for it, instead of failing late on a lock upgrade.
 
 from __future__ import annotations
 
-import json
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from config.settings import PROJECT_ROOT
+
+from worker.pure.json_text import dumps, loads  # noqa: F401  (TEXT columns; long imported from here)
 
 SCHEMA_PATH = PROJECT_ROOT / "schema.sql"
 
@@ -171,17 +172,6 @@ def _is_connection_error(exc: OperationalError) -> bool:
             "the database system is", "timeout expired", "no such host",
         )
     )
-
-
-def dumps(value: Any) -> str:
-    """JSON for TEXT columns: compact, stable key order."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
-
-
-def loads(value: str | None, default: Any = None) -> Any:
-    if value in (None, ""):
-        return default
-    return json.loads(value)
 
 
 def about_case(table: Table, invoice_id: str, case_id: str | None):

@@ -47,14 +47,14 @@ import threading
 import structlog
 from sqlalchemy import select
 
-from handlers.context import HandlerContext, StripeEvent
+from handlers.context import StripeEvent
 from handlers.facts import upsert_customer
 from handlers.registry import handler_for
 from handlers.stripe_objects import metadata_of
-from worker.pure.clock import utcnow
 from worker.observe.log_context import ids_from_event_object
 from worker.observe.logs import mask_email
 from worker.stripe.gateway import StripeGateway, StripeRejected, StripeUnavailable
+from worker.infra.unit_of_work import unit_of_work
 
 log = structlog.get_logger("worker.customer_prefetch")
 
@@ -103,8 +103,7 @@ def ensure_customer_known(runtime, event: StripeEvent) -> str:
         customer = {"id": customer_id, "object": "customer", "deleted": True}
     if customer.get("id") != customer_id:
         customer = {**customer, "id": customer_id}
-    with runtime.db.transaction() as conn:
-        ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=None, log=log)
+    with unit_of_work(runtime, log=log) as ctx:
         upsert_customer(ctx, customer, event.created)
     outcome = "deleted" if customer.get("deleted") else "fetched"
     log.info("customer_prefetch.recorded", customer_id=customer_id, outcome=outcome,

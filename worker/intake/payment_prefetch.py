@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from handlers.stripe_objects import dig, invoice_payment_intent_id
+from handlers.stripe_objects import dig, invoice_payment_intent_id, merge_into_invoice  # noqa: F401
 from worker.stripe.gateway import StripeGatewayError
 
 log = structlog.get_logger("worker.payment_prefetch")
@@ -69,13 +69,3 @@ def _card(card: Any) -> dict | None:
         return None
     return {"brand": card.get("brand"), "last4": str(card["last4"])[-4:],
             "exp_month": card.get("exp_month"), "exp_year": card.get("exp_year")}
-
-
-def merge_into_invoice(invoice: dict, prefetched: dict | None) -> dict:
-    """The invoice with the prefetched PaymentIntent in place of its id (a new dict; same id only)."""
-    intent = (prefetched or {}).get("payment_intent")
-    if not isinstance(intent, dict) or invoice_payment_intent_id(invoice) != intent.get("id"):
-        return invoice
-    if isinstance(dig(invoice, "payment_intent", "last_payment_error"), dict):
-        return invoice
-    return {**invoice, "payment_intent": intent}

@@ -22,7 +22,7 @@ import structlog
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import DataError
 
-from handlers.context import HandlerContext, PermanentEventError
+from handlers.context import PermanentEventError
 from handlers.registry import handler_for
 from worker.pure.clock import utcnow
 from worker.privacy.customer_data import is_stripped
@@ -30,7 +30,9 @@ from worker.intake.customer_prefetch import ensure_customer_known
 from worker.intake.payment_prefetch import failed_payment
 from worker.privacy.erasure import after_handler, hold_customer
 from worker.intake.event_store import load_event
-from worker.observe.log_context import bind_in_message, ids_from_event_object
+from worker.observe.log_context import ids_from_event_object
+from worker.pure.message_log import bind_in_message
+from worker.infra.unit_of_work import unit_of_work
 
 LEASE = timedelta(minutes=5)
 COERCION_ERRORS = (ValueError, TypeError, AttributeError, UnicodeError)  # a payload value we cannot read
@@ -134,7 +136,8 @@ def bind_event(event) -> None:
 def _run_handler(runtime, event_id: str, customer_id: str | None = None, prefetched: dict | None = None) -> str:
     db = runtime.db
     events = db.table("events")
-    with db.transaction() as conn:
+    with unit_of_work(runtime, log=log, prefetched=prefetched) as ctx:
+        conn = ctx.conn
         hold_customer(conn, db, customer_id)  # before any other lock: see worker/privacy/erasure.py
         row = conn.execute(_built(events, db.is_sqlite).lock, {"b_id": event_id}).mappings().first()
         if row is None:
@@ -150,8 +153,7 @@ def _run_handler(runtime, event_id: str, customer_id: str | None = None, prefetc
         event = load_event(row)
         bind_event(event)
         handler = handler_for(event.type)
-        ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=event, log=log,
-                             prefetched=prefetched)
+        ctx.event, ctx.now = event, utcnow()
         status = "processed"
         if handler is None:
             status = "ignored"
@@ -163,5 +165,4 @@ def _run_handler(runtime, event_id: str, customer_id: str | None = None, prefetc
         after_handler(ctx, event, event_customer_id(event))
         conn.execute(_built(events).finish, {"b_id": event_id, "b_status": status, "b_at": utcnow()})
     log.info("event.processed", status=status)
-    ctx.run_after_commit()
     return status

@@ -90,18 +90,3 @@ def _lookup(db, given: dict) -> dict[str, str]:
                                 .where(c.c.invoice_id == found["invoice_id"])))
     keep = ("invoice_id", "customer_id", "case_id", "subscription_id")
     return {k: v for k, v in found.items() if k in keep and k not in given and isinstance(v, str)}
-
-
-def bind_in_message(**ids: str) -> None:
-    """Name ids on the rest of the current actor message's log lines.
-
-    Only inside an actor (whose context starts with message_id and is cleared after the
-    message): elsewhere the binding would outlive the work and mislabel unrelated lines.
-    """
-    if "message_id" in structlog.contextvars.get_contextvars():
-        structlog.contextvars.bind_contextvars(**ids)
-
-
-def bind_case(case: dict) -> None:
-    """Name a case (and its invoice and customer) on the rest of the message's log lines."""
-    bind_in_message(case_id=case["id"], invoice_id=case["invoice_id"], customer_id=case["customer_id"])

@@ -96,7 +96,6 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
         cache_logger_on_first_use=False,
     )
     handler = LineHandler(sys.stderr)
-    from worker.observe.stdlib_logs import stdlib_formatter
     handler.setFormatter(stdlib_formatter(log_format))  # JSON mode: library lines as JSON too
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -111,6 +110,24 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     logging.getLogger("sendgrid").setLevel(logging.WARNING)
     logging.getLogger("python_http_client").setLevel(logging.WARNING)
     logging.getLogger("stripe").setLevel(logging.WARNING)
+
+
+def stdlib_formatter(log_format: str) -> logging.Formatter:
+    if log_format != "json":
+        return ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            scrub_processor,
+            structlog.processors.JSONRenderer(sort_keys=True),
+        ],
+    )
 
 
 def get_logger(name: str | None = None):

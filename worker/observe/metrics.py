@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 
 from worker.pure.clock import utcnow
 
-ENV = "PROMETHEUS_MULTIPROC_DIR"
+from worker.observe.metrics_ops import ENV  # noqa: E402  (the multiprocess folder variable)
 RECOVERY_WINDOW = timedelta(days=30)
 WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 log = structlog.get_logger("worker.metrics")

@@ -12,6 +12,7 @@ import os
 import platform
 import threading
 
+ENV = "PROMETHEUS_MULTIPROC_DIR"  # where every process of a host writes its metrics (worker/observe/metrics.py)
 REASONS = ("too_large", "not_utf8", "bad_signature", "not_an_event", "database_unavailable")
 _lock = threading.Lock()
 _rejections = None
@@ -20,7 +21,6 @@ _rejections = None
 def webhook_rejected(reason: str) -> None:
     """Count one refused webhook delivery (a no-op where metrics are not prepared)."""
     global _rejections
-    from worker.observe.metrics import ENV
     if not os.environ.get(ENV):
         return
     with _lock:

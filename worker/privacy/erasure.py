@@ -21,8 +21,9 @@ import structlog
 from sqlalchemy import select, update
 
 from handlers.context import HandlerContext
+from handlers.facts import is_erased
 from worker.privacy import customer_data as cd
-from worker.pure.clock import utcnow
+from worker.infra.unit_of_work import unit_of_work
 
 log = structlog.get_logger("worker.erasure")
 
@@ -36,13 +37,6 @@ class UnknownCustomer(LookupError):
 
 class ErasureRefused(ValueError):
     """Raised when an erasure request is malformed (no reason)."""
-
-
-def is_erased(conn, tables, customer_id: str | None) -> bool:
-    if not customer_id:
-        return False
-    erasures = tables["erasures"]
-    return conn.execute(select(erasures.c.customer_id).where(erasures.c.customer_id == customer_id)).first() is not None
 
 
 def clean_reason(reason: str | None) -> str:
@@ -80,11 +74,17 @@ def erase_in(ctx: HandlerContext, customer_id: str, *, requested_by: str, reason
 def erase_customer(runtime, customer_id: str, *, requested_by: str, reason: str) -> dict:
     """Erase now (CLI and admin API): one transaction, then the after-commit work and SQLite's WAL."""
     clean_reason(reason)  # refuse before touching anything
-    with runtime.db.transaction() as conn:
-        ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=None, log=log)
+    with unit_of_work(runtime, log=log) as ctx:  # after commit: local copies removed, SQLite's WAL flushed
         result = erase_in(ctx, customer_id, requested_by=requested_by, reason=reason)
-    ctx.run_after_commit()  # local copies removed, SQLite's WAL flushed
     return result
+
+
+class Erasures:
+    """The domain's Erasures port (handlers/ports.py): erase inside the handler's transaction."""
+
+    def erase(self, ctx: HandlerContext, customer_id: str, *, requested_by: str, reason: str,
+              event_id: str | None = None) -> dict:
+        return erase_in(ctx, customer_id, requested_by=requested_by, reason=reason, event_id=event_id)
 
 
 def _remove_local_copies(ctx: HandlerContext, customer_id: str) -> None:

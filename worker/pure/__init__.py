@@ -1,5 +1,6 @@
-"""Pure helpers every layer may use: time (clock), ids, money.
+"""Pure helpers: time (clock, the owner's time zone), ids, money, JSON text columns, the
+per-message log ids, and the Standard Webhooks signing format.
 
-Owns: naive-UTC time, application ids, amounts for owners. Imports nothing else from the project
-(no worker room, no handlers, no config): it is the leaf the domain (handlers/) may depend on.
+Owns: small functions with no I/O of their own. Imports nothing else from the project (no room,
+no handlers, no config): the one part of worker/ the domain (handlers/) may import.
 """

@@ -7,7 +7,7 @@ explicit broker by `declare_actors`, called from runtime.setup() before any mess
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import dramatiq
 import structlog
@@ -35,23 +35,23 @@ class Actors:
     retry_invoice: Any
 
 
-def declare_actors(broker: dramatiq.Broker) -> Actors:
-    """Declare every actor on `broker` (ids in, work done through the runtime)."""
-    from worker import runtime as rt
+def declare_actors(broker: dramatiq.Broker, current_runtime: Callable[[], Any]) -> Actors:
+    """Declare every actor on `broker` (ids in, work done through the runtime `current_runtime()` returns:
+    handed over by the composition root, worker.runtime, which this room does not import)."""
     from worker.observe.log_context import case_ids
 
     def bound(lookup: bool = True, **ids):
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(message_id=_message_id(), **ids)
         if lookup:
-            structlog.contextvars.bind_contextvars(**case_ids(rt.current(), ids))  # invoice, customer, case
+            structlog.contextvars.bind_contextvars(**case_ids(current_runtime(), ids))  # invoice, customer, case
 
     @dramatiq.actor(broker=broker, queue_name="events",
                     throws=(PermanentEventError,))  # a malformed payload is not retried
     def process_event(event_id: str) -> None:
         """Process one stored Stripe event through its handler."""
         from worker.intake.processing import process_event as run
-        runtime = rt.current()
+        runtime = current_runtime()
         bound(lookup=False, event_id=event_id)  # processing binds type and ids once it loaded the event
         try:
             run(runtime, event_id)
@@ -62,11 +62,11 @@ def declare_actors(broker: dramatiq.Broker) -> Actors:
     @dramatiq.actor(broker=broker, queue_name="steps", max_retries=3)
     def run_case_steps(case_id: str, as_of: str) -> None:
         """Run the steps of one case that are due as of an instant (scheduler or `dunning tick`)."""
-        from handlers.steps import run_due_steps
+        from worker.scheduling.due_steps import run_due_steps
         from worker.pure.clock import parse_instant
         bound(case_id=case_id)
         try:
-            run_due_steps(rt.current(), case_id, parse_instant(as_of))
+            run_due_steps(current_runtime(), case_id, parse_instant(as_of))
         finally:
             structlog.contextvars.clear_contextvars()
 
@@ -76,7 +76,7 @@ def declare_actors(broker: dramatiq.Broker) -> Actors:
         from worker.delivery.email_delivery import deliver_email
         bound(email_id=email_id)
         try:
-            deliver_email(rt.current(), email_id)
+            deliver_email(current_runtime(), email_id)
         finally:
             structlog.contextvars.clear_contextvars()
 
@@ -86,7 +86,7 @@ def declare_actors(broker: dramatiq.Broker) -> Actors:
         from worker.delivery.notices import deliver_account_notices
         bound(account_id=account_id)
         try:
-            deliver_account_notices(rt.current(), account_id)
+            deliver_account_notices(current_runtime(), account_id)
         finally:
             structlog.contextvars.clear_contextvars()
 
@@ -96,7 +96,7 @@ def declare_actors(broker: dramatiq.Broker) -> Actors:
         from worker.stripe.payment_links import create_link
         bound(payment_link_request=request_id)
         try:
-            create_link(rt.current(), request_id)
+            create_link(current_runtime(), request_id)
         finally:
             structlog.contextvars.clear_contextvars()
 
@@ -106,7 +106,7 @@ def declare_actors(broker: dramatiq.Broker) -> Actors:
         from worker.stripe.card_retries import run_retry
         bound(card_retry=retry_id)
         try:
-            run_retry(rt.current(), retry_id)
+            run_retry(current_runtime(), retry_id)
         finally:
             structlog.contextvars.clear_contextvars()
 

@@ -24,7 +24,7 @@ import structlog
 from sqlalchemy import desc, or_, select
 
 from handlers.cards import known_details, send_card_expiring
-from handlers.context import HandlerContext
+from worker.infra.unit_of_work import context_in as HandlerContext  # the context with its ports (built by the unit of work)
 from worker.pure.clock import parse_instant
 
 CURSOR = "card_expiry"

@@ -22,7 +22,7 @@ log = structlog.get_logger("worker.scheduler")
 
 def run_pass(runtime, now: datetime) -> dict[str, int]:
     """One pass: reconcile events, enqueue due case steps, retry due outbox rows, scan cards."""
-    from handlers.steps import enqueue_due_steps
+    from worker.scheduling.due_steps import enqueue_due_steps
     from worker.scheduling.card_expiry import scan_expiring_cards
     from worker.delivery.email_delivery import sweep_emails
     from worker.delivery.notices import sweep_notices

@@ -27,7 +27,6 @@ import structlog
 from sqlalchemy import select, update
 
 from handlers.cards import DUNNING_STATES, known_details
-from handlers.context import HandlerContext
 from handlers.dunning import lock_case
 from handlers.stripe_objects import card_details, dig, expandable_id, invoice_failure, invoice_payment_intent_id
 from worker.pure.clock import utcnow
@@ -39,6 +38,7 @@ from worker.stripe.gateway import (
     StripeUnavailable,
     gateway,
 )
+from worker.infra.unit_of_work import context_in, unit_of_work
 
 log = structlog.get_logger("worker.card_retries")
 
@@ -102,13 +102,11 @@ def _recovered_now(runtime, retry, invoice: dict) -> None:
     which may never come), with the normal thank-you and service.restored / cancelled notices."""
     from handlers import dunning
     from handlers.verification import end_verified
-    with runtime.db.transaction() as conn:
-        ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=None, log=log)
+    with unit_of_work(runtime, log=log) as ctx:
         case = lock_case(ctx, case_id=retry["case_id"])
         if case is None or case["state"] not in DUNNING_STATES:
             return
         end_verified(ctx, case, dunning.INVOICE_PAID, invoice)
-    ctx.run_after_commit()
 
 
 def _stripe_would_charge(gw, invoice: dict, customer_id: str) -> str | None:
@@ -153,14 +151,12 @@ def _outcome_of_open_invoice(gw, invoice: dict) -> tuple[str, Decline | None]:
 
 def _declined(runtime, retry, case, decline: Decline) -> str:
     """Record the decline on the retry and the case; one card-declined-again email to the owner."""
-    from worker.delivery import outbox
-
     needs_action = decline.code in ACTION_REQUIRED_CODES
     card = None if needs_action else _card_for_email(runtime, retry)
     message = (decline.message or decline.code or "declined")[:1000]
     db = runtime.db
-    with db.transaction() as conn:
-        ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=None, log=log)
+    with unit_of_work(runtime, log=log) as ctx:
+        conn = ctx.conn
         retries, cases = db.table("card_retries"), db.table("cases")
         claimed = conn.execute(update(retries).where(retries.c.id == retry["id"], retries.c.status == "pending")
                                .values(status="declined", decline_code=decline.decline_code or decline.code,
@@ -179,12 +175,11 @@ def _declined(runtime, retry, case, decline: Decline) -> str:
             version=cases.c.version + 1, updated_at=ctx.now))
         email_id = None
         if not needs_action:
-            email_id = outbox.add_case_email(
+            email_id = ctx.effects.case_email(
                 ctx, "card-declined-again", case["id"],
                 f"case:{case['id']}:card-declined-again:{retry['dedupe_key'].split(':', 1)[1]}",
                 {"card": card, "decline": {"code": decline.code, "decline_code": decline.decline_code,
                                            "message": decline.message}})
-    ctx.run_after_commit()
     log.info("card_retry.declined", retry_id=retry["id"], case_id=case["id"], invoice_id=retry["invoice_id"],
              code=decline.code, decline_code=decline.decline_code, email_id=email_id, needs_action=needs_action)
     return "declined"
@@ -193,7 +188,7 @@ def _declined(runtime, retry, case, decline: Decline) -> str:
 def _card_for_email(runtime, retry) -> dict[str, Any]:
     """Brand and last four of the new card: what we recorded, else asked of Stripe (never stored whole)."""
     with runtime.db.engine.connect() as conn:
-        ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow())
+        ctx = context_in(runtime, conn)
         details = known_details(ctx, retry["customer_id"], retry["payment_method_id"])
     if not details:
         try:

@@ -40,7 +40,6 @@ import structlog
 from sqlalchemy import and_, func, select, update
 
 from handlers.cards import DUNNING_STATES
-from handlers.context import HandlerContext
 from worker.pure.clock import utcnow
 from worker.infra.db import dumps, loads
 from worker.pure.ids import new_id
@@ -50,6 +49,7 @@ from worker.stripe.gateway import (
     gateway,
     payment_method_types_for,
 )
+from worker.infra.unit_of_work import unit_of_work
 
 log = structlog.get_logger("worker.payment_links")
 
@@ -277,15 +277,13 @@ def create_link(runtime, request_id: str) -> str:
 
 
 def _record_and_email(runtime, row, invoice: dict, url: str, methods: list[str], currency: str) -> str:
-    from worker.delivery import outbox
-
     db = runtime.db
     now = utcnow()
     expires_at = now + timedelta(hours=runtime.policy.payment_links.expires_after_hours)
     amount = int(invoice.get("amount_remaining", invoice.get("amount_due")) or 0)
     links, cases = db.table("payment_links"), db.table("cases")
-    with db.transaction() as conn:
-        ctx = HandlerContext(runtime=runtime, conn=conn, now=now, event=None, log=log)
+    with unit_of_work(runtime, now=now, log=log) as ctx:
+        conn = ctx.conn
         claimed = conn.execute(update(links).where(links.c.id == row["id"], links.c.status == "requested").values(
             status="created", stripe_id=invoice.get("id") or row["invoice_id"], url=url, methods=dumps(methods),
             amount=amount, currency=currency, expires_at=expires_at, created_at=now, last_error=None)).rowcount
@@ -296,12 +294,11 @@ def _record_and_email(runtime, row, invoice: dict, url: str, methods: list[str],
                  "payment_link_method_types": methods}
         case_id = conn.execute(select(cases.c.id).where(cases.c.invoice_id == row["invoice_id"])).scalar()
         if case_id:
-            email_id = outbox.add_case_email(ctx, "payment-link", case_id,
-                                             f"case:{case_id}:payment-link:{row['id']}", extra)
+            email_id = ctx.effects.case_email(ctx, "payment-link", case_id,
+                                              f"case:{case_id}:payment-link:{row['id']}", extra)
         else:
-            email_id = outbox.add_customer_email(ctx, "payment-link", row["customer_id"],
-                                                 f"payment-link:{row['id']}", extra, invoice_id=row["invoice_id"])
-    ctx.run_after_commit()
+            email_id = ctx.effects.customer_email(ctx, "payment-link", row["customer_id"],
+                                                  f"payment-link:{row['id']}", extra, invoice_id=row["invoice_id"])
     log.info("payment_link.created", request_id=row["id"], invoice_id=row["invoice_id"], methods=methods,
              email_id=email_id)
     return "created"

@@ -147,10 +147,8 @@ def create_app(runtime) -> falcon.App:
     return app
 
 
-def wsgi_app(runtime=None):
+def wsgi_app(runtime):
     """The whole web process: the Falcon app, plus mounted WSGI apps (the queue dashboard)."""
-    from worker.runtime import setup
-    runtime = runtime or setup()
     try:
         runtime.db.tables  # reflect the schema at boot, not on the first webhook
     except DatabaseUnavailable as exc:  # the webhook answers 503 until it is back

@@ -7,14 +7,17 @@ clients cannot hold the threads.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from gunicorn.app.base import BaseApplication
 
 from worker.observe.stdlib_logs import gunicorn_logger_class
 
 
 class _App(BaseApplication):
-    def __init__(self, options: dict):
+    def __init__(self, options: dict, app_factory: Callable[[], Any] | None = None):
         self.options = options
+        self.app_factory = app_factory  # called in each worker after fork (worker.runtime.web_app)
         super().__init__()
 
     def load_config(self):
@@ -22,11 +25,12 @@ class _App(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        from worker.web.app import wsgi_app
-        return wsgi_app()
+        return self.app_factory()
 
 
-def serve(host: str, port: int, workers: int, threads: int, read_timeout: float = 10.0) -> None:
+def serve(host: str, port: int, workers: int, threads: int, read_timeout: float = 10.0,
+          app_factory: Callable[[], Any] | None = None) -> None:
+    """Serve the WSGI app `app_factory` builds (once per worker, after fork) with gunicorn."""
     from worker.web.server import BufferingThreadWorker
     BufferingThreadWorker.read_timeout = float(read_timeout)  # set before fork: every worker has it
     _App({
@@ -40,4 +44,4 @@ def serve(host: str, port: int, workers: int, threads: int, read_timeout: float 
         "preload_app": False,
         "logger_class": gunicorn_logger_class(),  # its lines through our formatter (JSON in production)
         "control_socket_disable": True,  # several gunicorns on one host must not share ~/.gunicorn/gunicorn.ctl
-    }).run()
+    }, app_factory).run()
