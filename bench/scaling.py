@@ -104,7 +104,7 @@ def _tick_function():
             for case_id in due:
                 runtime.actors.run_case_steps.send(case_id, now.isoformat() + "Z")
             return len(due)
-        return enqueue_due, "indexed due query + enqueue (handlers.steps not present)"
+        return enqueue_due, "indexed due query + enqueue (worker.scheduling.due_steps not present)"
 
 
 def _forget_enqueue_leases(runtime) -> None:

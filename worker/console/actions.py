@@ -6,7 +6,7 @@ The actions are the existing operations with their own rules, never a second cop
   replay-event   worker.intake.event_store.requeue_events, for a FAILED event of this case only.
   retry-email    worker.delivery.outbox_admin.retry, for an undelivered email or notice of this case only.
   retry-notice
-  release-hold   handlers.reachability.release_case: disruption of a case held because its owner
+  release-hold   worker.delivery.reachability.release_case: disruption of a case held because its owner
                  is unreachable may proceed on schedule (as `dunning cases release`).
 Each successful action writes one `console_actions` row (actor, action, case, invoice, target,
 reason, outcome); the case page lists them in its timeline.
