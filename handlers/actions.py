@@ -1,6 +1,6 @@
 """invoice.payment_action_required: the bank wants the owner to confirm the payment (3-D Secure).
 
-Emails added here (worker/outbox.py contract), with the `extra` the template receives:
+Emails added here (worker/delivery/outbox.py contract), with the `extra` the template receives:
   action-required  add_case_email / add_customer_email(..., extra={"action_url": <url>})
                    dedupe key `case:<case>:action-required:<attempt>` (or
                    `invoice:<invoice>:action-required:<attempt>` when no case is open).
@@ -21,7 +21,7 @@ from sqlalchemy import select
 from handlers.context import HandlerContext, StripeEvent
 from handlers.facts import FINAL_INVOICE_STATUSES, upsert_invoice
 from handlers.stripe_objects import dig
-from worker.db import loads
+from worker.pure.json_text import loads
 
 
 def action_url(invoice: dict) -> str | None:
@@ -37,7 +37,6 @@ def action_url(invoice: dict) -> str | None:
 
 def payment_action_required(ctx: HandlerContext, event: StripeEvent):
     """Email the owner the link where they confirm the payment; the case's schedule is untouched."""
-    from worker import outbox
 
     invoice = event.object
     row = upsert_invoice(ctx, invoice, event.created)
@@ -58,12 +57,12 @@ def payment_action_required(ctx: HandlerContext, event: StripeEvent):
     cases = ctx.table("cases")
     case_id = ctx.conn.execute(select(cases.c.id).where(cases.c.invoice_id == row["id"])).scalar()
     if case_id:
-        email_id = outbox.add_case_email(ctx, "action-required", case_id,
-                                         f"case:{case_id}:action-required:{attempt}", extra)
+        email_id = ctx.effects.case_email(ctx, "action-required", case_id,
+                                          f"case:{case_id}:action-required:{attempt}", extra)
     else:
-        email_id = outbox.add_customer_email(ctx, "action-required", row["customer_id"],
-                                             f"invoice:{row['id']}:action-required:{attempt}", extra,
-                                             invoice_id=row["id"])
+        email_id = ctx.effects.customer_email(ctx, "action-required", row["customer_id"],
+                                              f"invoice:{row['id']}:action-required:{attempt}", extra,
+                                              invoice_id=row["id"])
     if ctx.log is not None:
         ctx.log.info("action_required.emailed", invoice_id=row["id"], case_id=case_id,
                      email_id=email_id, duplicate=email_id is None)

@@ -35,7 +35,7 @@ def test_the_shipped_default_is_day_0_3_7_12_14_with_disruption_on_day_14():
 
 
 def test_every_shipped_step_names_an_existing_template():
-    from worker.emails import TEMPLATES
+    from worker.delivery.emails import TEMPLATES
     for schedule in load_policy(DEFAULT).schedules.values():
         assert {s.email for s in schedule.steps} <= set(TEMPLATES)
 

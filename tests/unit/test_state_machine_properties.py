@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from handlers import dunning
-from handlers.steps import run_due_steps
+from worker.scheduling.due_steps import run_due_steps
 from tests.support import dunning as fx
 from tests.support.dunning import DAY, T0
 from tests.support.helpers import rows
