@@ -46,12 +46,12 @@ lock:
 	/tmp/dunning-lock/bin/pip-compile --quiet --strip-extras --generate-hashes -o requirements.lock requirements.in
 	/tmp/dunning-lock/bin/pip-compile --quiet --strip-extras --generate-hashes -o requirements-dev.lock requirements-dev.in
 
-# Email strings (babel.cfg): extract worker/locale/emails.pot and merge it into every catalogue
-# (worker/locale/<locale>/LC_MESSAGES/emails.po); translate the new or fuzzy entries, then `make test`.
+# Email strings (babel.cfg): extract worker/delivery/locale/emails.pot and merge it into every catalogue
+# (worker/delivery/locale/<locale>/LC_MESSAGES/emails.po); translate the new or fuzzy entries, then `make test`.
 messages: $(STAMP)
 	$(BIN)/pybabel extract -F babel.cfg -k N_ -k _ --no-location --sort-output --omit-header \
-		-o worker/locale/emails.pot .
-	$(BIN)/pybabel update -i worker/locale/emails.pot -d worker/locale -D emails \
+		-o worker/delivery/locale/emails.pot .
+	$(BIN)/pybabel update -i worker/delivery/locale/emails.pot -d worker/delivery/locale -D emails \
 		--ignore-obsolete --width 100
 
 clean:

@@ -1,6 +1,6 @@
 """The ingest baseline: a Falcon app that reads the body and answers 200, on the SAME gunicorn setup.
 
-Bench-only (the production app has no such route). It is served through worker.gunicorn_app's
+Bench-only (the production app has no such route). It is served through worker.web.gunicorn_app's
 own application class and `serve()` options, only the loaded app differs, so the ratio
 ingest / bare isolates what the webhook adds: signature, parsing, the INSERT and the enqueue.
 
@@ -13,7 +13,7 @@ import argparse
 
 import falcon
 
-from worker import gunicorn_app
+from worker.web import gunicorn_app
 
 
 class Bare:

@@ -142,9 +142,9 @@ def measure(url: str, cases: int, repeats: int) -> dict:
     import falcon.testing
 
     from config.settings import load_settings
-    from worker.broker import make_stub_broker
+    from worker.queue.broker import make_stub_broker
     from worker.runtime import setup
-    from worker.web import create_app
+    from worker.web.app import create_app
     settings = load_settings({"DATABASE_URL": url, "STRIPE_WEBHOOK_SECRET": "whsec_bench_console_0123456789abcdef",
                               "ADMIN_TOKEN": ADMIN_TOKEN, "LOG_LEVEL": "WARNING"})
     runtime = setup(settings, make_stub_broker())
@@ -180,7 +180,7 @@ def measure(url: str, cases: int, repeats: int) -> dict:
         for g in pick:
             times += _time(client, path_for(g), 1, headers)
         out[name] = _summary(times, budget)
-    from worker.console_recovery import SNAPSHOT_TTL, snapshot
+    from worker.console.recovery import SNAPSHOT_TTL, snapshot
     cold = []
     for _ in range(3):
         began = time.perf_counter()
@@ -193,7 +193,7 @@ def measure(url: str, cases: int, repeats: int) -> dict:
         conn.execute(update(table).values(computed_at=table.c.computed_at - SNAPSHOT_TTL * 2))
     out["recovery view: GET /console (stale snapshot, refresh in background)"] = _summary(
         _time(client, "/console", 1, headers), 500)
-    from worker import console_recovery
+    from worker.console import recovery as console_recovery
     with console_recovery._refreshing:  # the background refresh is over
         pass
     out["recovery view: GET /console (snapshot)"] = _summary(_time(client, "/console", repeats, headers), 500)
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"needs PostgreSQL: {problem}")
         return 2
     from config.settings import normalise_database_url
-    from worker.db import Database
+    from worker.infra.db import Database
     scratch = ScratchDatabase(server, f"console_{uuid.uuid4().hex[:6]}")
     url = normalise_database_url(scratch.create())
     try:

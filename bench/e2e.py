@@ -27,7 +27,7 @@ def measure_noop(run) -> dict:
     import dramatiq
     import redis
 
-    from worker.broker import make_redis_broker
+    from worker.queue.broker import make_redis_broker
 
     cfg = run.cfg
     namespace = run.namespace("noop")
@@ -200,7 +200,7 @@ def _why_no_emails(out: dict, fake) -> str:
 
 
 def measure_e2e(run, fake) -> dict:
-    from worker.db import Database
+    from worker.infra.db import Database
 
     cfg = run.cfg
     database_url = run.new_database("e2e")

@@ -37,7 +37,7 @@ CAPTURED = ("customer.created", "invoice.payment_failed", "invoice.paid", "custo
 
 def _runtime():
     from config.settings import load_settings
-    from worker.broker import make_stub_broker
+    from worker.queue.broker import make_stub_broker
     from worker.runtime import setup
     env = dict(os.environ)
     env.setdefault("DUNNING_VAR_DIR", tempfile.mkdtemp(prefix="dunning-floor-capture-"))
@@ -84,7 +84,7 @@ def _post(client, signer: Signer, body: str) -> None:
 def capture(tag: str) -> dict:
     import falcon.testing
 
-    from worker.web import create_app
+    from worker.web.app import create_app
 
     runtime = _runtime()
     runtime.db.init_schema()

@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from worker.signatures import sign
+from worker.intake.signatures import sign
 
 STALLS = (
     b"",  # connect only
@@ -393,8 +393,8 @@ def domain_read_ms(url: str, repeats: int = 20) -> tuple[float, float, int]:
     machine's scheduling noise)."""
     from sqlalchemy import event as sa_event
 
-    from worker.db import Database
-    from worker.metrics import DomainCollector
+    from worker.infra.db import Database
+    from worker.observe.metrics import DomainCollector
     db = Database(url)
     try:
         collector = DomainCollector(db)

@@ -2,7 +2,7 @@
 
     dramatiq --processes P --threads T bench.noop_actors
 
-Same broker factory (worker.broker.make_redis_broker: same heartbeat, maintenance and middleware
+Same broker factory (worker.queue.broker.make_redis_broker: same heartbeat, maintenance and middleware
 tuning) and the same queue name as process_event, in a namespace of its own (BENCH_NOOP_NAMESPACE),
 so e2e / no-op isolates what the pipeline adds over moving a message through Dramatiq.
 """
@@ -13,7 +13,7 @@ import os
 
 import dramatiq
 
-from worker.broker import make_redis_broker
+from worker.queue.broker import make_redis_broker
 
 broker = make_redis_broker(os.environ["REDIS_URL"], os.environ["BENCH_NOOP_NAMESPACE"])
 dramatiq.set_broker(broker)

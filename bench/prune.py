@@ -2,7 +2,7 @@
 
 Measured in one run on one database: rows removed per second while `dunning data prune` deletes
 PRUNE_EVENTS processed events older than [retention] event_days (batches of at most 1,000 rows
-per transaction, working at most half the time: worker/retention.py DUTY), and the webhook's p99
+per transaction, working at most half the time: worker/privacy/retention.py DUTY), and the webhook's p99
 in an open loop during the prune against the same open loop just before it (target: at most 2x).
 The open loop runs at half of the webhook's peak measured just before (as the ingest section),
 or at BENCH_PRUNE_RATE requests/s. The webhook's own events

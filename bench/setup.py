@@ -118,7 +118,7 @@ class BenchRun:
         if self.cfg.redis_url:
             self.redis_url = self.cfg.redis_url
         else:
-            from worker.embedded_redis import EmbeddedRedis
+            from worker.infra.embedded_redis import EmbeddedRedis
             self.embedded = EmbeddedRedis(self.dir / "valkey")
             self.redis_url = self.embedded.start()
         return self.redis_url
@@ -142,7 +142,7 @@ class BenchRun:
     def new_database(self, label: str) -> str:
         """A fresh database with the schema: scratch PostgreSQL if given, else a SQLite file."""
         from config.settings import normalise_database_url
-        from worker.db import Database
+        from worker.infra.db import Database
         server = self.postgres_server()
         if server:
             scratch = ScratchDatabase(server, f"{self.tag}_{label}")

@@ -55,7 +55,7 @@ class Settings:
     worker_threads: int = 4  # measured: see README "Worker size"
     scheduler_interval: float = 15.0  # seconds between scheduler passes
     queue_namespace: str = "dunning"
-    web_read_timeout: float = 10.0  # seconds to receive a whole request (worker/web_server.py)
+    web_read_timeout: float = 10.0  # seconds to receive a whole request (worker/web/server.py)
     metrics_token: str | None = None  # GET /metrics needs `Bearer <METRICS_TOKEN>`; unset: loopback only
     metrics_refresh_seconds: float = 30.0  # the domain figures' snapshot is at most this old
     billing_page_url: str | None = None  # BILLING_PAGE_URL: an https page emails may link to
@@ -64,7 +64,7 @@ class Settings:
     broker_url: str | None = None  # BROKER_URL: amqp:// selects RabbitMQ (REDIS_URL stays for Redis)
     database_pool_size: int = 10
     database_max_overflow: int = 20
-    sentry_dsn: str | None = None  # SENTRY_DSN: optional error tracking (worker/error_tracking.py)
+    sentry_dsn: str | None = None  # SENTRY_DSN: optional error tracking (worker/observe/error_tracking.py)
     # Emails an owner acts on (issue 14): the card-update page, branding, replies, template overrides.
     billing_portal_url: str | None = None  # BILLING_PORTAL_URL: https, may hold {customer} / {subscription}
     email_reply_to: str | None = None  # EMAIL_REPLY_TO: where the owner's replies go
@@ -160,7 +160,7 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | N
 
 def _platform_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
     """PLATFORM_WEBHOOK_SECRET: one or more comma-separated secrets; `whsec_` ones must be base64."""
-    from worker.standard_webhooks import BadSecret, secret_key
+    from worker.pure.standard_webhooks import BadSecret, secret_key
     raw = _optional(env, "PLATFORM_WEBHOOK_SECRET") or ""
     secrets = tuple(s.strip() for s in raw.split(",") if s.strip())
     for position, secret in enumerate(secrets, 1):

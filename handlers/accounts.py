@@ -13,7 +13,7 @@ account row locked (after the case row: the lock order is always case -> account
 - a disrupted account is restored (`service.restored`) when a case ends paid or voided and no
   unpaid case of the account remains. A write-off (uncollectible) or a deleted subscription does
   not restore service: the debt is not paid.
-Notices go through the outbox (worker.outbox.add_notice) in the same transaction.
+Notices go through the outbox (worker.delivery.outbox.add_notice) in the same transaction.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from sqlalchemy import select, update
 from handlers import dunning
 from handlers import dedupe_keys
 from handlers.context import HandlerContext
-from worker.clock import isoformat
+from worker.pure.clock import isoformat
 
 log = structlog.get_logger("handlers.accounts")
 
@@ -79,8 +79,7 @@ def _set(ctx: HandlerContext, account: dict, **values) -> None:
 
 def _notice(ctx: HandlerContext, kind: str, account: dict, case: dict, discriminator: str,
             disrupt_at: datetime | None) -> str | None:
-    from worker import outbox
-    return outbox.add_notice(
+    return ctx.effects.notice(
         ctx, kind, account["id"], dedupe_keys.notice(account["id"], kind, discriminator),
         case_id=case["id"], invoice_id=case["invoice_id"], customer_id=case["customer_id"],
         subscription_id=case["subscription_id"], disrupt_at=disrupt_at)

@@ -20,7 +20,7 @@ from handlers import dedupe_keys
 from handlers.context import HandlerContext, StripeEvent
 from handlers.facts import FINAL_INVOICE_STATUSES, upsert_invoice
 from handlers.stripe_objects import dig
-from worker.db import loads
+from worker.pure.json_text import loads
 
 
 def action_url(invoice: dict) -> str | None:
@@ -36,7 +36,6 @@ def action_url(invoice: dict) -> str | None:
 
 def payment_action_required(ctx: HandlerContext, event: StripeEvent):
     """Email the owner the link where they confirm the payment; the case's schedule is untouched."""
-    from worker import outbox
 
     invoice = event.object
     row = upsert_invoice(ctx, invoice, event.created)
@@ -57,12 +56,12 @@ def payment_action_required(ctx: HandlerContext, event: StripeEvent):
     cases = ctx.table("cases")
     case_id = ctx.conn.execute(select(cases.c.id).where(cases.c.invoice_id == row["id"])).scalar()
     if case_id:
-        email_id = outbox.add_case_email(ctx, "action-required", case_id,
-                                         dedupe_keys.action_required(attempt, case_id=case_id), extra)
+        email_id = ctx.effects.case_email(ctx, "action-required", case_id,
+                                          dedupe_keys.action_required(attempt, case_id=case_id), extra)
     else:
-        email_id = outbox.add_customer_email(ctx, "action-required", row["customer_id"],
-                                             dedupe_keys.action_required(attempt, invoice_id=row["id"]), extra,
-                                             invoice_id=row["id"])
+        email_id = ctx.effects.customer_email(ctx, "action-required", row["customer_id"],
+                                              dedupe_keys.action_required(attempt, invoice_id=row["id"]), extra,
+                                              invoice_id=row["id"])
     if ctx.log is not None:
         ctx.log.info("action_required.emailed", invoice_id=row["id"], case_id=case_id,
                      email_id=email_id, duplicate=email_id is None)

@@ -2,7 +2,7 @@
 
 Emails added here: card-expiring (extra: worker/email_contract.CardExpiringExtra), dedupe key
 handlers.dedupe_keys.card_expiring (customer, card, expiry month), the same key the monthly scan
-(worker/card_expiry.py) uses: one email per card and expiry.
+(worker/scheduling/card_expiry.py) uses: one email per card and expiry.
 
 What we keep of a card is brand, last four, expiry, funding, fingerprint, whether it is the
 customer's default, and the event that told us (https://docs.stripe.com/api/payment_methods/object).
@@ -33,7 +33,7 @@ from handlers import dedupe_keys
 from handlers.context import HandlerContext, StripeEvent
 from handlers.dunning import OPEN_STATES
 from handlers.stripe_objects import card_details, dig, expandable_id
-from worker.ids import new_id
+from worker.pure.ids import new_id
 
 ACTIVE_SUBSCRIPTION_STATUSES = ("active", "trialing")
 CARD_FIELDS = ("brand", "last4", "exp_month", "exp_year", "funding", "fingerprint")
@@ -202,7 +202,7 @@ def schedule_retries(ctx: HandlerContext, customer_id: str, payment_method_id: s
         ctx.conn.execute(update(cases_t).where(cases_t.c.id == case_id).values(
             last_failure_code=None, last_failure_message=None, version=cases_t.c.version + 1, updated_at=ctx.now))
         scheduled.append(retry_id)
-        ctx.after_commit(lambda rid=retry_id: ctx.runtime.actors.retry_invoice.send(rid))
+        ctx.effects.retry_invoice(ctx, retry_id)  # the Stripe job, queued once this transaction commits
         if ctx.log is not None:
             ctx.log.info("card_retry.scheduled", case_id=case_id, invoice_id=invoice_id,
                          payment_method_id=payment_method_id, retry_id=retry_id)
@@ -238,7 +238,6 @@ def has_active_subscription(ctx: HandlerContext, customer_id: str) -> bool:
 
 def send_card_expiring(ctx: HandlerContext, customer_id: str, card: dict[str, Any]) -> str | None:
     """Queue the card-expiring email for an owner with an active subscription; None when not sent."""
-    from worker import outbox
 
     if not card.get("exp_month") or not card.get("exp_year"):
         return None
@@ -246,9 +245,9 @@ def send_card_expiring(ctx: HandlerContext, customer_id: str, card: dict[str, An
     customer = ctx.conn.execute(select(customers).where(customers.c.id == customer_id)).mappings().first()
     if customer is None or customer["deleted"] or not has_active_subscription(ctx, customer_id):
         return None
-    from worker.db import loads
+    from worker.pure.json_text import loads
     if ctx.policy.is_excluded(loads(customer["metadata"], {})):
         return None
     extra = {"card": {key: card.get(key) for key in ("brand", "last4", "exp_month", "exp_year", "funding")}}
-    return outbox.add_customer_email(ctx, "card-expiring", customer_id,
-                                     dedupe_keys.card_expiring(customer_id, card), extra)
+    return ctx.effects.customer_email(ctx, "card-expiring", customer_id,
+                                      dedupe_keys.card_expiring(customer_id, card), extra)

@@ -1,20 +1,20 @@
-"""What a handler receives: the open transaction, the stored event, the clock, and its services.
+"""What a handler receives: the open transaction, the stored event, the clock, and the ports it may use.
 
 Handlers do no network I/O. Effects are rows (outbox emails, platform notices, Stripe jobs)
-written in the same transaction; work registered with `after_commit` runs only once the
-transaction has committed (typically: enqueue the id of a row just written).
+written in the same transaction through `effects`; work registered with `after_commit` runs only
+once the transaction has committed (typically: enqueue the id of a row just written). The
+context is built by the unit of work (worker/infra/unit_of_work.py), never by a handler.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from sqlalchemy import Connection, Table
 
-if TYPE_CHECKING:  # pragma: no cover
-    from worker.runtime import Runtime
+from handlers.ports import Effects, Erasures, Store
 
 
 class PermanentEventError(Exception):
@@ -47,16 +47,20 @@ class StripeEvent:
 
 @dataclass
 class HandlerContext:
-    runtime: "Runtime"
     conn: Connection
     now: datetime
+    db: Store
+    settings: Any  # config.settings.Settings (first_email_delay_seconds, outbox folders)
+    policy: Any  # handlers.policy.Policy
+    effects: Effects
+    erasures: Erasures
     event: StripeEvent | None = None  # None when a timer (scheduler step) is the cause
     log: Any = None
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
     as_of: datetime | None = None  # the scheduler's instant (`dunning tick --at`) when a timer is the cause
-    prefetched: dict | None = None  # read from Stripe before the transaction (worker.payment_prefetch)
+    prefetched: dict | None = None  # read from Stripe before the transaction (worker.intake.payment_prefetch)
     # What this transaction already knows, so it is not asked again: the customer whose row it holds
-    # (worker.erasure.hold_customer), whether a customer is erased (worker.erasure.erased_in) and
+    # (worker.privacy.erasure.hold_customer), whether a customer is erased (handlers.facts.erased_in) and
     # rows it wrote or locked (handlers.facts.remember).
     held_customer: str | None = None
     erased: dict[str, bool] = field(default_factory=dict)
@@ -68,20 +72,8 @@ class HandlerContext:
         """The instant decisions about the owner's calendar are made at: the scheduler's, else now."""
         return self.as_of or self.now
 
-    @property
-    def db(self):
-        return self.runtime.db
-
-    @property
-    def settings(self):
-        return self.runtime.settings
-
-    @property
-    def policy(self):
-        return self.runtime.policy
-
     def table(self, name: str) -> Table:
-        return self.runtime.db.table(name)
+        return self.db.table(name)
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         """Run fn once this transaction has committed (never inside it)."""

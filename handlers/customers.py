@@ -75,12 +75,11 @@ def _default_card_details(customer: dict, payment_method_id: str) -> dict | None
 def deleted(ctx: HandlerContext, event: StripeEvent):
     """Occurs when the customer is deleted in Stripe: stop mailing them and erase their personal data.
 
-    The erasure (worker/erasure.py) runs in this event's transaction, so the payload of this very
+    The erasure (worker/privacy/erasure.py) runs in this event's transaction, so the payload of this very
     event (Stripe sends the whole customer as it was) is stripped before anything commits.
     """
-    from worker.erasure import erase_in
     customer = event.object
     upsert_customer(ctx, {**customer, "deleted": True}, event.created)
     if isinstance(customer.get("id"), str):
-        erase_in(ctx, customer["id"], requested_by="stripe", reason="customer.deleted from Stripe",
-                 event_id=event.id)
+        ctx.erasures.erase(ctx, customer["id"], requested_by="stripe", reason="customer.deleted from Stripe",
+                           event_id=event.id)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # Kinds of email (emails.kind): a schedule step, the steps of several invoices of one account that
-# fall due together (worker/account_emails.py), or the one email a fact asks for.
+# fall due together (worker/delivery/account_emails.py), or the one email a fact asks for.
 STEP = "step"
 ACCOUNT_STEP = "account-step"
 PAYMENT_RECEIVED = "payment-received"

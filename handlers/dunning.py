@@ -19,9 +19,9 @@ import structlog
 from sqlalchemy import select, update
 
 from handlers.context import HandlerContext
-from worker.clock import utcnow
-from worker.ids import new_id
-from worker.log_context import bind_case
+from worker.pure.clock import utcnow
+from worker.pure.ids import new_id
+from worker.pure.message_log import bind_case
 
 log = structlog.get_logger("handlers.dunning")
 
@@ -45,7 +45,7 @@ MARKED_UNCOLLECTIBLE = "marked_uncollectible"      # invoice.marked_uncollectibl
 SUBSCRIPTION_DELETED = "subscription_deleted"      # customer.subscription.deleted
 DISRUPTION_WARNING_DUE = "disruption_warning_due"  # timer: the schedule_disruption step is due
 DISRUPTION_DATE_PASSED = "disruption_date_passed"  # timer: the disrupt step is due, still unpaid
-CUSTOMER_DELETED = "customer_deleted"              # customer.deleted, or an erasure (worker/erasure.py)
+CUSTOMER_DELETED = "customer_deleted"              # customer.deleted, or an erasure (worker/privacy/erasure.py)
 
 TRIGGERS = (PAYMENT_FAILED, INVOICE_PAID, INVOICE_VOIDED, MARKED_UNCOLLECTIBLE, SUBSCRIPTION_DELETED,
             DISRUPTION_WARNING_DUE, DISRUPTION_DATE_PASSED, CUSTOMER_DELETED)

@@ -20,8 +20,8 @@ from handlers.stripe_objects import (
     invoice_subscription_metadata,
     metadata_of,
 )
-from worker.db import dumps
-from worker.email_locale import choose_locale
+from worker.pure.json_text import dumps
+from worker.pure.locales import choose_locale
 
 FINAL_INVOICE_STATUSES = ("paid", "void", "uncollectible")
 # Rows a transaction may keep once it wrote or read them (ctx.rows), because every write to them in
@@ -77,7 +77,6 @@ def upsert_customer(ctx: HandlerContext, customer: dict, created: int) -> None:
     default_pm = (expandable_id((customer.get("invoice_settings") or {}).get("default_payment_method"))
                   or expandable_id(customer.get("default_source")))
     values["default_payment_method"] = default_pm
-    from worker.erasure import erased_in
     if erased_in(ctx, cid):
         # Erased: what Stripe still holds (a step's re-read, a late customer.* event) never brings
         # the personal values back; ids and the default payment method stay, as erasure keeps them.
@@ -90,7 +89,7 @@ def ensure_customer(ctx: HandlerContext, customer_id: str, name: str | None, cre
 
     Never its address: an invoice's `customer_email` is a snapshot, not the owner of record (the
     platform may have cleared the address on purpose). Mail waits for a customer.* event or a
-    read of the customer from Stripe (worker/customer_prefetch.py); until then the owner is
+    read of the customer from Stripe (worker/intake/customer_prefetch.py); until then the owner is
     unreachable (handlers/reachability.py).
     """
     if customer_id == ctx.held_customer:  # its row exists, held by this transaction (processing)
@@ -187,3 +186,25 @@ def load(ctx: HandlerContext, table_name: str, row_id: str | None) -> dict | Non
     if row is not None and table_name in KEPT_TABLES:
         return remember(ctx, table_name, row)
     return dict(row) if row else None
+
+
+def is_erased(conn, tables, customer_id: str | None) -> bool:
+    """True once the customer was erased (an `erasures` row): what Stripe still holds never comes back."""
+    if not customer_id:
+        return False
+    erasures = tables["erasures"]
+    return conn.execute(select(erasures.c.customer_id).where(erasures.c.customer_id == customer_id)).first() is not None
+
+
+def erased_in(ctx: HandlerContext, customer_id: str | None) -> bool:
+    """is_erased, asked once per transaction where the answer cannot change before commit.
+
+    That is the customer held by hold_customer (ctx.held_customer: the first question, asked after
+    the lock was granted, sees any erasure committed before it, and a later one waits for this
+    commit), or any customer on SQLite (one writer at a time)."""
+    if customer_id in ctx.erased:
+        return ctx.erased[customer_id]
+    erased = is_erased(ctx.conn, ctx.db.tables, customer_id)
+    if customer_id and (customer_id == ctx.held_customer or ctx.db.is_sqlite):
+        ctx.erased[customer_id] = erased
+    return erased

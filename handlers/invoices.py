@@ -21,9 +21,9 @@ from handlers import accounts, dunning, steps
 from handlers import dedupe_keys
 from handlers.context import HandlerContext, PermanentEventError, StripeEvent
 from handlers.facts import FINAL_INVOICE_STATUSES, load, upsert_invoice
-from handlers.stripe_objects import card_details, dig, invoice_failure
-from worker.clock import from_unix
-from worker.db import loads
+from handlers.stripe_objects import card_details, dig, invoice_failure, merge_into_invoice
+from worker.pure.clock import from_unix
+from worker.pure.json_text import loads
 
 log = structlog.get_logger("handlers.invoices")
 
@@ -39,10 +39,9 @@ def payment_failed(ctx: HandlerContext, event: StripeEvent):
     """Occurs when an automatic (or manual) payment attempt fails: open the case, or record the attempt.
 
     https://docs.stripe.com/api/events/types#event_types-invoice.payment_failed
-    The PaymentIntent read before the transaction (worker.payment_prefetch) names the card and the
+    The PaymentIntent read before the transaction (worker.intake.payment_prefetch) names the card and the
     decline when the payload carries only its id.
     """
-    from worker.payment_prefetch import merge_into_invoice
     invoice = merge_into_invoice(event.object, ctx.prefetched)
     row = _record_invoice(ctx, invoice, event)
     case = dunning.lock_case(ctx, invoice_id=row["id"])
@@ -272,10 +271,9 @@ def _thank_owner(ctx: HandlerContext, case: dict, restored: bool) -> None:
     """One payment-received email, once; it also says service is restored when this payment lifted the
     disruption (issue 14: two emails in the same second read oddly; service-restored is no longer sent
     for a payment)."""
-    from worker import outbox
     # The case has ended: say what happened to the service (restored, or still disrupted by
     # another unpaid invoice of the account), not what the case state implies.
     still_disrupted = accounts.lock_account(ctx, case)["status"] == accounts.DISRUPTED
-    outbox.add_case_email(ctx, "payment-received", case["id"], dedupe_keys.payment_received(case["id"]),
-                          {"service_disrupted": restored or still_disrupted, "service_restored": restored},
-                          case=case)
+    ctx.effects.case_email(ctx, "payment-received", case["id"], dedupe_keys.payment_received(case["id"]),
+                           {"service_disrupted": restored or still_disrupted, "service_restored": restored},
+                           case=case)

@@ -2,7 +2,7 @@
 
 Read once per process (`runtime.policy`) and validated up front, so a typo in the file stops the
 service at start instead of silently skipping a step weeks later. That includes the email of each
-step: the caller passes the templates there are (worker.emails.template_names), and a step naming
+step: the caller passes the templates there are (worker.delivery.emails.template_names), and a step naming
 another stops start-up with one line naming the step and the known templates.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Collection
 
@@ -61,7 +62,7 @@ class PaymentLinkPolicy:
 
 @dataclass(frozen=True)
 class RetentionPolicy:
-    """[retention]: how many days each kind of record is kept (worker/retention.py applies it)."""
+    """[retention]: how many days each kind of record is kept (worker/privacy/retention.py applies it)."""
 
     event_payload_days: int = 35    # an event's raw body, after it was processed
     event_days: int = 400           # its id, type, object id, created and status
@@ -98,7 +99,7 @@ class Policy:
             key = self.recipient_source[len("customer.metadata."):]
             metadata = customer_row.get("metadata")
             if isinstance(metadata, str):
-                from worker.db import loads
+                from worker.pure.json_text import loads
                 try:
                     metadata = loads(metadata, {})
                 except ValueError:
@@ -181,11 +182,10 @@ def parse_policy(raw: dict[str, Any], path: Path | None = None,
     unreachable = str(raw.get("unreachable", "hold"))
     if unreachable not in UNREACHABLE_CHOICES:
         raise PolicyError(f"{where}: unreachable must be one of {UNREACHABLE_CHOICES}")
-    from worker.email_locale import default_locale as email_default_locale
-    from worker.email_time import settings_of as email_time_settings
+    from worker.pure.email_time import settings_of as email_time_settings
+    from worker.pure.locales import default_locale as email_default_locale
     try:
         email_time_settings(type("P", (), {"raw": raw})())  # [emails]: the owner's time zone (issue 14)
-        from worker.account_emails import coalesce_window
         coalesce_window(type("P", (), {"raw": raw})())  # [emails] coalesce_seconds: one email per account
         email_default_locale(type("P", (), {"raw": raw})())  # [emails]: the language without a preference
     except ValueError as exc:
@@ -260,3 +260,15 @@ def _parse_schedule(name: str, body: dict[str, Any], where: str) -> Schedule:
     return Schedule(name=name, steps=steps, disrupt_after_days=disrupt_after,
                     prices=tuple(str(p) for p in body.get("prices") or ()),
                     products=tuple(str(p) for p in body.get("products") or ()))
+
+
+DEFAULT_COALESCE_SECONDS = 300
+
+
+def coalesce_window(policy) -> timedelta:
+    """[emails] coalesce_seconds of the policy (default 300); raises ValueError when not a whole number >= 0."""
+    body = ((getattr(policy, "raw", None) or {}).get("emails") or {}) if policy is not None else {}
+    value = body.get("coalesce_seconds", DEFAULT_COALESCE_SECONDS)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"[emails] coalesce_seconds must be a whole number >= 0, got {value!r}")
+    return timedelta(seconds=value)

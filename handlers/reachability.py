@@ -26,7 +26,7 @@ from sqlalchemy import or_, select
 from handlers import dunning
 from handlers import dedupe_keys
 from handlers.context import HandlerContext
-from worker.ids import new_id
+from worker.pure.ids import new_id
 
 log = structlog.get_logger("handlers.reachability")
 
@@ -40,10 +40,9 @@ class ReleaseError(Exception):
 
 def owner_address(ctx: HandlerContext, customer_id: str) -> str | None:
     """The owner of record's address per the policy, or None when there is no deliverable one."""
-    from worker.outbox import resolve_recipient
     customers = ctx.table("customers")
     row = ctx.conn.execute(select(customers).where(customers.c.id == customer_id)).mappings().first()
-    return resolve_recipient(ctx.policy, dict(row) if row else None)
+    return ctx.effects.recipient(ctx.policy, dict(row) if row else None)
 
 
 def _rejected(ctx: HandlerContext, case: dict, address: str) -> bool:
@@ -73,7 +72,6 @@ def owner_known(ctx: HandlerContext, customer_id: str) -> None:
     day-0 email was refused then (no address yet) and is sent now, once (same dedupe key). A case
     marked unreachable is cleared when the address now works.
     """
-    from worker import account_emails
     if owner_address(ctx, customer_id) is None:
         return
     cases = ctx.table("cases")
@@ -84,20 +82,18 @@ def owner_known(ctx: HandlerContext, customer_id: str) -> None:
             case = refresh(ctx, case)
         first = ctx.policy.schedule_named(case["schedule"]).step(0)
         if first is not None and case["next_step"] != 0:
-            account_emails.add_step_email(ctx, case, 0, first.email,
-                                          delay_seconds=ctx.settings.first_email_delay_seconds)
+            ctx.effects.step_email(ctx, case, 0, first.email, delay_seconds=ctx.settings.first_email_delay_seconds)
 
 
 def mark_unreachable(ctx: HandlerContext, case: dict, reason: str) -> dict:
     """Mark the (locked) case unreachable and tell the platform, once per case."""
     from handlers.accounts import lock_account
-    from worker import outbox
     if not case["owner_unreachable"]:
         case = dunning.update_case(ctx, case, {"owner_unreachable": 1})
     account = lock_account(ctx, case)
-    outbox.add_notice(ctx, UNREACHABLE_NOTICE, account["id"], dedupe_keys.notice(account["id"], UNREACHABLE_NOTICE, case["id"]),
-                      case_id=case["id"], invoice_id=case["invoice_id"], customer_id=case["customer_id"],
-                      subscription_id=case["subscription_id"], disrupt_at=case.get("disrupt_at"))
+    ctx.effects.notice(ctx, UNREACHABLE_NOTICE, account["id"], dedupe_keys.notice(account["id"], UNREACHABLE_NOTICE, case["id"]),
+                       case_id=case["id"], invoice_id=case["invoice_id"], customer_id=case["customer_id"],
+                       subscription_id=case["subscription_id"], disrupt_at=case.get("disrupt_at"))
     log.warning("case.owner_unreachable", case_id=case["id"], reason=reason, policy=ctx.policy.unreachable)
     return case
 
@@ -107,55 +103,47 @@ def holds(ctx: HandlerContext, case: dict) -> bool:
     return bool(case["owner_unreachable"]) and ctx.policy.unreachable == "hold" and not case["hold_released"]
 
 
-def mark_rejected_email(runtime, email_id: str, error: str) -> None:
+def mark_rejected_email(ctx: HandlerContext, email_id: str, error: str) -> None:
     """A dunning email of a case was refused permanently by the provider: its owner is unreachable."""
-    emails = runtime.db.table("emails")
-    from worker.clock import utcnow
-    with runtime.db.transaction() as conn:
-        case_id = conn.execute(select(emails.c.case_id).where(emails.c.id == email_id)).scalar()
-        if not case_id:
-            return
-        ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), log=log)
-        case = dunning.lock_case(ctx, case_id=case_id)
-        if not dunning.is_open(case):
-            return
-        mark_unreachable(ctx, case, f"the mail provider refused the address: {error[:200]}")
-    ctx.run_after_commit()
+    emails = ctx.table("emails")
+    case_id = ctx.conn.execute(select(emails.c.case_id).where(emails.c.id == email_id)).scalar()
+    if not case_id:
+        return
+    case = dunning.lock_case(ctx, case_id=case_id)
+    if not dunning.is_open(case):
+        return
+    mark_unreachable(ctx, case, f"the mail provider refused the address: {error[:200]}")
 
 
-def release_case(runtime, case_key: str, *, released_by: str, reason: str) -> dict:
+def release_case(ctx: HandlerContext, case_key: str, *, released_by: str, reason: str) -> dict:
     """An operator decides: disruption of this held case may proceed on schedule. Returns the case.
 
     `case_key` is a case id or an invoice id. Recorded in case_releases (who, why, when); the
     case keeps `owner_unreachable` (the owner still cannot be mailed), only the hold is lifted.
     """
-    from worker.clock import utcnow
     released_by, reason = (released_by or "").strip(), (reason or "").strip()
     if not released_by or not reason:
         raise ReleaseError("a release needs who released it and a reason")
-    cases = runtime.db.table("cases")
-    runtime.db.tables  # reflect outside the transaction (SQLite)
-    with runtime.db.transaction() as conn:
-        ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), log=log)
-        case_id = conn.execute(select(cases.c.id).where(
-            or_(cases.c.id == case_key, cases.c.invoice_id == case_key))).scalar()
-        case = dunning.lock_case(ctx, case_id=case_id) if case_id else None
-        if case is None:
-            raise ReleaseError(f"no case {case_key}")
-        if not dunning.is_open(case):
-            raise ReleaseError(f"case {case['id']} has ended ({case['state']})")
-        if not case["owner_unreachable"]:
-            raise ReleaseError(f"case {case['id']} is not held: its owner is reachable")
-        if case["hold_released"]:
-            return case
-        conn.execute(ctx.table("case_releases").insert().values(
-            id=new_id("rel"), case_id=case["id"], released_by=released_by[:200], reason=reason[:1000],
-            released_at=ctx.now))
-        changes = {"hold_released": 1}
-        if case["next_step_at"] is not None and case["next_step_at"] > ctx.now:
-            changes["next_step_at"] = ctx.now  # the held step runs on the next scheduler pass
-        case = dunning.update_case(ctx, case, changes)
-        log.info("case.hold_released", case_id=case["id"], released_by=released_by, reason=reason[:200])
+    cases = ctx.table("cases")
+    case_id = ctx.conn.execute(select(cases.c.id).where(
+        or_(cases.c.id == case_key, cases.c.invoice_id == case_key))).scalar()
+    case = dunning.lock_case(ctx, case_id=case_id) if case_id else None
+    if case is None:
+        raise ReleaseError(f"no case {case_key}")
+    if not dunning.is_open(case):
+        raise ReleaseError(f"case {case['id']} has ended ({case['state']})")
+    if not case["owner_unreachable"]:
+        raise ReleaseError(f"case {case['id']} is not held: its owner is reachable")
+    if case["hold_released"]:
+        return case
+    ctx.conn.execute(ctx.table("case_releases").insert().values(
+        id=new_id("rel"), case_id=case["id"], released_by=released_by[:200], reason=reason[:1000],
+        released_at=ctx.now))
+    changes = {"hold_released": 1}
+    if case["next_step_at"] is not None and case["next_step_at"] > ctx.now:
+        changes["next_step_at"] = ctx.now  # the held step runs on the next scheduler pass
+    case = dunning.update_case(ctx, case, changes)
+    log.info("case.hold_released", case_id=case["id"], released_by=released_by, reason=reason[:200])
     return case
 
 

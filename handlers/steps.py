@@ -1,15 +1,15 @@
 """Durable timers: each case's next due step is a column (cases.next_step, cases.next_step_at).
 
 The scheduler finds due cases with an indexed range query (cost grows with the due cases, not
-with all cases) and enqueues their ids; `run_due_steps` then runs every step due as of the
-given instant, in order, one transaction per step. A step runs at most once: it is chosen by
+with all cases) and enqueues their ids; worker/scheduling/due_steps.py then runs every step due as of
+the given instant, in order, one transaction per step (`run_next_step` here decides each). A step runs at most once: it is chosen by
 the case's `next_step` index read under the case row lock, and the same transaction advances
 the index with a guarded update (WHERE version = :seen); its email_steps key
 (handlers.dedupe_keys.email_step, the text of its email's key handlers.dedupe_keys.step_email)
 makes a second send impossible even if all that failed. Steps of several invoices of one customer
-that fall due together share one email (worker/account_emails.py).
+that fall due together share one email (worker/delivery/account_emails.py).
 
-A case whose steps message is queued is not queued again before ENQUEUE_LEASE lapses
+A case whose steps message is queued is not queued again before its lease lapses (due_steps.py)
 (cases.steps_enqueued_at, cleared when the message runs): a backlog, or a second scheduler
 host, does not fill the broker with copies; a lost message is queued again after the lease.
 
@@ -31,79 +31,25 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import or_, select, update
+from sqlalchemy import select
 
-from handlers import accounts, dunning, reachability, verification
+from handlers import accounts, dunning, reachability
+from handlers import dedupe_keys
 from handlers.context import HandlerContext
-from worker.clock import isoformat, utcnow
+from worker.pure.clock import isoformat
 
 log = structlog.get_logger("handlers.steps")
 
-ENQUEUE_BATCH = 1000
-ENQUEUE_LEASE = timedelta(seconds=60)  # as the reconciler's short grace
+UNVERIFIED_BACKOFF_BASE = timedelta(minutes=5)  # a step Stripe could not verify waits, doubling...
+UNVERIFIED_BACKOFF_CAP = timedelta(hours=2)    # ...up to this
 FINAL_NOTICE_MIN = timedelta(hours=24)      # the final notice is delivered at least this long before disruption
 DELIVERY_WAIT = timedelta(hours=1)          # a disrupt whose warning is still undelivered looks again after this
 DELIVERY_SLACK = timedelta(hours=1)         # a delivery this soon after queueing counts as immediate
-MAX_PASSES = 20                             # steps per message at most (each pass runs or postpones one)
 
 
-def enqueue_due_steps(runtime, now: datetime) -> int:
-    """Enqueue run_case_steps(case_id, now) for every case whose next step is due; return how many."""
-    cases = runtime.db.table("cases")
-    stmt = (select(cases.c.id).where(cases.c.next_step_at <= now,
-                                     or_(cases.c.steps_enqueued_at.is_(None),
-                                         cases.c.steps_enqueued_at <= now - ENQUEUE_LEASE))
-            .order_by(cases.c.next_step_at).limit(ENQUEUE_BATCH))
-    with runtime.db.transaction() as conn:
-        due = list(conn.execute(stmt).scalars())
-        if due:
-            # On the pass's clock (`tick --at` has its own timeline); running the message clears it.
-            conn.execute(update(cases).where(cases.c.id.in_(due)).values(steps_enqueued_at=now))
-    as_of = now.isoformat() + "Z"
-    for case_id in due:
-        runtime.actors.run_case_steps.send(case_id, as_of)
-    if due:
-        log.info("steps.enqueued", cases=len(due), as_of=as_of)
-    return len(due)
-
-
-def run_due_steps(runtime, case_id: str, as_of: datetime) -> int:
-    """Run each step of the case due as of `as_of`, one transaction each; return how many passes ran.
-
-    With STRIPE_API_KEY the invoice, subscription and customer are read from Stripe once, before
-    the first pass (outside any transaction), and applied under the case lock.
-    """
-    runtime.db.tables  # reflect before the first transaction (on SQLite reflecting inside one would wait on it)
-    ran = 0
-    facts = None
-    for _ in range(MAX_PASSES):
-        if not is_due(_peek(runtime, case_id), as_of):
-            break
-        if facts is None and verification.enabled(runtime):
-            facts = verification.read(runtime, _peek(runtime, case_id))
-            verification.verify_siblings(runtime, _peek(runtime, case_id))  # every invoice the email will list
-        with runtime.db.transaction() as conn:
-            ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=None, log=log, as_of=as_of)
-            case = dunning.lock_case(ctx, case_id=case_id)
-            if ran == 0 and case is not None and case.get("steps_enqueued_at") is not None:
-                cases = runtime.db.table("cases")  # this message ran: the scheduler may queue the next
-                conn.execute(update(cases).where(cases.c.id == case_id).values(steps_enqueued_at=None))
-            if not is_due(case, as_of):
-                break
-            if facts is not None:
-                case = verification.apply(ctx, case, facts)
-            if case is not None:
-                run_next_step(ctx, case, facts=facts)
-        ctx.run_after_commit()
-        ran += 1
-    return ran
-
-
-def _peek(runtime, case_id: str) -> dict | None:
-    cases = runtime.db.table("cases")
-    with runtime.db.engine.connect() as conn:
-        row = conn.execute(select(cases).where(cases.c.id == case_id)).mappings().first()
-    return dict(row) if row else None
+def unverified_backoff(failures: int) -> timedelta:
+    """When a step Stripe could not verify runs again: 5, 10, 20 min ... capped at 2 h (n-th failed try)."""
+    return min(UNVERIFIED_BACKOFF_BASE * (2 ** max(0, failures - 1)), UNVERIFIED_BACKOFF_CAP)
 
 
 def is_due(case: dict | None, as_of: datetime) -> bool:
@@ -170,7 +116,7 @@ def run_next_step(ctx: HandlerContext, case: dict, *, facts=None, catch_up: bool
         if facts is not None and facts.unavailable and step.action == "disrupt":
             failures = case["verify_failures"] + 1
             case = dunning.update_case(ctx, case, {"verify_failures": failures})
-            return _postpone(ctx, case, clock + verification.backoff(failures), "stripe_unverified")
+            return _postpone(ctx, case, clock + unverified_backoff(failures), "stripe_unverified")
     due_at = dunning.step_due_at(case["first_failed_at"], step.day)
     stamp: dict = {"last_email_at": clock} if chosen > 0 else {}
     warn, disrupt = _index_of(schedule, "schedule_disruption"), _index_of(schedule, "disrupt")
@@ -239,8 +185,17 @@ def _disrupt_not_before(ctx: HandlerContext, case: dict, schedule, warn: int | N
 
 
 def _step_email(ctx: HandlerContext, case: dict, index: int) -> dict | None:
-    from worker.account_emails import step_email
     return step_email(ctx, case["id"], index)
+
+
+def step_email(ctx, case_id: str, index: int) -> dict | None:
+    """The email row that satisfied the case's step, whichever invoice's email it was."""
+    steps, emails = ctx.table("email_steps"), ctx.table("emails")
+    key = dedupe_keys.email_step(case_id, index)
+    email_id = ctx.conn.execute(select(steps.c.email_id).where(steps.c.dedupe_key == key)).scalar()
+    where = emails.c.id == email_id if email_id else emails.c.dedupe_key == key
+    row = ctx.conn.execute(select(emails).where(where)).mappings().first()
+    return dict(row) if row else None
 
 
 def move_disruption(ctx: HandlerContext, case: dict, new_date: datetime) -> dict:
@@ -253,9 +208,8 @@ def move_disruption(ctx: HandlerContext, case: dict, new_date: datetime) -> dict
 
 def _send_step_email(ctx: HandlerContext, case: dict, index: int, template: str) -> None:
     """The step's email; day 0 waits FIRST_EMAIL_DELAY_SECONDS so an invoice.paid arriving right behind
-    the older failure (issue 12) cancels it before delivery (worker/email_delivery.py)."""
-    from worker import account_emails
+    the older failure (issue 12) cancels it before delivery (worker/delivery/email_delivery.py)."""
     delay = ctx.settings.first_email_delay_seconds if index == 0 else 0
-    email_id = account_emails.add_step_email(ctx, case, index, template, delay_seconds=delay)
+    email_id = ctx.effects.step_email(ctx, case, index, template, delay_seconds=delay)
     if email_id is None:
         log.warning("case.step_email_not_added", case_id=case["id"], step=index, template=template)

@@ -132,3 +132,13 @@ def _int_or_none(value: Any) -> int | None:
         return int(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def merge_into_invoice(invoice: dict, prefetched: dict | None) -> dict:
+    """The invoice with the prefetched PaymentIntent in place of its id (a new dict; same id only)."""
+    intent = (prefetched or {}).get("payment_intent")
+    if not isinstance(intent, dict) or invoice_payment_intent_id(invoice) != intent.get("id"):
+        return invoice
+    if isinstance(dig(invoice, "payment_intent", "last_payment_error"), dict):
+        return invoice
+    return {**invoice, "payment_intent": intent}

@@ -3,7 +3,7 @@
 Why: webhooks get lost (endpoint down, not subscribed, a /pay answered `paid` with no
 `invoice.paid` after it). Before every schedule step, when STRIPE_API_KEY is set, the step
 runner reads the invoice, its subscription's status and the customer from Stripe (outside any
-transaction: `read`), then, under the case lock (`apply`):
+transaction: worker/stripe/case_facts.py), then, under the case lock (`apply` here):
   - invoice paid / void / uncollectible, or the subscription canceled: the case ends by the
     matching trigger, recorded with event id `verified-at-stripe` (no dunning email; the
     normal recovery email and `service.restored` / `service.disruption_cancelled` follow);
@@ -17,21 +17,17 @@ behaviour stays event-driven (the README says so).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 
 import structlog
 
 from handlers import dunning
 from handlers.context import HandlerContext
 from handlers.facts import upsert_customer
-from handlers.stripe_objects import invoice_subscription_id
-from worker.clock import to_unix, utcnow
+from worker.pure.clock import to_unix, utcnow
 
 log = structlog.get_logger("handlers.verification")
 
 VERIFIED_EVENT_ID = "verified-at-stripe"  # case_transitions.event_id of an end found by reading Stripe
-BACKOFF_BASE = timedelta(minutes=5)
-BACKOFF_CAP = timedelta(hours=2)
 _ENDS = {"paid": dunning.INVOICE_PAID, "void": dunning.INVOICE_VOIDED,
          "uncollectible": dunning.MARKED_UNCOLLECTIBLE}
 
@@ -44,68 +40,6 @@ class StripeFacts:
     subscription_status: str | None = None
     customer: dict | None = None
     unavailable: str | None = None
-
-
-def enabled(runtime) -> bool:
-    return bool(runtime.settings.stripe_api_key)
-
-
-def backoff(failures: int) -> timedelta:
-    """5 min, 10 min, 20 min ... capped at 2 h, after the n-th unverified try."""
-    return min(BACKOFF_BASE * (2 ** max(0, failures - 1)), BACKOFF_CAP)
-
-
-def read(runtime, case: dict) -> StripeFacts:
-    """GET the invoice, its subscription and the customer (network I/O: call outside a transaction)."""
-    from worker.stripe_api import StripeGatewayError, StripeRejected, StripeUnavailable, gateway
-    try:
-        gw = gateway(runtime)
-        invoice = gw.retrieve_invoice(case["invoice_id"])
-        subscription_id = invoice_subscription_id(invoice) or case["subscription_id"]
-        status = None
-        if subscription_id:
-            try:
-                status = gw.retrieve_subscription(subscription_id).get("status")
-            except StripeRejected:  # not found: unknown, never taken as canceled (Stripe keeps canceled ones)
-                status = None
-        try:
-            customer = gw.retrieve_customer(case["customer_id"])
-        except StripeRejected as exc:
-            customer = {"id": case["customer_id"], "deleted": True} \
-                if exc.status == 404 and exc.code == "resource_missing" else None
-    except StripeUnavailable as exc:
-        log.warning("case.verify_unavailable", case_id=case["id"], error=str(exc)[:300])
-        return StripeFacts(unavailable=str(exc)[:300])
-    except StripeGatewayError as exc:  # a key or permission problem: as unverified, loudly
-        log.error("case.verify_refused", case_id=case["id"], error=str(exc)[:300])
-        return StripeFacts(unavailable=str(exc)[:300])
-    return StripeFacts(invoice=invoice, subscription_status=status, customer=customer)
-
-
-def verify_siblings(runtime, case: dict | None) -> None:
-    """Read the customer's other open invoices at Stripe and end those found paid, void or written off
-    (one transaction each, as a step would): an account email lists only invoices still unpaid.
-
-    Network I/O: call outside a transaction. Unreachable Stripe leaves them listed (as a step would)."""
-    from sqlalchemy import select
-    if not case:
-        return
-    cases = runtime.db.table("cases")
-    with runtime.db.engine.connect() as conn:
-        siblings = [dict(r) for r in conn.execute(select(cases).where(
-            cases.c.customer_id == case["customer_id"], cases.c.id != case["id"],
-            cases.c.state.in_(dunning.OPEN_STATES))).mappings()]
-    for sibling in siblings:
-        facts = read(runtime, sibling)
-        if facts.unavailable or (_ENDS.get((facts.invoice or {}).get("status")) is None
-                                 and facts.subscription_status != "canceled"):
-            continue
-        with runtime.db.transaction() as conn:
-            ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=None, log=log)
-            locked = dunning.lock_case(ctx, case_id=sibling["id"])
-            if dunning.is_open(locked):
-                apply(ctx, locked, facts)
-        ctx.run_after_commit()
 
 
 def apply(ctx: HandlerContext, case: dict, facts: StripeFacts) -> dict | None:

@@ -1,7 +1,9 @@
-"""The process-wide runtime: settings, database, broker and actors, built once at start.
+"""The composition root: the process-wide runtime (settings, database, broker, actors) built once at
+start, and the adapters of the domain's ports (handlers/ports.py) wired into it.
 
 Every entry point (web app, `dramatiq` worker processes, scheduler, CLI) calls `setup()` first.
-Nothing here runs at import: the broker is set explicitly before any actor is declared.
+Nothing here runs at import: the broker is set explicitly before any actor is declared. Only the
+CLI (worker/cli/) imports this module; the rooms receive the runtime as an argument.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from typing import Any
 import dramatiq
 
 from config.settings import Settings, load_settings
-from worker.broker import make_broker
-from worker.db import Database
-from worker.logs import configure_logging, register_secrets
+from worker.queue.broker import make_broker
+from worker.infra.db import Database
+from worker.observe.logs import configure_logging, register_secrets
 
 
 @dataclass
@@ -24,6 +26,8 @@ class Runtime:
     db: Database
     broker: dramatiq.Broker
     actors: Any = None
+    effects: Any = None  # handlers.ports.Effects (worker.delivery.effects)
+    erasures: Any = None  # handlers.ports.Erasures (worker.privacy.erasure)
     _policy: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _services: dict = field(default_factory=dict)
@@ -33,7 +37,7 @@ class Runtime:
         """The dunning policy file, parsed once per process."""
         if self._policy is None:
             from handlers.policy import load_policy
-            from worker.emails import template_names
+            from worker.delivery.emails import template_names
             self._policy = load_policy(self.settings.dunning_policy,
                                        template_names(self.settings.email_templates_dir))
         return self._policy
@@ -63,20 +67,23 @@ def setup(settings: Settings | None = None, broker: dramatiq.Broker | None = Non
                       settings.platform_api_token, settings.dashboard_password, settings.metrics_token,
                       settings.sentry_dsn])
     if settings.sentry_dsn:
-        from worker.error_tracking import init_error_tracking
-        from worker.metrics_ops import release
+        from worker.observe.error_tracking import init_error_tracking
+        from worker.observe.metrics_ops import release
         init_error_tracking(settings.sentry_dsn, release=release())
     if broker is None:
         broker = make_broker(settings)
-    from worker import metrics
+    from worker.observe import metrics
     metrics.install_broker_middleware(broker, settings)
     dramatiq.set_broker(broker)
-    from worker.actors import declare_actors
+    from worker.queue.actors import declare_actors
     database = Database(settings.database_url, pool_size=settings.database_pool_size,
                         max_overflow=settings.database_max_overflow)
     runtime = Runtime(settings=settings, db=database, broker=broker)
     runtime.policy  # checked at start: a bad policy file (e.g. a [retention] typo) stops start-up here
-    runtime.actors = declare_actors(broker)
+    runtime.actors = declare_actors(broker, current)
+    from worker.delivery.effects import OutboxEffects
+    from worker.privacy.erasure import Erasures
+    runtime.effects, runtime.erasures = OutboxEffects(runtime), Erasures()  # the domain's ports
     _current = runtime
     return runtime
 
@@ -85,6 +92,12 @@ def current() -> Runtime:
     if _current is None:
         return setup()
     return _current
+
+
+def web_app():
+    """The web process's WSGI app, built in each gunicorn worker after fork (`dunning web`)."""
+    from worker.web.app import wsgi_app
+    return wsgi_app(setup())
 
 
 def worker_setup() -> None:

@@ -11,7 +11,7 @@ from tests.support.cli import run, run_json
 from tests.support.dunning import DAY, T0, at, deliver, failed, paid
 from tests.support.helpers import rows
 from tests.support.queues import dead_letter, take_one
-from worker.clock import utcnow
+from worker.pure.clock import utcnow
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ def test_version_prints_the_installed_release(tmp_path):
 
 
 def test_make_run_signs_notice_files_with_a_local_secret_kept_under_var(tmp_path):
-    from worker.launcher import local_notice_secret
+    from worker.cli.launcher import local_notice_secret
     first = local_notice_secret(tmp_path / "var")
     assert len(first) >= 24 and local_notice_secret(tmp_path / "var") == first
     assert (tmp_path / "var" / "platform-webhook-secret").stat().st_mode & 0o077 == 0
@@ -51,7 +51,7 @@ def test_make_run_signs_notice_files_with_a_local_secret_kept_under_var(tmp_path
 def test_the_start_banner_says_where_webhooks_emails_notices_database_and_broker_are(tmp_path):
     from config.settings import load_settings
     from tests.support.services import base_env
-    from worker.launcher import banner
+    from worker.cli.launcher import banner
     env = base_env(tmp_path, HOST="0.0.0.0", PORT="8123")
     env.pop("NOTICE_OUTBOX_DIR")
     lines = banner(load_settings(env), {"REDIS_URL": "redis://:pw@127.0.0.1:6400/0", "HOST": "0.0.0.0"}, "0002_x")

@@ -17,7 +17,7 @@ import pytest
 from config.settings import ConfigError, load_settings
 from tests.support.services import base_env
 from tests.support.helpers import ADMIN_TOKEN, WEBHOOK_SECRET, drain, make_event, rows, signed_headers
-from worker.web import create_app
+from worker.web.app import create_app
 
 NOW = int(time.time())
 
@@ -120,7 +120,7 @@ def test_the_catalogue_has_at_least_forty_cases():
 def front(make_runtime, capsys):
     """The whole web app (dashboard mounted) on a real Redis broker, built in the test so that
     its logs go to capsys."""
-    from worker.web_ops import mount_operator_apps
+    from worker.web.ops import mount_operator_apps
 
     def build():
         runtime = make_runtime(broker="redis")
@@ -238,7 +238,7 @@ def test_a_chunked_body_over_the_limit_is_413_while_reading(runtime):
 
 
 def test_the_server_framing_finds_the_end_of_length_and_chunked_requests():
-    from worker.web_server import BodyTooLarge, IncompleteFraming, request_end
+    from worker.web.server import BodyTooLarge, IncompleteFraming, request_end
     head = b"POST / HTTP/1.1\r\nHost: x\r\n"
     whole = head + b"Content-Length: 5\r\n\r\nhello"
     assert request_end(whole + b"GET / HTTP/1.1\r\n") == len(whole)
@@ -259,7 +259,7 @@ def test_the_server_framing_finds_the_end_of_length_and_chunked_requests():
 # -- NUL and other characters PostgreSQL cannot store -------------------------------------------
 
 def test_nul_and_lone_surrogates_in_an_event_are_handled_alike_on_both_databases(any_runtime):
-    from worker.web import create_app as app_for
+    from worker.web.app import create_app as app_for
     client = falcon.testing.TestClient(app_for(any_runtime))
     customer = {"id": "cus_nul", "object": "customer", "email": "owner@example.com",
                 "name": "Ada\u0000 Love\ud800lace", "metadata": {"k\u0000": "v\u0000"}}
@@ -336,7 +336,7 @@ def test_a_mistyped_database_url_is_reported_without_its_password(tmp_path):
 
 
 def test_readyz_says_which_dependency_is_down_but_not_why(make_runtime, capsys):
-    from worker.db import Database
+    from worker.infra.db import Database
     runtime = make_runtime()
     capsys.readouterr()
     runtime.db = Database("postgresql+psycopg://dunning_role:pw-secret-0123456789@127.0.0.1:1/none")
@@ -350,7 +350,7 @@ def test_readyz_says_which_dependency_is_down_but_not_why(make_runtime, capsys):
 @pytest.mark.parametrize("address", ['"john doe"@example.com', "jos\u00e9@ex\u00e4mple.com", "a!b#c@example.com",
                                      "owner+tag@sub.example.co.uk", "x@[192.0.2.1]", "ada@xn--exmple-cua.com"])
 def test_the_log_scrubber_masks_every_address_form(address):
-    from worker.logs import mask_email, scrub
+    from worker.observe.logs import mask_email, scrub
     assert scrub(f"sent to {address} today") == "sent to [email] today"  # logs: not even the domain
     local, domain = address.rsplit("@", 1)
     assert mask_email(address) == f"{local[0]}***@{domain}"  # pages and CLI: enough to tell owners apart
@@ -371,7 +371,7 @@ def test_the_log_scrubber_masks_every_address_form(address):
     ("javascript:alert(1)", False),
 ])
 def test_email_links_point_only_at_stripe_and_the_billing_page(tmp_path, url, kept):
-    from worker.email_context import build_context
+    from worker.delivery.email_context import build_context
     settings = load_settings(base_env(tmp_path, BILLING_PAGE_URL="https://billing.example.com/account"))
     context = build_context(invoice={"id": "in_1", "hosted_invoice_url": url}, settings=settings)
     assert (context["hosted_invoice_url"] == url) is kept

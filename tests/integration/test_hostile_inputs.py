@@ -18,8 +18,8 @@ import falcon.testing
 import pytest
 
 from tests.support.helpers import ADMIN_TOKEN, WEBHOOK_SECRET, drain, make_event, rows, signed_headers
-from worker.signatures import sign
-from worker.web import create_app
+from worker.intake.signatures import sign
+from worker.web.app import create_app
 
 NOW = int(time.time())
 
@@ -358,7 +358,7 @@ WRONG_CREDENTIALS = [
 @pytest.fixture
 def operator_client(make_runtime):
     """The whole web WSGI app (dashboard mounted) on a real Redis broker."""
-    from worker.web_ops import mount_operator_apps
+    from worker.web.ops import mount_operator_apps
     runtime = make_runtime(broker="redis")
     return falcon.testing.TestClient(mount_operator_apps(create_app(runtime), runtime)), runtime
 
@@ -401,7 +401,7 @@ def test_token_comparison_time_does_not_reveal_how_many_leading_characters_are_r
     hmac.compare_digest takes the same time for both; a naive == would return sooner for the
     first. Medians of interleaved rounds, with a wide margin for a shared, noisy machine.
     """
-    from worker.auth import is_authorized
+    from worker.web.auth import is_authorized
     settings = runtime.settings
     token = settings.admin_token
     first_wrong = "Bearer " + ("#" + token[1:])
@@ -477,7 +477,7 @@ def test_a_payload_that_cannot_fit_the_schema_fails_permanently_with_its_error_k
     the event is kept `failed` with its error at once, not retried for an hour, and nothing of it is
     stored half-way (the handler's transaction is rolled back)."""
     from handlers.context import PermanentEventError
-    from worker.processing import process_event
+    from worker.intake.processing import process_event
     client = falcon.testing.TestClient(create_app(any_runtime))
     event = failed_event("evt_unfit", invoice_id="in_unfit", customer="cus_unfit", **invoice_changes)
     body = body_of(event)

@@ -1,5 +1,5 @@
 """Every log line is one whole JSON record: many threads in many processes, our structlog events
-and library (stdlib) records mixed, long and short, never glue or split (worker/log_lines.py)."""
+and library (stdlib) records mixed, long and short, never glue or split (worker/observe/log_lines.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ PROCESSES, THREADS, RECORDS = 4, 8, 150
 _WRITER = r"""
 import logging, sys, threading
 import structlog
-from worker.logs import configure_logging
+from worker.observe.logs import configure_logging
 configure_logging("json", "INFO")
 proc = int(sys.argv[1]); threads, records = int(sys.argv[2]), int(sys.argv[3])
 def work(t):
@@ -64,7 +64,7 @@ def test_threads_on_dramatiqs_worker_pipe_send_one_message_per_record(monkeypatc
 
     import structlog
 
-    from worker.logs import configure_logging
+    from worker.observe.logs import configure_logging
     read_end, write_end = multiprocessing.Pipe(duplex=False)
     messages: list[bytes] = []
     reader = threading.Thread(target=lambda: _drain(read_end, messages))

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import MetaData, create_engine, inspect, select, text
 
 from tests.support.services import TEST_DATABASE_URL, postgres_reachable, skip_or_fail
-from worker import migrate
-from worker.db import Database
+from worker.infra import migrate
+from worker.infra.db import Database
 
 BASELINE_MODULE = migrate.MIGRATIONS_DIR / "versions" / "0001_baseline.py"
 
@@ -165,7 +165,7 @@ def test_a_database_at_the_baseline_with_data_upgrades_to_schema_sql_and_keeps_i
         for table, count in counts.items():
             assert conn.execute(select(text("count(*)")).select_from(text(table))).scalar() == count
         # The rows written before the counting triggers existed are counted by the revision.
-        from worker import metric_counts
+        from worker.observe import metric_counts
         assert metric_counts.stored_counts(conn) == metric_counts.expected_counts(conn) != {}
     db.dispose()
 
@@ -250,7 +250,7 @@ def test_db_upgrade_and_its_alias_db_init_migrate_from_the_command_line(tmp_path
 
 def test_the_procfile_migrates_in_its_release_phase_and_make_run_does_not_keep_that_running():
     from config.settings import PROJECT_ROOT
-    from worker.launcher import procfile_entries
+    from worker.cli.launcher import procfile_entries
     assert "release: dunning db upgrade" in (PROJECT_ROOT / "Procfile").read_text().splitlines()
     assert set(procfile_entries()) == {"web", "worker", "scheduler"}
 
@@ -258,7 +258,7 @@ def test_the_procfile_migrates_in_its_release_phase_and_make_run_does_not_keep_t
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_an_upgrade_puts_back_a_counting_trigger_a_revision_lost(kind, fresh_url):
     """On SQLite a batch ALTER copies the table and drops its triggers: every upgrade reinstalls them."""
-    from worker import metric_counts
+    from worker.observe import metric_counts
     db = Database(fresh_url(kind))
     migrate.upgrade(db)
     with db.transaction() as conn:

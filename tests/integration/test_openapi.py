@@ -1,7 +1,7 @@
-"""The OpenAPI document (worker/openapi.json) against the code: routes, notice types, and the running app.
+"""The OpenAPI document (worker/web/openapi.json) against the code: routes, notice types, and the running app.
 
 A route added to the Falcon app (read from its router) or a notice type added to
-worker.outbox.NOTICE_TYPES that the document does not describe fails here; schemathesis then
+worker.delivery.outbox.NOTICE_TYPES that the document does not describe fails here; schemathesis then
 checks the app's answers against the document (status codes, response schemas, auth enforced).
 """
 
@@ -20,9 +20,9 @@ from schemathesis.specs.openapi.checks import (ignored_auth, response_schema_con
 
 from tests.support.delivery import seed_case
 from tests.support.helpers import ADMIN_TOKEN
-from worker import openapi
-from worker.outbox import NOTICE_TYPES
-from worker.web import create_app
+from worker.web import openapi
+from worker.delivery.outbox import NOTICE_TYPES
+from worker.web.app import create_app
 
 PLATFORM_TOKEN = "platform-api-token-for-the-openapi-tests"
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance, ignored_auth]
@@ -37,11 +37,10 @@ def document() -> dict:
 def seed_contract_data(runtime) -> None:
     """The account the document's examples name, with one notice: 200 answers get checked too."""  # "sub_test_1", the account id the document's examples name
     from tests.support.delivery import in_handler
-    from worker import outbox
     seed_case(runtime)
-    in_handler(runtime, lambda ctx: outbox.add_notice(
-        ctx, "service.disruption_scheduled", "sub_test_1", "notice:sub_test_1:openapi", case_id="dc_test_1",
-        invoice_id="in_test_1", customer_id="cus_test_1", subscription_id="sub_test_1", disrupt_at=None))
+    in_handler(runtime, lambda ctx: ctx.effects.notice(
+         ctx, "service.disruption_scheduled", "sub_test_1", "notice:sub_test_1:openapi", case_id="dc_test_1",
+         invoice_id="in_test_1", customer_id="cus_test_1", subscription_id="sub_test_1", disrupt_at=None))
 
 
 @pytest.fixture
@@ -177,7 +176,7 @@ def test_schemathesis_finds_no_failure_in_process(contract_runtime):
 
 def test_schemathesis_catches_a_platform_route_that_ignores_its_token(contract_runtime, monkeypatch):
     """The run above can fail: with the token check switched off, ignored_auth reports it."""
-    from worker import web_platform
+    from worker.web import platform as web_platform
     monkeypatch.setattr(web_platform, "is_platform", lambda authorization, settings: True)
     schema = schemathesis.openapi.from_wsgi("/openapi.json", create_app(contract_runtime))
     from schemathesis.openapi.checks import IgnoredAuth

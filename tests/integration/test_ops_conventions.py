@@ -39,7 +39,7 @@ def promtool() -> str:
 @pytest.fixture
 def scraped(runtime):
     """/metrics after real traffic: a new event, a duplicate, two refused deliveries, one processed."""
-    from worker.web import create_app
+    from worker.web.app import create_app
     client = falcon.testing.TestClient(create_app(runtime))
     event = failed("in_ops_metrics", created=T0, customer="cus_ops_metrics")
     assert post_event(client, event).status_code == 200
@@ -83,7 +83,7 @@ def test_metric_names_follow_the_prometheus_naming_rules(scraped):
 
 
 def test_build_info_and_rejections_by_reason_are_exposed(scraped):
-    from worker.stripe_api import STRIPE_API_VERSION
+    from worker.stripe.gateway import STRIPE_API_VERSION
     assert sample(scraped, "dunning_build_info", stripe_api_version=STRIPE_API_VERSION, broker="stub") == 1
     assert sample(scraped, "dunning_webhook_rejections_total", reason="bad_signature") >= 1
     assert sample(scraped, "dunning_webhook_rejections_total", reason="not_utf8") >= 1

@@ -28,11 +28,10 @@ from tests.support.delivery import in_handler, seed_case
 from tests.support.fake_receivers import scripted_server
 from tests.support.dunning import DAY, T0
 from tests.support.helpers import ADMIN_TOKEN, drain, post_event, rows
-from worker import notices as notices_module
-from worker import outbox
-from worker.clock import utcnow
-from worker.notices import sweep_notices
-from worker.web import create_app
+from worker.delivery import notices as notices_module
+from worker.pure.clock import utcnow
+from worker.delivery.notices import sweep_notices
+from worker.web.app import create_app
 
 NEW_SECRET = "whsec_" + base64.b64encode(b"the-new-platform-signing-key-32b").decode()
 OLD_SECRET = "old-plain-platform-secret-0123456789"  # a plain secret: keyed by its UTF-8 bytes
@@ -118,7 +117,7 @@ def test_every_notice_of_a_full_run_verifies_with_standardwebhooks_under_either_
     assert len(platform.requests) == 3
     from jsonschema import Draft202012Validator
 
-    from worker.openapi import PATH
+    from worker.web.openapi import PATH
     components = json.loads(PATH.read_text())["components"]
     notice_schema = Draft202012Validator({"$ref": "#/components/schemas/Notice", "components": components})
 
@@ -139,7 +138,7 @@ def test_every_notice_of_a_full_run_verifies_with_standardwebhooks_under_either_
         with pytest.raises(WebhookVerificationError):
             Webhook(other).verify(raw, headers)
         # the Stripe-style header is still there, keyed by the whole secret strings
-        from worker.signatures import verify_stripe_signature
+        from worker.intake.signatures import verify_stripe_signature
         verify_stripe_signature(raw.decode(), headers["dunning-signature"], (OLD_SECRET,))
         verify_stripe_signature(raw.decode(), headers["dunning-signature"], (NEW_SECRET,))
 
@@ -148,9 +147,9 @@ def test_the_notice_file_outbox_carries_the_standard_headers_too(make_runtime):
     secret = "plain-secret-for-the-file-outbox-0123"
     runtime = make_runtime(PLATFORM_WEBHOOK_SECRET=secret)
     ids = seed_case(runtime)
-    notice_id = in_handler(runtime, lambda ctx: outbox.add_notice(
-        ctx, "service.disrupted", ids["account_id"], "k1", case_id=ids["case_id"], invoice_id=ids["invoice_id"],
-        customer_id=ids["customer_id"], subscription_id=ids["subscription_id"], disrupt_at=None))
+    notice_id = in_handler(runtime, lambda ctx: ctx.effects.notice(
+         ctx, "service.disrupted", ids["account_id"], "k1", case_id=ids["case_id"], invoice_id=ids["invoice_id"],
+         customer_id=ids["customer_id"], subscription_id=ids["subscription_id"], disrupt_at=None))
     drain(runtime)
     record = json.loads((runtime.settings.notice_outbox_dir / f"{notice_id}.json").read_text())
     assert Webhook(secret.encode()).verify(record["body"], record["headers"])["id"] == notice_id
@@ -234,9 +233,9 @@ def test_the_accounts_list_pages_by_a_stable_cursor_and_filters_by_status(make_r
 def test_bad_parameters_are_a_400_with_a_json_error(make_runtime, path, params, fragment):
     runtime = make_runtime(PLATFORM_API_TOKEN=PLATFORM_TOKEN)
     seed_case(runtime)
-    in_handler(runtime, lambda ctx: outbox.add_notice(
-        ctx, "service.disrupted", "sub_test_1", "k1", case_id="dc_test_1", invoice_id="in_test_1",
-        customer_id="cus_test_1", subscription_id="sub_test_1", disrupt_at=None))
+    in_handler(runtime, lambda ctx: ctx.effects.notice(
+         ctx, "service.disrupted", "sub_test_1", "k1", case_id="dc_test_1", invoice_id="in_test_1",
+         customer_id="cus_test_1", subscription_id="sub_test_1", disrupt_at=None))
     answer = pull(falcon.testing.TestClient(create_app(runtime)), path, **params)
     assert answer.status_code == 400
     assert fragment in answer.json["error"]
@@ -245,9 +244,9 @@ def test_bad_parameters_are_a_400_with_a_json_error(make_runtime, path, params, 
 def test_tokens_unknown_ids_and_the_platform_token_on_acting_routes(make_runtime):
     runtime = make_runtime(PLATFORM_API_TOKEN=PLATFORM_TOKEN)
     ids = seed_case(runtime)
-    in_handler(runtime, lambda ctx: outbox.add_notice(
-        ctx, "service.disrupted", ids["account_id"], "k1", case_id=ids["case_id"], invoice_id=ids["invoice_id"],
-        customer_id=ids["customer_id"], subscription_id=ids["subscription_id"], disrupt_at=None))
+    in_handler(runtime, lambda ctx: ctx.effects.notice(
+         ctx, "service.disrupted", ids["account_id"], "k1", case_id=ids["case_id"], invoice_id=ids["invoice_id"],
+         customer_id=ids["customer_id"], subscription_id=ids["subscription_id"], disrupt_at=None))
     client = falcon.testing.TestClient(create_app(runtime))
     for path in ("/platform/accounts/sub_test_1", "/platform/accounts", "/platform/accounts/sub_test_1/notices"):
         for token in (None, "wrong-token-0123456789-abcdefgh", ADMIN_TOKEN, PLATFORM_TOKEN + "x"):
@@ -276,7 +275,7 @@ def test_without_a_platform_token_configured_the_pull_api_refuses_everyone(runti
 
 # -- 3. no notice is lost for good ------------------------------------------------------------------
 class Clock:
-    """The clock the delivery reads (worker.notices.utcnow), moved forward by the test."""
+    """The clock the delivery reads (worker.delivery.notices.utcnow), moved forward by the test."""
 
     def __init__(self):
         self.now = utcnow()
@@ -329,7 +328,7 @@ def test_notices_failed_past_the_retry_window_are_redelivered_in_order(service, 
     assert platform.applied == [] and len(platform.requests) >= 60
     stats = cli(runtime, "stats")
     assert stats["notices_failed"] == 3 and [n["seq"] for n in stats["failed_notices"]] == [1, 2, 3]
-    from worker import metrics
+    from worker.observe import metrics
     scraped = metrics.render(runtime)[0].decode()
     assert 'dunning_platform_notices_failed{type="service.disrupted"} 1.0' in scraped
 
@@ -351,9 +350,9 @@ def test_redeliver_skips_a_failed_notice_a_later_delivered_one_superseded(make_r
     made = {}
     for account in (ids, other):
         for kind in ("service.disruption_scheduled", "service.disrupted", "service.restored"):
-            made[(account["account_id"], kind)] = in_handler(runtime, lambda ctx, a=account, k=kind: outbox.add_notice(
-                ctx, k, a["account_id"], f"{a['account_id']}:{k}", case_id=a["case_id"], invoice_id=a["invoice_id"],
-                customer_id=a["customer_id"], subscription_id=a["subscription_id"], disrupt_at=None))
+            made[(account["account_id"], kind)] = in_handler(runtime, lambda ctx, a=account, k=kind: ctx.effects.notice(
+                 ctx, k, a["account_id"], f"{a['account_id']}:{k}", case_id=a["case_id"], invoice_id=a["invoice_id"],
+                 customer_id=a["customer_id"], subscription_id=a["subscription_id"], disrupt_at=None))
     runtime.broker.flush_all()
     table = runtime.db.table("platform_notices")
     with runtime.db.transaction() as conn:  # sub_test_1: the disrupted notice failed, the restore got through
@@ -414,7 +413,7 @@ def test_secrets_and_the_platform_token_are_checked_at_start_up(tmp_path):
 
 def test_signing_follows_the_specification_byte_for_byte():
     """The specification's own test vector (standard-webhooks/spec, and its libraries' tests)."""
-    from worker import standard_webhooks
+    from worker.pure import standard_webhooks
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     msg_id, timestamp = "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330
     body = '{"test": 2432232314}'
@@ -427,7 +426,7 @@ def test_the_platform_token_opens_neither_the_dashboard_nor_the_admin_api_of_the
     from werkzeug.test import Client
 
     from tests.support.services import redis_reachable
-    from worker.web import wsgi_app
+    from worker.web.app import wsgi_app
     runtime = make_runtime(broker="redis" if redis_reachable() else "embedded", PLATFORM_API_TOKEN=PLATFORM_TOKEN)
     app = Client(wsgi_app(runtime))
     as_platform = {"Authorization": f"Bearer {PLATFORM_TOKEN}"}

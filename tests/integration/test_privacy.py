@@ -24,9 +24,9 @@ from tests.support.dunning import DAY, T0, deliver, event, invoice, tick
 from tests.support.fake_stripe import API_KEY, FakeStripeServer
 from tests.support.helpers import admin_client, bearer, drain, make_event, post_event, rows
 from worker.cli import main
-from worker.clock import utcnow
-from worker.customer_data import ERASED, KEPT, customer_tables, is_stripped, unclassified
-from worker.db import schema_statements
+from worker.pure.clock import utcnow
+from worker.privacy.customer_data import ERASED, KEPT, customer_tables, is_stripped, unclassified
+from worker.infra.db import schema_statements
 
 EMAIL = "zephyrine.qx19+dunning@orchid-privacy.example"
 NAME = "Zéphyrine Ørstedbakken"
@@ -148,7 +148,7 @@ def settle_sqlite_file(runtime) -> None:
     """SQLite: checkpoint the WAL into the file (as a long-running database has) and check that the
     raw-bytes scan sees the values there, so finding none afterwards means they were overwritten."""
     if runtime.db.is_sqlite:
-        from worker.erasure import flush_sqlite
+        from worker.privacy.erasure import flush_sqlite
         flush_sqlite(runtime.db)
         assert EMAIL.encode() in sqlite_file_bytes(runtime)
 
@@ -300,7 +300,7 @@ def test_export_prints_everything_held_about_the_customer_and_after_erasure_what
 
 def test_every_table_with_a_customer_or_invoice_id_is_covered_by_export_and_erase():
     """Read from schema.sql: a table holding a customer_id or an invoice id (or a case of one) must be
-    found by erase and export, and each of its columns declared erased or kept (worker/customer_data.py)."""
+    found by erase and export, and each of its columns declared erased or kept (worker/privacy/customer_data.py)."""
     engine = create_engine("sqlite://")
     with engine.begin() as conn:
         for statement in schema_statements():
@@ -315,7 +315,7 @@ def test_every_table_with_a_customer_or_invoice_id_is_covered_by_export_and_eras
     assert holding, "schema.sql has no table with a customer_id: the check would prove nothing"
     covered = set(customer_tables(tables))
     assert holding <= covered, f"not covered by export and erase: {sorted(holding - covered)}"
-    assert unclassified(tables) == {}, "columns neither erased nor kept in worker/customer_data.py"
+    assert unclassified(tables) == {}, "columns neither erased nor kept in worker/privacy/customer_data.py"
     assert set(ERASED) == set(KEPT)
 
 
@@ -375,7 +375,7 @@ def test_prune_at_40_days_strips_old_payloads_and_contents_and_a_redelivery_is_a
     assert len(rows(runtime, "emails")) == emails_before
     assert len(rows(runtime, "events")) == len(events_before)
     # Replaying a stripped event does nothing rather than failing on a payload that is gone.
-    from worker.processing import process_event
+    from worker.intake.processing import process_event
     with runtime.db.transaction() as conn:
         conn.execute(update(events).where(events.c.id == replayed["id"]).values(status="received"))
     assert process_event(runtime, replayed["id"]) == "processed"
@@ -410,7 +410,7 @@ def test_prune_at_420_days_deletes_a_closed_case_with_all_its_rows_and_keeps_an_
 
 
 def test_the_daily_prune_is_claimed_by_one_host_per_day_and_two_prunes_never_overlap(any_runtime):
-    from worker.retention import PruneBusy, claim_day, prune_lock
+    from worker.privacy.retention import PruneBusy, claim_day, prune_lock
     now = utcnow()
     assert claim_day(any_runtime.db, now) is True
     assert claim_day(any_runtime.db, now + timedelta(hours=3)) is False  # another host, same day
@@ -430,7 +430,7 @@ def test_prune_works_in_batches_of_at_most_1000_rows(any_runtime):
     """2,500 old events: three transactions of at most 1,000 rows each."""
     from sqlalchemy import event as sa_event
 
-    from worker.retention import Pruner
+    from worker.privacy.retention import Pruner
     db = any_runtime.db
     events = db.table("events")
     old = utcnow() - timedelta(days=500)
@@ -490,7 +490,7 @@ def test_a_failure_to_recovery_flow_logs_no_email_name_phone_or_address_at_any_l
 def test_the_scheduler_runs_the_prune_in_the_background_once_a_day_on_one_host(any_runtime):
     import threading
 
-    from worker.retention import DailyPrune
+    from worker.privacy.retention import DailyPrune
     events = any_runtime.db.table("events")
     old = utcnow() - timedelta(days=500)
 

@@ -19,7 +19,7 @@ from tests.support.cli import run, run_json
 from tests.support.dunning import T0, failed, know_owner
 from tests.support.helpers import ADMIN_TOKEN, post_event, wait_until
 from tests.support.queues import dead_letter, take_one
-from worker.queue_state import broker_kind, message_counts, waiting
+from worker.queue.queue_state import broker_kind, message_counts, waiting
 
 
 @pytest.fixture
@@ -33,12 +33,12 @@ def scalar(runtime, sql: str):
 
 
 def web(runtime):
-    from worker.web import wsgi_app
+    from worker.web.app import wsgi_app
     return falcon.testing.TestClient(wsgi_app(runtime))
 
 
 def test_an_amqp_broker_url_selects_rabbitmq_and_redis_url_still_selects_redis(tmp_path):
-    from worker.broker import make_broker
+    from worker.queue.broker import make_broker
     amqp = load_settings(base_env(tmp_path, BROKER_URL="amqp://guest:guest@127.0.0.1:5672/x",
                                   REDIS_URL="redis://127.0.0.1:6379/0"))
     assert amqp.uses_rabbitmq
@@ -70,7 +70,7 @@ def test_a_webhook_event_travels_through_rabbitmq_to_a_real_worker_and_is_proces
 
 
 def test_the_reconciler_sees_a_backlog_on_rabbitmq(rabbit):
-    from worker.reconciler import queue_is_empty
+    from worker.intake.reconciler import queue_is_empty
     assert queue_is_empty(rabbit.broker)
     rabbit.actors.process_event.send("evt_waiting")
     assert not queue_is_empty(rabbit.broker)
@@ -90,7 +90,7 @@ def test_metrics_and_readyz_read_the_rabbitmq_queues(rabbit):
 
 def test_readyz_says_the_broker_is_down_when_rabbitmq_does_not_answer(make_runtime):
     down = make_runtime(broker="stub")
-    from worker.broker import make_rabbitmq_broker
+    from worker.queue.broker import make_rabbitmq_broker
     down.broker = make_rabbitmq_broker("amqp://guest:guest@127.0.0.1:1/")
     ready = web(down).simulate_get("/readyz")
     assert ready.status_code == 503 and ready.json["checks"]["broker"].startswith("down")

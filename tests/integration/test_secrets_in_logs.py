@@ -22,7 +22,7 @@ from sqlalchemy import inspect, text
 
 from tests.support.fake_receivers import FakePlatform, FakeSendGrid
 from tests.support.helpers import ADMIN_TOKEN, WEBHOOK_SECRET, drain, make_event, post_event, signed_headers
-from worker.web import create_app
+from worker.web.app import create_app
 
 OWNER_EMAIL = "ada.lovelace@example.org"
 PAN = "4000056655665556"
@@ -193,7 +193,7 @@ def test_the_same_flow_in_process_logs_nothing_secret_and_stores_no_card_data(ma
                          headers={"Authorization": f"Bearer {WRONG_TOKEN}"})
     post_event(client, first[0], secret="whsec_forger")
     drain(runtime)
-    from worker.scheduler import run_pass
+    from worker.scheduling.scheduler import run_pass
     run_pass(runtime, datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(days=8))
     drain(runtime)
     assert post_event(client, paid).status_code == 200

@@ -29,7 +29,7 @@ CEILINGS = {  # event type: (processing statements, transactions), (delivery sta
 
 def _process_and_deliver(runtime, evt: dict):
     from handlers.registry import known_types
-    from worker.event_store import parse_envelope, store_event
+    from worker.intake.event_store import parse_envelope, store_event
 
     envelope = parse_envelope(json.dumps(evt))
     store_event(runtime.db, envelope, known_type=envelope.type in known_types())

@@ -1,6 +1,6 @@
 """Builders for the delivery tests (emails, notices): rows as the state machine would leave them.
 
-Rows are inserted directly with SQLAlchemy Core through a HandlerContext, so these tests do not
+Rows are inserted directly with SQLAlchemy Core through a HandlerContext (from the unit of work), so these tests do not
 depend on the state machine. What lies outside our walls (SendGrid, the platform's receiver)
 is faked at its HTTP boundary in tests/support/fake_receivers.py.
 """
@@ -13,8 +13,9 @@ from typing import Callable
 import structlog
 
 from handlers.context import HandlerContext
-from worker.clock import utcnow
-from worker.db import dumps
+from worker.infra.unit_of_work import unit_of_work
+from worker.pure.clock import utcnow
+from worker.pure.json_text import dumps
 
 log = structlog.get_logger("tests.delivery")
 
@@ -54,9 +55,6 @@ def seed_case(runtime, *, case_id="dc_test_1", invoice_id="in_test_1", customer_
 
 def in_handler(runtime, fn: Callable[[HandlerContext], object], now: datetime | None = None):
     """Run fn(ctx) inside one transaction like a handler does, then the after-commit work."""
-    runtime.db.tables  # reflect first (see seed_case)
-    with runtime.db.transaction() as conn:
-        ctx = HandlerContext(runtime=runtime, conn=conn, now=now or utcnow(), event=None, log=log)
+    with unit_of_work(runtime, now=now, log=log) as ctx:
         result = fn(ctx)
-    ctx.run_after_commit()
     return result

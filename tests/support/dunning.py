@@ -16,7 +16,7 @@ import dramatiq
 from sqlalchemy import select
 
 from tests.support.helpers import load_stripe_file, make_event, rows
-from worker.clock import from_unix, to_unix
+from worker.pure.clock import from_unix, to_unix
 
 DAY = 86400
 T0 = 1_795_000_000  # 2026-11-18T...Z: a fixed "first failure" instant for deterministic tests
@@ -130,8 +130,8 @@ def deliver(runtime, evt: dict) -> str:
 
 def _store_and_process(runtime, evt: dict) -> str:
     from handlers.registry import known_types
-    from worker.event_store import parse_envelope, store_event
-    from worker.processing import process_event
+    from worker.intake.event_store import parse_envelope, store_event
+    from worker.intake.processing import process_event
 
     envelope = parse_envelope(json.dumps(evt))
     store_event(runtime.db, envelope, known_type=envelope.type in known_types())
@@ -162,7 +162,7 @@ def tick(runtime, moment: datetime | int) -> int:
 
 def tick_late(runtime, moment: datetime | int) -> int:
     """One scheduler pass as of `moment` (after downtime: late steps catch up), then run its messages."""
-    from handlers.steps import enqueue_due_steps
+    from worker.scheduling.due_steps import enqueue_due_steps
 
     if isinstance(moment, int):
         moment = at(moment)

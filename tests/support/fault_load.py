@@ -146,8 +146,8 @@ def expire_orphaned_leases(svc: ServiceUnderTest, held_for: timedelta = timedelt
     `dunning tick --at` cannot skip. Against fakes that answer in milliseconds, a claim older than
     30 s is an orphan; moving its lease to the past is exactly what 5 minutes of waiting would do.
     """
-    from worker.email_delivery import LEASE as EMAIL_LEASE
-    from worker.notices import LEASE as NOTICE_LEASE
+    from worker.delivery.email_delivery import LEASE as EMAIL_LEASE
+    from worker.delivery.notices import LEASE as NOTICE_LEASE
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     lapsed = 0
     for table, lease in (("emails", EMAIL_LEASE), ("platform_notices", NOTICE_LEASE)):

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import dramatiq
 
-from worker.signatures import sign
+from worker.intake.signatures import sign
 
 WEBHOOK_SECRET = "whsec_test_secret_for_the_suite"
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -92,7 +92,7 @@ def admin_client(runtime):
     """A falcon test client of the runtime's whole web app (call it with `bearer()` headers)."""
     import falcon.testing
 
-    from worker.web import create_app
+    from worker.web.app import create_app
     return falcon.testing.TestClient(create_app(runtime))
 
 

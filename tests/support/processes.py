@@ -641,7 +641,7 @@ def build_service(tmp_path: Path, db: str = "postgres", broker: str = "redis",
         cleanups.append(svc.clear_namespace)
     for fn in cleanups:
         svc.on_close(fn)
-    from worker.db import Database
+    from worker.infra.db import Database
     database = Database(sqlalchemy_url(database_url))
     try:
         database.init_schema()

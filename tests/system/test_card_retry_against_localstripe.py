@@ -32,7 +32,6 @@ pytestmark = pytest.mark.slow
 
 API_KEY = "sk_test_localstripe_suite"
 SERVER = """
-import sys
 from aiohttp import web
 import localstripe.resources as resources
 resources.Store.dump_to_disk = lambda self: None  # no shared /tmp/localstripe.pickle
@@ -117,7 +116,7 @@ def new_default_card(client, customer: str, old: str, number: str, created: int)
 
 
 def scenario(make_runtime, url, number: str):
-    from worker.web import create_app
+    from worker.web.app import create_app
     import falcon.testing
     runtime = make_runtime(STRIPE_API_KEY=API_KEY, STRIPE_API_BASE=url)
     client = stripe.StripeClient(API_KEY, base_addresses={"api": url}, max_network_retries=0)

@@ -27,7 +27,7 @@ from sqlalchemy import text
 from tests.support.dunning import bare_invoice
 from tests.support.helpers import drain, make_event, signed_headers
 from tests.support.processes import build_service
-from worker.web import create_app
+from worker.web.app import create_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -119,7 +119,7 @@ def reference_run(make_runtime, base: int) -> list[dict]:
     """Each event once, in order, one worker thread; ticks as in the concurrent run."""
     import dramatiq
 
-    from worker.scheduler import run_pass
+    from worker.scheduling.scheduler import run_pass
     runtime = make_runtime(db="sqlite")
     client = falcon.testing.TestClient(create_app(runtime))
     snaps = []

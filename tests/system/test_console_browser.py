@@ -1,6 +1,6 @@
 """The console in headless Chromium: sign in, find an invoice, read its story, send a payment link.
 
-The whole web process (worker.web.wsgi_app) on a real HTTP server, Stripe faked at its HTTP
+The whole web process (worker.web.app.wsgi_app) on a real HTTP server, Stripe faked at its HTTP
 boundary, the jobs run by a real Dramatiq worker on the stub broker, emails written to the
 .eml outbox. Every page is checked at 375 and 1280 px for horizontal overflow.
 """
@@ -35,7 +35,7 @@ def console(make_runtime, fake_stripe):  # noqa: F811
                            DASHBOARD_USER=USER, DASHBOARD_PASSWORD=PASSWORD)
     from werkzeug.serving import make_server
 
-    from worker.web import wsgi_app
+    from worker.web.app import wsgi_app
     httpd = make_server("127.0.0.1", 0, wsgi_app(runtime), threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

@@ -31,7 +31,7 @@ def server(redis_runtime):
     """The web process's whole WSGI app (Falcon + mounted dashboard) on a real HTTP server."""
     from werkzeug.serving import make_server
 
-    from worker.web import wsgi_app
+    from worker.web.app import wsgi_app
     httpd = make_server("127.0.0.1", 0, wsgi_app(redis_runtime), threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

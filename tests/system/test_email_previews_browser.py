@@ -10,10 +10,16 @@ import pytest
 from click.testing import CliRunner
 
 from worker.cli import main
-from worker.email_previews import (DECLINE_CODES, DECLINE_TEMPLATES, LOCALE_DECLINE_CODES, LOCALE_VARIANTS,
-                                   VARIANTS, preview_count)
-from worker.email_locale import SUPPORTED
-from worker.emails import TEMPLATES
+from worker.delivery.email_previews import (
+    DECLINE_CODES,
+    DECLINE_TEMPLATES,
+    LOCALE_DECLINE_CODES,
+    LOCALE_VARIANTS,
+    VARIANTS,
+    preview_count,
+)
+from worker.delivery.email_locale import SUPPORTED
+from worker.delivery.emails import TEMPLATES
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -142,7 +148,7 @@ def test_the_overflow_check_catches_a_page_wider_than_a_phone(tmp_path):
 
 
 def test_previews_cover_every_decline_group_with_its_advice(previews):
-    from worker.decline_reasons import ADVICE, group_of
+    from worker.delivery.decline_reasons import ADVICE, group_of
     for template in DECLINE_TEMPLATES:
         for code in DECLINE_CODES:
             text = (previews / template / f"{VARIANTS[0].name}-{code}.txt").read_text()

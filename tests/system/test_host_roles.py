@@ -15,8 +15,8 @@ from sqlalchemy import text
 
 from config.settings import ConfigError, load_settings
 from tests.support.services import base_env
-from worker.leadership import Leadership
-from worker.supervisor import supervise
+from worker.scheduling.leadership import Leadership
+from worker.queue.supervisor import supervise
 
 
 def test_on_postgresql_one_scheduler_leads_and_another_takes_over_when_it_goes(make_runtime):
@@ -119,7 +119,7 @@ def test_a_worker_host_consumes_only_its_queues_and_serves_its_own_metrics(tmp_p
                                       "--queues", "steps", "--processes", "1", "--threads", "2",
                                       "--no-supervise", "--metrics-port", str(port)],
                            METRICS_HOST="127.0.0.1")
-        from worker.broker import make_redis_broker
+        from worker.queue.broker import make_redis_broker
         from worker.runtime import setup
         runtime = setup(load_settings(svc.env()), make_redis_broker(svc.redis_url, svc.namespace))
         runtime.actors.process_event.send("evt_not_for_this_host")
@@ -146,7 +146,7 @@ def test_a_worker_host_consumes_only_its_queues_and_serves_its_own_metrics(tmp_p
 def test_a_due_case_already_queued_is_not_queued_again_before_its_lease_lapses(make_runtime, db):
     from datetime import timedelta
 
-    from handlers.steps import ENQUEUE_LEASE, enqueue_due_steps
+    from worker.scheduling.due_steps import ENQUEUE_LEASE, enqueue_due_steps
     from tests.support import dunning as fx
     runtime = make_runtime(db=db)
     fx.deliver(runtime, fx.failed("in_lease_1", created=fx.T0, customer="cus_lease_1"))
@@ -166,8 +166,8 @@ def test_a_pending_email_already_queued_is_not_swept_again_before_its_lease_laps
     from datetime import timedelta
 
     from tests.support import dunning as fx
-    from worker.email_delivery import ENQUEUE_LEASE, sweep_emails
-    from worker.clock import utcnow
+    from worker.delivery.email_delivery import ENQUEUE_LEASE, sweep_emails
+    from worker.pure.clock import utcnow
     fx.deliver(runtime, fx.failed("in_lease_2", created=fx.T0, customer="cus_lease_2"))
     runtime.broker.flush_all()                  # the message sent after commit was lost
     now = utcnow()

@@ -9,7 +9,7 @@ import textwrap
 import time
 
 from config.settings import PROJECT_ROOT
-from worker.supervisor import supervise
+from worker.queue.supervisor import supervise
 
 
 def script(tmp_path, body: str) -> list[str]:
@@ -40,7 +40,7 @@ def test_sigterm_is_forwarded_to_the_pool_and_nothing_is_restarted(tmp_path):
         time.sleep(60)
     """)
     runner = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(PROJECT_ROOT)!r}); "
-              f"from worker.supervisor import supervise; sys.exit(supervise({child!r}))"]
+              f"from worker.queue.supervisor import supervise; sys.exit(supervise({child!r}))"]
     proc = subprocess.Popen(runner)
     try:
         deadline = time.monotonic() + 20

@@ -18,7 +18,7 @@ from tests.support import dunning as fx
 from tests.support.fake_receivers import scripted_server
 from tests.support.dunning import DAY, T0, open_case
 from tests.support.helpers import post_event, rows
-from worker.web import create_app
+from worker.web.app import create_app
 
 SENDGRID_KEY = "SG.account-emails-test-key-0123456789"
 STEP_TEMPLATES = ["payment-failed", "reminder", "disruption-warning", "final-notice", "service-disrupted"]
@@ -122,7 +122,7 @@ def test_two_failing_invoices_of_one_customer_get_one_email_per_step_listing_bot
     # the second invoice's story (console, `dunning cases show`) shows the emails that covered it
     from sqlalchemy import select
 
-    from worker.db import about_case
+    from worker.infra.db import about_case
     emails_t, case_b = runtime.db.table("emails"), fx.case_of(runtime, "in_acct_b")
     with runtime.db.engine.connect() as conn:
         story = conn.execute(select(emails_t.c.template).where(about_case(emails_t, "in_acct_b", case_b["id"]))
@@ -186,8 +186,8 @@ def test_an_invoice_paid_at_stripe_is_dropped_from_the_list_and_its_case_ends(sq
 def test_a_held_email_whose_companion_step_does_not_come_goes_out_when_the_window_lapses(web_sendgrid):
     from datetime import timedelta
 
-    from worker.clock import utcnow
-    from worker.email_delivery import sweep_emails
+    from worker.pure.clock import utcnow
+    from worker.delivery.email_delivery import sweep_emails
 
     runtime, client, sendgrid = web_sendgrid
     post(runtime, client, failed_invoice("in_hold_a", 4900))

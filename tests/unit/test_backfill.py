@@ -134,7 +134,7 @@ def live_state(make_runtime, tmp_path, scenario):
     """The reference: every event delivered by the webhook and processed."""
     import falcon.testing
 
-    from worker.web import create_app
+    from worker.web.app import create_app
     live = make_runtime(DATABASE_URL=f"sqlite:///{tmp_path / 'live.sqlite3'}",
                         EMAIL_OUTBOX_DIR=str(tmp_path / "live-outbox"))
     client = falcon.testing.TestClient(create_app(live))

@@ -10,8 +10,8 @@ from sqlalchemy import update
 from tests.support import card_events as fc
 from tests.support.dunning import deliver
 from tests.support.helpers import drain, rows
-from worker.card_expiry import CURSOR, scan_expiring_cards
-from worker.scheduler import run_pass
+from worker.scheduling.card_expiry import CURSOR, scan_expiring_cards
+from worker.scheduling.scheduler import run_pass
 
 NOW = datetime(2026, 12, 3, 9, 0)  # the scan runs on 3 December 2026
 THIS_MONTH = (12, 2026)

@@ -9,7 +9,7 @@ import pytest
 from tests.support import card_events as fc
 from tests.support.dunning import DAY, T0, case_of, deliver, open_case, paid, subscription_deleted
 from tests.support.helpers import admin_client, drain, post_event, rows
-from worker.card_retries import run_retry
+from worker.stripe.card_retries import run_retry
 
 
 def new_card_events(pm_id: str = "pm_new", customer: str = "cus_owner", *, brand="mastercard", last4="5555"):
@@ -190,8 +190,8 @@ def test_without_a_stripe_key_the_retry_fails_visibly(make_runtime):
 def test_a_retry_whose_message_was_lost_is_sent_again_by_the_scheduler_sweep(sqlite_stripe_runtime, fake_stripe):
     from datetime import timedelta
 
-    from worker.clock import utcnow
-    from worker.stripe_jobs import sweep_stripe_jobs
+    from worker.pure.clock import utcnow
+    from worker.stripe.jobs import sweep_stripe_jobs
     runtime = sqlite_stripe_runtime
     setup_stripe(fake_stripe)
     open_case(runtime, fake_stripe, "in_dun")
@@ -207,8 +207,8 @@ def test_a_retry_whose_message_was_lost_is_sent_again_by_the_scheduler_sweep(sql
 def test_a_payment_link_request_whose_message_was_lost_is_sent_again(sqlite_stripe_runtime, fake_stripe):
     from datetime import timedelta
 
-    from worker.clock import utcnow
-    from worker.scheduler import run_pass
+    from worker.pure.clock import utcnow
+    from worker.scheduling.scheduler import run_pass
     runtime = sqlite_stripe_runtime
     open_case(runtime, fake_stripe, "in_lost")
     assert admin_client(runtime).simulate_post(

@@ -8,7 +8,7 @@ import falcon.testing
 
 from tests.support.dunning import DAY, T0, failed, paid, tick
 from tests.support.helpers import drain, post_event, rows
-from worker.log_context import ids_from_event_object
+from worker.observe.log_context import ids_from_event_object
 
 IDS = ("invoice_id", "customer_id", "case_id")
 
@@ -18,7 +18,7 @@ def json_lines(text: str) -> list[dict]:
 
 
 def test_every_line_about_a_case_names_its_invoice_customer_and_case(make_runtime, capsys, stripe_data):
-    from worker.web import create_app
+    from worker.web.app import create_app
     runtime = make_runtime()
     client = falcon.testing.TestClient(create_app(runtime))
     capsys.readouterr()

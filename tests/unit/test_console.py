@@ -14,7 +14,7 @@ from tests.support.fake_stripe import API_KEY
 from tests.support.dunning import DAY, T0, deliver, failed, paid
 from tests.support.dunning import open_case
 from tests.support.helpers import ADMIN_TOKEN, drain, rows
-from worker.clock import utcnow
+from worker.pure.clock import utcnow
 
 BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 HOSTILE = "<script>alert(1)</script>\"'\r\nX-Injected: yes"
@@ -22,7 +22,7 @@ CSRF_RE = re.compile(r'name="csrf" value="([0-9a-f]+)"')
 
 
 def app(runtime) -> falcon.testing.TestClient:
-    from worker.web import create_app
+    from worker.web.app import create_app
     return falcon.testing.TestClient(create_app(runtime))
 
 
@@ -192,7 +192,7 @@ def test_list_filters_by_state_disruption_window_and_unreachable_and_sorts(three
 
 @pytest.mark.parametrize("sort", ["opened", "amount", "disrupt"])
 def test_keyset_pages_cover_every_case_once_in_order(any_runtime, sort):
-    from worker.console_cases import CaseFilter, list_cases
+    from worker.console.cases import CaseFilter, list_cases
     runtime = any_runtime
     now = utcnow()
     for i in range(7):
@@ -344,7 +344,7 @@ def test_hostile_names_numbers_and_queries_are_escaped_on_every_page(runtime):
 
 # -- the recovery view ---------------------------------------------------------------------------
 def test_recovery_view_counts_rates_steps_medians_and_what_followed_emails(any_runtime):
-    from worker.console_recovery import compute
+    from worker.console.recovery import compute
     runtime = any_runtime
     now = utcnow().replace(microsecond=0)
     specs = [  # invoice, currency, state, opened days ago, days to recover
@@ -383,7 +383,7 @@ def test_recovery_view_counts_rates_steps_medians_and_what_followed_emails(any_r
 
 
 def test_the_recovery_snapshot_is_reused_until_stale(runtime):
-    from worker.console_recovery import SNAPSHOT_TTL, snapshot
+    from worker.console.recovery import SNAPSHOT_TTL, snapshot
     now = utcnow()
     first = snapshot(runtime, now=now)
     open_failed(runtime, "in_after")
@@ -391,7 +391,7 @@ def test_the_recovery_snapshot_is_reused_until_stale(runtime):
     fresh = snapshot(runtime, now=now + SNAPSHOT_TTL + timedelta(seconds=1))
     assert fresh != first and fresh["windows"]["7"]["currencies"]["usd"]["opened"] == 1
     # The page shows a stale snapshot at once and recomputes it in the background.
-    from worker import console_recovery
+    from worker.console import recovery as console_recovery
     later = now + SNAPSHOT_TTL * 3
     assert snapshot(runtime, now=later, background=True) == fresh
     with console_recovery._refreshing:  # the background refresh has finished
@@ -404,7 +404,7 @@ def test_the_recovery_snapshot_is_reused_until_stale(runtime):
 
 
 def test_the_weekly_chart_is_drawn_from_numbers_only():
-    from worker.console_web import weekly_chart
+    from worker.console.web import weekly_chart
     svg = str(weekly_chart([{"starts": "2026-11-01T00:00:00Z", "failed": 10, "recovered": 4},
                             {"starts": "2026-11-08T00:00:00Z", "failed": 0, "recovered": 0}]))
     assert svg.startswith("<svg") and svg.count("<rect") == 4 and "failed: 10" in svg and "recovered: 4" in svg

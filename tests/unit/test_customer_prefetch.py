@@ -20,9 +20,9 @@ from tests.support.fake_stripe import FakeStripe, FakeStripeServer, Recorded, _e
 from tests.support.dunning import DAY, T0, case_of, emails, failed, tick
 from tests.support.dunning import _store_and_process as deliver  # these customers are unknown on purpose
 from tests.support.helpers import make_event, rows
-from worker import customer_prefetch
-from worker.processing import process_event
-from worker.stripe_api import StripeUnavailable
+from worker.intake import customer_prefetch
+from worker.intake.processing import process_event
+from worker.stripe.gateway import StripeUnavailable
 
 API_KEY = "sk_test_x"
 OWNER = "owner@platform.example"  # the platform's owner of record, in customer metadata

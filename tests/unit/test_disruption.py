@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from tests.support import dunning as fx
 from tests.support.dunning import DAY, T0, at, case_of, deliver, emails, ended, failed, notices, paid, templates, tick
 from tests.support.helpers import post_event, rows
-from worker.clock import to_unix
-from worker.email_context import format_day
-from worker.web import create_app
+from worker.pure.clock import to_unix
+from worker.delivery.email_context import format_day
+from worker.web.app import create_app
 
 
 def post(runtime, client, evt: dict) -> None:

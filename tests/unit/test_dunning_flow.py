@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from handlers import subscriptions
-from handlers.context import HandlerContext, StripeEvent
+from handlers.context import StripeEvent
 from tests.support import card_events as fc
 from tests.support import dunning as fx
 from tests.support.dunning import (
@@ -31,8 +31,9 @@ from tests.support.dunning import (
     tick,
 )
 from tests.support.helpers import post_event, rows
-from worker.clock import utcnow
-from worker.web import create_app
+from worker.infra.unit_of_work import context_in
+from worker.pure.clock import utcnow
+from worker.web.app import create_app
 
 STEP_TEMPLATES = ["payment-failed", "reminder", "disruption-warning", "final-notice", "service-disrupted"]
 
@@ -296,8 +297,8 @@ def test_shuffled_triplicated_events_on_concurrent_workers_give_the_emails_of_on
     """PostgreSQL, 8 worker threads: every event delivered 3 times in random order, ticks enqueued 3 times."""
     import random
 
-    from handlers.steps import enqueue_due_steps
-    from worker.event_store import parse_envelope, store_event
+    from worker.scheduling.due_steps import enqueue_due_steps
+    from worker.intake.event_store import parse_envelope, store_event
     runtime = make_runtime(db="postgres")
     rng = random.Random(7)
     invoices = [f"in_conc_{n:03d}" for n in range(30)]
@@ -332,7 +333,7 @@ def test_shuffled_triplicated_events_on_concurrent_workers_give_the_emails_of_on
     assert {e["status"] for e in rows(runtime, "events")} == {"processed"}
     from sqlalchemy import select
 
-    from worker.db import about_case
+    from worker.infra.db import about_case
     emails_t = runtime.db.table("emails")
     for inv in invoices:
         expected = (["payment-failed", "reminder", "payment-received"] if inv in paid_later else STEP_TEMPLATES)
@@ -371,7 +372,7 @@ def test_on_postgres_a_failure_racing_the_deletion_of_its_subscription_waits_for
     outcome: dict = {}
 
     with runtime.db.transaction() as conn:  # the deletion's transaction, not committed yet
-        ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow(), event=deletion)
+        ctx = context_in(runtime=runtime, conn=conn, now=utcnow(), event=deletion)
         subscriptions.deleted(ctx, deletion)  # no case yet: nothing to void
         failure = failed(created=T0)  # built here: a payload missing from ../shared skips, not in a thread
         racer = threading.Thread(target=lambda: outcome.update(status=deliver(runtime, failure)))

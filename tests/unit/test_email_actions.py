@@ -8,11 +8,11 @@ from datetime import datetime
 import pytest
 
 from config.settings import ConfigError, load_settings
-from worker.decline_reasons import (ADVICE, AUTHENTICATION_REQUIRED, DECLINE_GROUPS, DO_NOT_HONOR,
+from worker.delivery.decline_reasons import (ADVICE, AUTHENTICATION_REQUIRED, DECLINE_GROUPS, DO_NOT_HONOR,
                                     EXPIRED_CARD, GROUPS, INSUFFICIENT_FUNDS, LOST_OR_STOLEN,
                                     PROCESSING_ERROR, group_of)
-from worker.email_context import CARD_UPDATE_PATH, build_context
-from worker.emails import render
+from worker.delivery.email_context import CARD_UPDATE_PATH, build_context
+from worker.delivery.emails import render
 
 PORTAL = "https://app.example.com/plans/{customer}/billing?sub={subscription}"
 
@@ -193,7 +193,7 @@ def test_a_file_in_email_templates_dir_replaces_the_builtin_reminder_subject_onl
 
 
 def test_reply_to_is_set_from_email_reply_to(tmp_path):
-    from worker.email_delivery import OutgoingEmail, build_mime
+    from worker.delivery.email_delivery import OutgoingEmail, build_mime
     email = OutgoingEmail(id="em_1", template="reminder", recipient="ada@example.com", subject="s", text="t",
                           html="<p>h</p>", invoice_id="in_1", customer_id="cus_1", case_id="dc_1",
                           created_at=datetime(2026, 12, 1))
@@ -300,7 +300,7 @@ def _policy_raw() -> dict:
 
 
 def test_deadlines_are_date_time_and_zone_in_the_owners_time_zone():
-    from worker.email_time import owner_timezone
+    from worker.pure.email_time import owner_timezone
     from handlers.policy import parse_policy
     policy = parse_policy({**_policy_raw(), "emails": {"timezone_metadata_key": "tz",
                                                       "default_timezone": "America/Los_Angeles"}})

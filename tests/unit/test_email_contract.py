@@ -1,4 +1,4 @@
-"""The email contract (worker/email_contract.py): the templates are the folders, each reads exactly
+"""The email contract (worker/delivery/email_contract.py): the templates are the folders, each reads exactly
 what it declares, each sender's `extra` has the declared shape, and an email-only step is a folder
 and one line in the policy."""
 
@@ -10,12 +10,12 @@ import pytest
 from tests.support import dunning as fx
 from tests.support.dunning import DAY, T0
 from tests.support.helpers import post_event
-from worker import email_contract
-from worker.email_context import build_context
-from worker.email_contract import ContractError, check_extra, check_template, declared_variables
-from worker.email_previews import VARIANTS, extra_for, rows_for
-from worker.emails import TEMPLATES, TEMPLATES_DIR, environment, render, template_names
-from worker.web import create_app
+from worker.delivery import email_contract
+from worker.delivery.email_context import build_context
+from worker.delivery.email_contract import ContractError, check_extra, check_template, declared_variables
+from worker.delivery.email_previews import VARIANTS, extra_for, rows_for
+from worker.delivery.emails import TEMPLATES, TEMPLATES_DIR, environment, render, template_names
+from worker.web.app import create_app
 
 
 def write_template(root, name, subject="Hello {{ owner_name }}", text="{% extends \"_base.txt\" %}",
@@ -98,7 +98,7 @@ def test_a_sender_passing_an_undeclared_extra_key_fails_in_its_transaction(runti
     from handlers import dedupe_keys
     from tests.support.delivery import in_handler, seed_case
     from tests.support.helpers import rows
-    from worker import outbox
+    from worker.delivery import outbox
     seed_case(runtime)
     with pytest.raises(ContractError):
         in_handler(runtime, lambda ctx: outbox.add_case_email(

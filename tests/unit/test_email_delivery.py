@@ -14,16 +14,16 @@ from handlers import dedupe_keys
 from tests.support.delivery import in_handler, seed_case
 from tests.support.fake_receivers import scripted_server
 from tests.support.helpers import drain, rows
-from worker import outbox
-from worker.clock import utcnow
-from worker.email_delivery import SendGridSender, deliver_email, sweep_emails
+from worker.delivery import outbox
+from worker.pure.clock import utcnow
+from worker.delivery.email_delivery import SendGridSender, deliver_email, sweep_emails
 
 SENDGRID_KEY = "SG.test-key-for-the-suite"
 
 
 def queue(runtime, template="payment-failed", case_id="dc_test_1", key=dedupe_keys.step_email("dc_test_1", 0),
           extra=None):
-    return in_handler(runtime, lambda ctx: outbox.add_case_email(ctx, template, case_id, key, extra))
+    return in_handler(runtime, lambda ctx: ctx.effects.case_email(ctx, template, case_id, key, extra))
 
 
 def parse_eml(path):
@@ -111,13 +111,13 @@ def test_a_row_being_sent_is_not_taken_by_a_second_worker(runtime):
 
 def test_the_sweeper_picks_up_an_email_whose_message_was_lost(runtime):
     seed_case(runtime)
-    in_handler(runtime, lambda ctx: outbox.add_case_email(ctx, "reminder", "dc_test_1",
+    in_handler(runtime, lambda ctx: ctx.effects.case_email(ctx, "reminder", "dc_test_1",
                                                                   dedupe_keys.step_email("dc_test_1", 1)))
     runtime.broker.flush_all()  # the broker lost the message
     assert sweep_emails(runtime, utcnow()) == 0  # queued at commit: not again before the lease lapses
     from datetime import timedelta
 
-    from worker.email_delivery import ENQUEUE_LEASE
+    from worker.delivery.email_delivery import ENQUEUE_LEASE
     assert sweep_emails(runtime, utcnow() + ENQUEUE_LEASE + timedelta(seconds=1)) == 1
     drain(runtime)
     assert rows(runtime, "emails")[0]["status"] == "sent"
@@ -149,7 +149,7 @@ def test_an_unknown_template_is_a_programming_error(runtime):
 def test_customer_emails_without_a_case_carry_none_for_the_invoice(runtime):
     seed_case(runtime)
     extra = {"card": {"brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2026}}
-    email_id = in_handler(runtime, lambda ctx: outbox.add_customer_email(
+    email_id = in_handler(runtime, lambda ctx: ctx.effects.customer_email(
         ctx, "card-expiring", "cus_test_1",
         dedupe_keys.card_expiring("cus_test_1", {"payment_method_id": "pm_1", **extra["card"]}), extra))
     drain(runtime)
@@ -271,7 +271,7 @@ def test_only_one_plain_address_is_accepted_as_a_recipient(address, ok):
 
 
 def test_the_message_builder_refuses_a_line_break_in_any_header():
-    from worker.email_delivery import OutgoingEmail, build_mime, header_value
+    from worker.delivery.email_delivery import OutgoingEmail, build_mime, header_value
     assert header_value("a\r\nBcc: x@example.com\x00") == "a Bcc: x@example.com"
     email = OutgoingEmail(id="em_1", template="reminder", recipient="owner@example.com\nBcc: x@example.com",
                           subject="s", text="t", html="<p>h</p>", invoice_id="in_1", customer_id="cus_1",
@@ -281,7 +281,7 @@ def test_the_message_builder_refuses_a_line_break_in_any_header():
 
 
 def test_an_email_interrupted_again_and_again_for_days_is_failed_not_retried_forever(runtime):
-    from worker.email_delivery import MIN_ATTEMPTS
+    from worker.delivery.email_delivery import MIN_ATTEMPTS
     seed_case(runtime)
     email_id = queue(runtime)
     runtime.broker.flush_all()
@@ -300,7 +300,7 @@ def test_a_rolled_back_decision_leaves_no_email_and_sends_nothing(runtime):
     seed_case(runtime)
 
     def decide_then_fail(ctx):
-        assert outbox.add_case_email(ctx, "reminder", "dc_test_1", dedupe_keys.step_email("dc_test_1", 1))
+        assert ctx.effects.case_email(ctx, "reminder", "dc_test_1", dedupe_keys.step_email("dc_test_1", 1))
         raise RuntimeError("the handler failed after deciding")
 
     with pytest.raises(RuntimeError):

@@ -12,9 +12,15 @@ from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
 
 from config.settings import PROJECT_ROOT
-from worker.email_context import build_context, format_deadline
-from worker.email_locale import SUPPORTED, catalogue_path, choose_locale, default_locale, owner_locale
-from worker.emails import TEMPLATES, render
+from worker.delivery.email_context import build_context, format_deadline
+from worker.delivery.email_locale import (
+    SUPPORTED,
+    catalogue_path,
+    choose_locale,
+    default_locale,
+    owner_locale,
+)
+from worker.delivery.emails import TEMPLATES, render
 
 TRANSLATED = [locale for locale in SUPPORTED if locale != "en"]
 PLACEHOLDER = re.compile(r"%\((\w+)\)s")
@@ -39,8 +45,8 @@ def msgids():
 
 def test_the_extracted_strings_cover_the_templates_and_the_decline_advice(msgids):
     assert "What happens next" in msgids and "Your %(card)s has expired: payment failed for %(what)s" in msgids
-    assert "The card has expired or its details are out of date." in msgids  # worker/decline_reasons.py
-    assert "%(brand)s ending in %(last4)s" in msgids  # worker/email_context.py
+    assert "The card has expired or its details are out of date." in msgids  # worker/delivery/decline_reasons.py
+    assert "%(brand)s ending in %(last4)s" in msgids  # worker/delivery/email_context.py
 
 
 @pytest.mark.parametrize("locale", TRANSLATED)
@@ -144,7 +150,7 @@ def test_every_template_renders_in_every_locale_without_english_headings(templat
 ])
 def test_an_account_emails_list_of_unpaid_invoices_is_in_the_owners_language(locale, heading, total):
     """Issue 14's list (templates/emails/_invoices.*) is worded and punctuated like the rest of the email."""
-    from worker.account_emails import format_total
+    from worker.delivery.account_emails import format_total
     listed = [{"invoice_id": f"in_{n}", "number": f"ABC-000{n}", "amount": f"{n} EUR", "url": None} for n in (1, 2)]
     context = build_context(case=CASE, invoice=INVOICE, customer={"id": "cus_1", "name": "Ada"}, locale=locale,
                             tz="Europe/Berlin",

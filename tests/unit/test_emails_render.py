@@ -9,8 +9,8 @@ from email.parser import HeaderParser
 import pytest
 from jinja2 import UndefinedError
 
-from worker.email_context import CARD_UPDATE_PATH, build_context
-from worker.emails import TEMPLATES, TEMPLATES_DIR, environment, render
+from worker.delivery.email_context import CARD_UPDATE_PATH, build_context
+from worker.delivery.emails import TEMPLATES, TEMPLATES_DIR, environment, render
 
 HOSTILE_NAME = "Ada <script>alert('x')</script>\nBcc: victim@example.com"
 LONG_TEXT = "Your card was declined because " + "x" * 10_000

@@ -43,7 +43,7 @@ class FakeSentry(FakeHTTPServer):
 def sentry():
     import sentry_sdk
 
-    from worker import error_tracking
+    from worker.observe import error_tracking
     fake = FakeSentry()
     yield fake
     sentry_sdk.get_client().close(timeout=2)

@@ -11,11 +11,11 @@ from config.settings import load_settings
 from handlers import registry
 from tests.support.services import base_env
 from tests.support.helpers import drain, make_event, post_event, rows
-from worker.broker import make_redis_broker
-from worker.clock import utcnow
-from worker.reconciler import reconcile
+from worker.queue.broker import make_redis_broker
+from worker.pure.clock import utcnow
+from worker.intake.reconciler import reconcile
 from worker.runtime import setup
-from worker.web import create_app
+from worker.web.app import create_app
 
 
 def fast_retries(broker, max_retries: int = 2) -> None:
@@ -44,7 +44,7 @@ def test_a_failing_handler_leaves_the_event_failed_with_its_error_and_replay_pro
     assert event["attempts"] > 1  # retried before being dead-lettered
 
     monkeypatch.undo()
-    from worker.event_store import requeue_events
+    from worker.intake.event_store import requeue_events
     assert requeue_events(runtime, None) == ["evt_fail_1"]
     drain(runtime)
     assert rows(runtime, "events")[0]["status"] == "processed"
@@ -52,7 +52,7 @@ def test_a_failing_handler_leaves_the_event_failed_with_its_error_and_replay_pro
 
 
 def test_the_reconciler_enqueues_events_the_broker_lost(runtime):
-    from worker.event_store import parse_envelope, store_event
+    from worker.intake.event_store import parse_envelope, store_event
     import json
     envelope = parse_envelope(json.dumps(customer_event("evt_lost_1")))
     assert store_event(runtime.db, envelope, known_type=True)  # stored, never enqueued
@@ -64,7 +64,7 @@ def test_the_reconciler_enqueues_events_the_broker_lost(runtime):
 
 
 def test_processing_twice_is_harmless(runtime):
-    from worker.processing import process_event
+    from worker.intake.processing import process_event
     client = falcon.testing.TestClient(create_app(runtime))
     post_event(client, customer_event("evt_twice"))
     assert process_event(runtime, "evt_twice") == "processed"
@@ -75,7 +75,7 @@ def test_processing_twice_is_harmless(runtime):
 
 def test_with_the_database_down_the_webhook_answers_503_so_stripe_retries(tmp_path):
     env = base_env(tmp_path, DATABASE_URL="postgresql://postgres@127.0.0.1:1/nothing")
-    from worker.broker import make_stub_broker
+    from worker.queue.broker import make_stub_broker
     rt = setup(load_settings(env), make_stub_broker())
     client = falcon.testing.TestClient(create_app(rt))
     resp = post_event(client, customer_event("evt_db_down"))

@@ -1,5 +1,5 @@
 """SendGrid and platform notices go over one pooled keep-alive connection per host, with the
-timeouts kept (worker/http_pool.py): a fake server at the HTTP boundary counts connections."""
+timeouts kept (worker/infra/http_pool.py): a fake server at the HTTP boundary counts connections."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 import pytest
 
 from tests.support.http_fake import FakeHandler, FakeHTTPServer
-from worker.email_delivery import OutgoingEmail, SendGridSender, TransientSendError
-from worker.notices import DeliveryFailed, post_notice
+from worker.delivery.email_delivery import OutgoingEmail, SendGridSender, TransientSendError
+from worker.delivery.notices import DeliveryFailed, post_notice
 
 KEY = "SG.pool-test-key-0123456789abcdef"
 SECRET = "platform-notice-secret-0123456789abcdef"

@@ -3,7 +3,7 @@
 metric_counts is moved by triggers in the statement that writes a counted row; these tests run
 real work (webhooks twice, failures and replays, the schedule, recovery, a rollback, an erasure,
 a prune, concurrent writers, bulk statements) and compare the stored counts with the tables
-grouped (worker.metric_counts.expected_counts), then check that a scrape's statements never
+grouped (worker.observe.metric_counts.expected_counts), then check that a scrape's statements never
 scan events, cases or the outboxes, and are the same statements at 10 rows and at 40,000.
 """
 
@@ -21,9 +21,9 @@ from sqlalchemy import text
 from handlers import registry
 from tests.support.dunning import DAY, T0, failed, know_owner, paid, tick
 from tests.support.helpers import drain, make_event, post_event, rows
-from worker.clock import utcnow
-from worker.metric_counts import expected_counts, stored_counts
-from worker.web import create_app
+from worker.pure.clock import utcnow
+from worker.observe.metric_counts import expected_counts, stored_counts
+from worker.web.app import create_app
 
 COUNTED = ("events", "cases", "case_transitions", "emails", "platform_notices", "payment_links", "card_retries")
 
@@ -68,7 +68,7 @@ def test_counts_equal_the_tables_through_duplicates_failures_replays_steps_recov
     assert count(stored, "events", "invoice.payment_failed") == 1
     assert count(stored, "cases", "failing") == 1
 
-    from worker.processing import process_event
+    from worker.intake.processing import process_event
     process_event(runtime, failure["id"])  # processed again (a redelivered message): nothing moves
     assert counts_of(runtime)[0] == stored
 
@@ -83,7 +83,7 @@ def test_counts_equal_the_tables_through_duplicates_failures_replays_steps_recov
     stored = assert_counts_match(runtime, "after a handler failed and was retried")
     assert count(stored, "events", "customer.updated", "webhook", "failed") == 1
     monkeypatch.undo()
-    from worker.event_store import requeue_events
+    from worker.intake.event_store import requeue_events
     assert requeue_events(runtime, None) == ["evt_counts_broken"]  # the replay
     drain(runtime)
     stored = assert_counts_match(runtime, "after the replay")
@@ -108,11 +108,11 @@ def test_counts_equal_the_tables_through_duplicates_failures_replays_steps_recov
             raise RuntimeError("crash")
     assert counts_of(runtime)[0] == stored
 
-    from worker.erasure import erase_customer
+    from worker.privacy.erasure import erase_customer
     erase_customer(runtime, "cus_counts", requested_by="test", reason="a test erasure")
     assert_counts_match(runtime, "after an erasure")
 
-    from worker.retention import prune
+    from worker.privacy.retention import prune
     removed = prune(runtime, utcnow() + timedelta(days=420))
     assert removed.get("events", 0) > 0 and removed.get("cases", 0) == 1
     stored = assert_counts_match(runtime, "after a prune deleted the closed case and old events")
@@ -159,7 +159,7 @@ def test_concurrent_writers_keep_the_counts_exact(make_runtime):
 # -- what a scrape costs -------------------------------------------------------------------------
 def refresh_statements(runtime) -> list[tuple[str, object]]:
     """The statements (and parameters) one read of the domain figures sends to the database."""
-    from worker.metrics import DomainCollector
+    from worker.observe.metrics import DomainCollector
     runtime.db.tables  # reflected before capturing
     seen: list[tuple[str, object]] = []
 

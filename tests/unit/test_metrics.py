@@ -9,8 +9,8 @@ import pytest
 
 from tests.support.dunning import DAY, T0, failed, paid, tick
 from tests.support.helpers import drain, post_event
-from worker.clock import utcnow
-from worker.ids import new_id
+from worker.pure.clock import utcnow
+from worker.pure.ids import new_id
 from tests.support.metrics import scrape, total, value
 
 
@@ -29,7 +29,7 @@ def any_runtime(make_runtime, request):
 
 @pytest.fixture
 def metrics_client(any_runtime):
-    from worker.web import create_app
+    from worker.web.app import create_app
     return falcon.testing.TestClient(create_app(any_runtime))
 
 
@@ -121,7 +121,7 @@ def test_outcomes_of_links_and_card_retries_are_counted(any_runtime, metrics_cli
 def test_metrics_directory_is_under_var_and_shared_by_every_process(runtime):
     import os
 
-    from worker import metrics
+    from worker.observe import metrics
     path = metrics.current_dir()
     assert path is not None and path.is_dir()
     assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(path)
@@ -134,7 +134,7 @@ def test_metrics_directory_is_under_var_and_shared_by_every_process(runtime):
 def test_broker_middleware_has_no_exposition_server_and_is_added_once(runtime):
     from dramatiq.middleware.prometheus import Prometheus
 
-    from worker import metrics
+    from worker.observe import metrics
     installed = [m for m in runtime.broker.middleware if isinstance(m, Prometheus)]
     assert len(installed) == 1 and installed[0].forks == []
     metrics.install_broker_middleware(runtime.broker, runtime.settings)
@@ -145,8 +145,8 @@ def test_a_database_outage_still_serves_metrics_and_says_the_database_is_down(ru
     from prometheus_client.core import CollectorRegistry
     from prometheus_client.exposition import generate_latest
 
-    from worker.db import Database
-    from worker.metrics import DomainCollector
+    from worker.infra.db import Database
+    from worker.observe.metrics import DomainCollector
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DomainCollector(Database("postgresql+psycopg://nobody@127.0.0.1:1/none")))
     text = generate_latest(registry).decode()

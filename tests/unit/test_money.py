@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from worker.money import currency_name, exponent, format_amount, format_amount_with_code, to_major
+from worker.pure.money import currency_name, exponent, format_amount, format_amount_with_code, to_major
 
 
 @pytest.mark.parametrize("currency, expected", [

@@ -15,10 +15,10 @@ from sqlalchemy import update
 from tests.support.delivery import in_handler, seed_case
 from tests.support.fake_receivers import free_port, scripted_server
 from tests.support.helpers import drain, rows
-from worker import outbox
-from worker.clock import to_unix, utcnow
-from worker.notices import MIN_ATTEMPTS, SIGNATURE_HEADER, deliver_account_notices, sweep_notices
-from worker.signatures import SignatureError, verify_stripe_signature
+from worker.delivery import outbox
+from worker.pure.clock import to_unix, utcnow
+from worker.delivery.notices import MIN_ATTEMPTS, SIGNATURE_HEADER, deliver_account_notices, sweep_notices
+from worker.intake.signatures import SignatureError, verify_stripe_signature
 
 SECRET = "whsec_cGxhdGZvcm0tc2VjcmV0LWtleS1mb3ItdGhlLXRlc3Rz"  # whsec_<base64>, as Standard Webhooks writes it
 TYPES = ("service.disruption_scheduled", "service.disrupted", "service.restored")
@@ -60,10 +60,10 @@ def notice_runtime(make_runtime, url: str | None, db: str = "sqlite"):
 
 
 def add(runtime, kind: str, ids: dict, discriminator: str = "1"):
-    return in_handler(runtime, lambda ctx: outbox.add_notice(
-        ctx, kind, ids["account_id"], f"notice:{ids['account_id']}:{kind}:{discriminator}",
-        case_id=ids["case_id"], invoice_id=ids["invoice_id"], customer_id=ids["customer_id"],
-        subscription_id=ids["subscription_id"], disrupt_at=DISRUPT_AT))
+    return in_handler(runtime, lambda ctx: ctx.effects.notice(
+         ctx, kind, ids["account_id"], f"notice:{ids['account_id']}:{kind}:{discriminator}",
+         case_id=ids["case_id"], invoice_id=ids["invoice_id"], customer_id=ids["customer_id"],
+         subscription_id=ids["subscription_id"], disrupt_at=DISRUPT_AT))
 
 
 def settle(runtime, rounds: int = 12) -> None:
@@ -206,12 +206,12 @@ def test_concurrent_deliveries_for_one_account_send_each_notice_once(make_runtim
         ids = seed_case(runtime)
         runtime.db.tables
         with runtime.db.transaction() as conn:  # three notices, committed without their nudges
-            from handlers.context import HandlerContext
-            ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow())
+            from worker.infra.unit_of_work import context_in
+            ctx = context_in(runtime=runtime, conn=conn, now=utcnow())
             for kind in TYPES:
-                outbox.add_notice(ctx, kind, ids["account_id"], f"k:{kind}", case_id=ids["case_id"],
-                                  invoice_id=ids["invoice_id"], customer_id=ids["customer_id"],
-                                  subscription_id=ids["subscription_id"], disrupt_at=None)
+                ctx.effects.notice(ctx, kind, ids["account_id"], f"k:{kind}", case_id=ids["case_id"],
+                                   invoice_id=ids["invoice_id"], customer_id=ids["customer_id"],
+                                   subscription_id=ids["subscription_id"], disrupt_at=None)
         threads = [threading.Thread(target=deliver_account_notices, args=(runtime, ids["account_id"]))
                    for _ in range(4)]
         for thread in threads:

@@ -20,8 +20,8 @@ from tests.support.dunning import DAY, T0, case_of, deliver, failed
 from tests.support.dunning import open_case
 from tests.support.helpers import admin_client
 from tests.support.helpers import drain, post_event, rows
-from worker.clock import to_unix, utcnow
-from worker.email_context import format_day
+from worker.pure.clock import to_unix, utcnow
+from worker.delivery.email_context import format_day
 
 
 def _notice_bodies(runtime, type_: str | None = None) -> list[dict]:
@@ -131,7 +131,7 @@ def test_a_disruption_waits_for_the_warning_to_be_delivered(any_runtime):
     runtime = any_runtime
     deliver(runtime, failed("in_slow", created=T0))
     fx.tick(runtime, T0 + 3 * DAY)
-    from handlers.steps import enqueue_due_steps
+    from worker.scheduling.due_steps import enqueue_due_steps
     enqueue_due_steps(runtime, fx.at(T0 + 7 * DAY))
     fx.drain_queues(runtime, ("steps",))  # the warning is queued but not delivered
     enqueue_due_steps(runtime, fx.at(T0 + 14 * DAY))
@@ -161,7 +161,7 @@ def test_an_owner_without_an_address_gets_no_mail_is_held_and_announced_to_the_p
     assert [c["invoice_id"] for c in json.loads(listed.output)] == ["in_nomail"]
     stats = cli.invoke(main, ["stats", "--json"], env=_cli_env(runtime))
     assert json.loads(stats.output)["owner_unreachable_cases"] == 1
-    from worker.metrics import render
+    from worker.observe.metrics import render
     assert b"dunning_cases_owner_unreachable 1.0" in render(runtime)[0]
 
     released = cli.invoke(main, ["cases", "release", "in_nomail", "--by", "ops@example.com",
@@ -254,13 +254,13 @@ def test_at_most_three_immediate_retries_per_invoice_a_day(stripe_runtime, fake_
 # -- 7. re-drive what failed transiently; fail fast what never will ------------------------------
 def test_events_failed_while_stripe_answered_503_for_two_hours_end_processed_without_an_operator(
         stripe_runtime, fake_stripe):
-    from worker.processing import process_event
-    from worker.reconciler import exhausted_count, redrive_failed
+    from worker.intake.processing import process_event
+    from worker.intake.reconciler import exhausted_count, redrive_failed
     runtime = stripe_runtime
     fake_stripe.add_customer("cus_test_1")
     fake_stripe.unavailable = True
     evts = [failed(f"in_out{n}", created=T0 + n, subscription=f"sub_out{n}") for n in range(3)]
-    from worker.event_store import parse_envelope, store_event
+    from worker.intake.event_store import parse_envelope, store_event
     for evt in evts:
         store_event(runtime.db, parse_envelope(json.dumps(evt)), known_type=True)
         with pytest.raises(Exception):
@@ -312,9 +312,9 @@ def _redrive(runtime, moment, redrive_failed) -> list[str]:
 def test_a_signed_event_with_a_value_of_the_wrong_form_fails_on_its_first_try_with_a_one_line_reason(
         any_runtime, change):
     from handlers.context import PermanentEventError
-    from worker.event_store import parse_envelope, store_event
-    from worker.processing import process_event
-    from worker.reconciler import redrive_failed
+    from worker.intake.event_store import parse_envelope, store_event
+    from worker.intake.processing import process_event
+    from worker.intake.reconciler import redrive_failed
     evt = failed("in_bad", created=T0)
     evt["data"]["object"].update(change)
     body = json.dumps(evt)
@@ -330,9 +330,9 @@ def test_a_signed_event_with_a_value_of_the_wrong_form_fails_on_its_first_try_wi
 
 def test_a_year_10000_created_fails_permanently_at_once(any_runtime):
     from handlers.context import PermanentEventError
-    from worker.event_store import parse_envelope, store_event
-    from worker.processing import process_event
-    from worker.event_store import InvalidEvent
+    from worker.intake.event_store import parse_envelope, store_event
+    from worker.intake.processing import process_event
+    from worker.intake.event_store import InvalidEvent
     with pytest.raises(InvalidEvent, match="created"):  # the envelope's own created: refused at the door (400)
         parse_envelope(json.dumps(failed("in_future_envelope", created=253402300800)))
     evt = failed("in_future", created=T0, next_payment_attempt=253402300800)  # a signed value inside the object
@@ -344,6 +344,6 @@ def test_a_year_10000_created_fails_permanently_at_once(any_runtime):
 
 
 def test_stripe_api_key_is_what_turns_verification_on(make_runtime):
-    from handlers.verification import enabled
+    from worker.stripe.case_facts import enabled
     assert not enabled(make_runtime())
     assert enabled(make_runtime(STRIPE_API_KEY=API_KEY))

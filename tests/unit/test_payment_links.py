@@ -14,8 +14,8 @@ from tests.support import card_events as fc
 from tests.support.fake_stripe import API_KEY
 from tests.support.dunning import case_of, deliver, failed, open_case
 from tests.support.helpers import admin_client, bearer, drain, rows
-from worker.clock import utcnow
-from worker.payment_links import create_link
+from worker.pure.clock import utcnow
+from worker.stripe.payment_links import create_link
 
 HOSTED = "https://invoice.stripe.com/i/acct_test/test_"
 
@@ -112,7 +112,7 @@ def test_a_crash_after_stripe_answered_is_repaired_by_the_retried_job_without_a_
     request_id = ask(admin_client(runtime), {"invoice": "in_crash"}).json["id"]
     # The worker called Stripe then died before its commit: simulate by running the Stripe call
     # with the job's key first, the job then runs from scratch.
-    from worker.stripe_api import gateway
+    from worker.stripe.gateway import gateway
     gateway(runtime).offer_payment_methods("in_crash", ["card"], "usd", f"dunning-payment-link:{request_id}")
     drain(runtime)
     assert fake_stripe.applied.count(("invoices.update", "in_crash")) == 1

@@ -35,7 +35,7 @@ def test_the_shipped_default_is_day_0_3_7_12_14_with_disruption_on_day_14():
 
 
 def test_every_shipped_step_names_an_existing_template():
-    from worker.emails import TEMPLATES
+    from worker.delivery.emails import TEMPLATES
     for schedule in load_policy(DEFAULT).schedules.values():
         assert {s.email for s in schedule.steps} <= set(TEMPLATES)
 
@@ -129,7 +129,7 @@ TYPO_POLICY = ('[schedules.default]\ndisrupt_after_days = 14\nsteps = [\n  { day
 
 
 def test_a_step_naming_no_template_stops_the_policy_with_one_line_naming_the_step_and_the_templates():
-    from worker.emails import TEMPLATES
+    from worker.delivery.emails import TEMPLATES
     raw = {"schedules": {"default": {"disrupt_after_days": 14,
                                      "steps": steps((0, "payment-failed"), (3, "remider"))}}}
     with pytest.raises(PolicyError) as caught:
@@ -149,7 +149,7 @@ def test_the_service_start_up_refuses_a_misspelt_step_email(make_runtime, tmp_pa
 
 
 def test_a_step_may_name_a_template_folder_of_email_templates_dir(tmp_path):
-    from worker.emails import template_names
+    from worker.delivery.emails import template_names
     folder = tmp_path / "courtesy-call"
     folder.mkdir()
     for part in ("subject.txt", "body.txt", "body.html"):

@@ -8,9 +8,9 @@ import itertools
 import pytest
 
 from handlers import dunning
-from handlers.context import HandlerContext
+from worker.infra.unit_of_work import context_in
 from tests.support.helpers import rows
-from worker.clock import utcnow
+from worker.pure.clock import utcnow
 
 ALL_PAIRS = list(itertools.product(dunning.STATES, dunning.TRIGGERS))
 
@@ -30,7 +30,7 @@ def insert_case(runtime, state: str, case_id: str = "dc_test_1") -> dict:
 
 def apply_in_transaction(runtime, case_id: str, trigger: str, **kwargs) -> dict:
     with runtime.db.transaction() as conn:
-        ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow())
+        ctx = context_in(runtime=runtime, conn=conn, now=utcnow())
         case = dunning.lock_case(ctx, case_id=case_id)
         return dunning.apply(ctx, case, trigger, **kwargs)
 
@@ -80,7 +80,7 @@ def test_a_write_based_on_a_stale_version_is_refused_and_rolled_back(runtime):
     stale = {**case, "version": case["version"] - 1}
     with pytest.raises(dunning.StaleCase):
         with runtime.db.transaction() as conn:
-            ctx = HandlerContext(runtime=runtime, conn=conn, now=utcnow())
+            ctx = context_in(runtime=runtime, conn=conn, now=utcnow())
             dunning.apply(ctx, stale, dunning.INVOICE_PAID)
     assert rows(runtime, "cases", id=case["id"])[0] == case
     assert rows(runtime, "case_transitions") == []

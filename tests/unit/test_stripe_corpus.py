@@ -29,7 +29,7 @@ def corpus(stripe_data):
 def test_every_full_event_payload_is_accepted_and_processed_or_ignored(any_runtime, stripe_data):
     import falcon.testing
 
-    from worker.web import create_app
+    from worker.web.app import create_app
     client = falcon.testing.TestClient(create_app(any_runtime))
     full, _ = corpus(stripe_data)
     for event_id, (path, event) in full.items():

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from tests.support.helpers import STRIPE_DATA
 from tests.support.fake_stripe import API_KEY
 from tests.support.helpers import drain, post_event, rows
-from worker.stripe_api import STRIPE_API_VERSION, StripeGateway
+from worker.stripe.gateway import STRIPE_API_VERSION, StripeGateway
 
 
 def test_every_call_to_stripe_names_the_pinned_api_version_not_the_library_default(fake_stripe):  # noqa: F811

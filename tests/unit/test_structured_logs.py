@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from worker.logs import configure_logging, register_secrets
+from worker.observe.logs import configure_logging, register_secrets
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_a_library_record_with_a_traceback_is_one_scrubbed_json_line(stderr):
 def test_gunicorn_hands_its_lines_to_the_root_logger(stderr):
     from gunicorn.config import Config
 
-    from worker.stdlib_logs import gunicorn_logger_class
+    from worker.observe.stdlib_logs import gunicorn_logger_class
     logger = gunicorn_logger_class()(Config())
     assert logger.error_log.propagate and logger.error_log.handlers == []
     logger.info("Listening at: http://127.0.0.1:8000 (%s)", 42)

@@ -9,7 +9,7 @@ import falcon.testing
 import pytest
 
 from tests.support.helpers import WEBHOOK_SECRET, drain, make_event, post_event, rows, signed_headers
-from worker.web import create_app
+from worker.web.app import create_app
 
 
 def failed_invoice_event(event_id="evt_test_1", invoice_id="in_test_1", created=None) -> dict:

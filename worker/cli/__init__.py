@@ -1,89 +1,24 @@
-"""`dunning`: the operators' command line. Every read command has --json."""
+"""`dunning`: the operators' command line. Every read command has --json.
 
-from __future__ import annotations
+The entry point (`dunning = "worker.cli:main"`) and the composition of the command groups: each
+group module registers itself on `main` (worker/cli/base.py) when imported here. `dunning run`
+(worker/cli/launcher.py) starts the whole service. This room sits above every other one: it may
+import any room and the composition root (worker.runtime); no room imports it.
+"""
 
-import json
-import os
-import secrets
-import sys
-
-import click
-
-from config.settings import ConfigError
-
-
-def emit(data, as_json: bool, render=None) -> None:
-    """Print JSON (machine) or a readable rendering (human)."""
-    if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-    elif render is not None:
-        render(data)
-    else:
-        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-
-
-# Secrets only the web process uses (it checks Stripe's signatures and the admin token). Every other
-# command runs without them: an operator reading `dunning stats` needs only DATABASE_URL (and the
-# broker for queue commands). Unset, they get throwaway random values no one can know or use.
-SERVICE_SECRETS = ("STRIPE_WEBHOOK_SECRET", "ADMIN_TOKEN")
-
-
-def _environment(needs_secrets: bool) -> dict[str, str] | None:
-    if needs_secrets:
-        return None  # os.environ as it is: a missing secret stops the command
-    env = dict(os.environ)
-    for name in SERVICE_SECRETS:
-        if not env.get(name, "").strip():
-            env[name] = f"unused-{secrets.token_hex(24)}"
-    return env
-
-
-def get_runtime(*, broker: bool = True, needs_secrets: bool = False):
-    """The runtime for a CLI command; a configuration error is one clear line and exit 2.
-
-    broker=False: a stub broker (the command reads the database only).
-    needs_secrets: the command serves webhooks or the admin API (`dunning web`).
-    """
-    from config.settings import load_settings
-    from worker import runtime as rt
-    try:
-        if broker and rt._current is not None:
-            return rt.setup()  # this process already built its runtime
-        settings = load_settings(_environment(needs_secrets))
-        if broker:
-            return rt.setup(settings)
-        from worker.broker import make_stub_broker
-        return rt.setup(settings, make_stub_broker())
-    except ConfigError as exc:
-        click.echo(f"configuration error: {exc}", err=True)
-        sys.exit(2)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("dunning-worker")
-    except PackageNotFoundError:  # running from a checkout that was never installed
-        return "unknown"
-
-
-@click.group()
-@click.version_option(_version(), "--version", prog_name="dunning", message="%(prog)s %(version)s")
-def main() -> None:
-    """Dunning worker: recover failed Stripe subscription payments."""
-
+from worker.cli.base import emit, get_runtime, main  # noqa: F401  (the entry point and what groups share)
 
 # Command groups live in their own modules; each registers itself on `main` when imported.
-from worker.cli import core  # noqa: E402,F401  (db, stats, events, tick, run, web, worker, scheduler)
-from worker.cli import policy  # noqa: E402,F401  (policy show)
-from worker.cli import accounts  # noqa: E402,F401  (accounts show)
-from worker.cli import cases  # noqa: E402,F401  (cases list, cases show)
-from worker.cli import outbox  # noqa: E402,F401  (outbox list, outbox retry)
-from worker.cli import dlq  # noqa: E402,F401  (dlq list, dlq requeue)
-from worker.cli import cards  # noqa: E402,F401  (cards show)
-from worker.cli import payment_links  # noqa: E402,F401  (payment-link)
-from worker.cli import backfill  # noqa: E402,F401  (events backfill)
-from worker.cli import emails  # noqa: E402,F401  (emails preview)
-from worker.cli import notices  # noqa: E402,F401  (notices redeliver)
-from worker.cli import privacy  # noqa: E402,F401  (customers erase/export, data prune)
-from worker.cli import stripe_setup  # noqa: E402,F401  (stripe webhook-endpoint create)
+from worker.cli import core  # noqa: F401  (db, stats, events, tick, run, web, worker, scheduler)
+from worker.cli import policy  # noqa: F401  (policy show)
+from worker.cli import accounts  # noqa: F401  (accounts show)
+from worker.cli import cases  # noqa: F401  (cases list, cases show)
+from worker.cli import outbox  # noqa: F401  (outbox list, outbox retry)
+from worker.cli import dlq  # noqa: F401  (dlq list, dlq requeue)
+from worker.cli import cards  # noqa: F401  (cards show)
+from worker.cli import payment_links  # noqa: F401  (payment-link)
+from worker.cli import backfill  # noqa: F401  (events backfill)
+from worker.cli import emails  # noqa: F401  (emails preview)
+from worker.cli import notices  # noqa: F401  (notices redeliver)
+from worker.cli import privacy  # noqa: F401  (customers erase/export, data prune)
+from worker.cli import stripe_setup  # noqa: F401  (stripe webhook-endpoint create)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from worker.cli import emit, get_runtime, main
+from worker.cli.base import emit, get_runtime, main
 
 
 @main.group()

@@ -1,4 +1,4 @@
-"""`dunning events backfill --since DATE`: fetch from Stripe what the webhook missed (worker/backfill.py)."""
+"""`dunning events backfill --since DATE`: fetch from Stripe what the webhook missed (worker/intake/backfill.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from contextlib import nullcontext
 
 import click
 
-from worker.cli import emit, get_runtime
+from worker.cli.base import emit, get_runtime
 from worker.cli.core import events
 
 
@@ -20,9 +20,9 @@ def events_backfill(since: str, as_json: bool) -> None:
     Resumable (progress is saved after every page) and idempotent (a second run changes nothing).
     """
     from config.settings import ConfigError
-    from worker.backfill import backfill, type_groups
-    from worker.clock import parse_instant, to_unix, utcnow
-    from worker.stripe_api import StripeNotConfigured
+    from worker.intake.backfill import backfill, type_groups
+    from worker.pure.clock import parse_instant, to_unix, utcnow
+    from worker.stripe.gateway import StripeNotConfigured
     try:
         start = parse_instant(since)
     except ValueError:

@@ -7,8 +7,8 @@ import sys
 import click
 from sqlalchemy import desc, select
 
-from worker.cli import emit, get_runtime, main
-from worker.clock import isoformat
+from worker.cli.base import emit, get_runtime, main
+from worker.pure.clock import isoformat
 
 
 @main.group()

@@ -12,10 +12,11 @@ import sys
 import click
 from sqlalchemy import or_, select
 
-from worker.cli import emit, get_runtime, main
-from worker.clock import from_unix, isoformat
-from worker.db import about_case
-from worker.logs import mask_email
+from worker.cli.base import emit, get_runtime, main
+from worker.console.cases import next_step
+from worker.pure.clock import from_unix, isoformat
+from worker.infra.db import about_case
+from worker.observe.logs import mask_email
 
 
 def _iso(row: dict) -> dict:
@@ -41,21 +42,6 @@ def list_cases(db, *, state: str | None = None, customer: str | None = None, lim
         stmt = stmt.where(cases.c.customer_id == customer)
     with db.engine.connect() as conn:
         return [_iso(dict(r)) for r in conn.execute(stmt).mappings()]
-
-
-def _next_step(policy, case: dict) -> dict | None:
-    """The step the durable timer points at, described from the policy (None when none is left)."""
-    if case["next_step"] is None:
-        return None
-    described = {"index": case["next_step"], "due_at": case["next_step_at"]}
-    try:
-        schedule = policy.schedule_named(case["schedule"])
-        step = schedule.step(case["next_step"])
-    except Exception:  # a schedule renamed in the policy since the case opened
-        step = None
-    if step is not None:
-        described.update(day=step.day, email=step.email, action=step.action)
-    return described
 
 
 def case_detail(runtime, key: str) -> dict | None:
@@ -115,7 +101,7 @@ def case_detail(runtime, key: str) -> dict | None:
                    cr.c.created_at, cr.c.finished_at)
             .where(cr.c.invoice_id == invoice_id).order_by(cr.c.created_at)).mappings()]
 
-    step = _next_step(runtime.policy, dict(case)) if case else None
+    step = next_step(runtime.policy, dict(case)) if case else None
     detail = {
         "invoice_id": invoice_id,
         "case": _iso(dict(case)) if case else None,
@@ -169,7 +155,8 @@ def cases_list(state, customer, limit, unreachable, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def cases_release(case, released_by, reason, as_json) -> None:
     """Let disruption of a held case (owner unreachable) proceed on schedule: CASE is a case or invoice id."""
-    from handlers.reachability import ReleaseError, release_case
+    from handlers.reachability import ReleaseError
+    from worker.delivery.reachability import release_case
     runtime = get_runtime(broker=False)  # a row change: the scheduler's next pass runs the released step
     try:
         released = release_case(runtime, case, released_by=released_by, reason=reason)

@@ -8,18 +8,18 @@ import sys
 import click
 from sqlalchemy import select
 
-from worker.cli import emit, get_runtime, main
+from worker.cli.base import emit, get_runtime, main
 
 
 @main.command()
 def run() -> None:
     """Run the whole service in the foreground (web, workers, scheduler; embedded Redis if needed)."""
     from config.settings import load_settings
-    from worker.launcher import run_all
+    from worker.cli.launcher import run_all
     try:
         settings = load_settings()
         from handlers.policy import load_policy
-        from worker.emails import template_names
+        from worker.delivery.emails import template_names
         # a bad policy (a misspelt email too) stops start-up here, before any process starts
         load_policy(settings.dunning_policy, template_names(settings.email_templates_dir))
     except Exception as exc:
@@ -34,7 +34,7 @@ def run() -> None:
 @click.option("--threads", default=lambda: int(os.environ.get("WEB_THREADS", "8")), type=int)
 def web(host: str, workers: int, threads: int) -> None:
     """Serve the webhook receiver, admin API, metrics and dashboard with gunicorn."""
-    from worker.gunicorn_app import serve
+    from worker.web.gunicorn_app import serve
     from config.settings import ConfigError, check_bind
     runtime = get_runtime(needs_secrets=True)  # fail fast on bad configuration, before forking
     try:
@@ -42,11 +42,13 @@ def web(host: str, workers: int, threads: int) -> None:
     except ConfigError as exc:
         click.echo(f"configuration error: {exc}", err=True)
         sys.exit(2)
-    serve(host, runtime.settings.port, workers, threads, runtime.settings.web_read_timeout)
+    from worker.runtime import web_app
+    serve(host, runtime.settings.port, workers, threads, runtime.settings.web_read_timeout,
+          app_factory=web_app)  # the runtime is built in each worker, after fork
 
 
 def _queue_list(_ctx, _param, value: str | None) -> list[str]:
-    from worker.actors import QUEUES
+    from worker.queue.actors import QUEUES
     names = [q.strip() for q in (value or "").split(",") if q.strip()]
     unknown = sorted(set(names) - set(QUEUES))
     if unknown:
@@ -66,7 +68,7 @@ def _queue_list(_ctx, _param, value: str | None) -> list[str]:
 def worker(queues: list[str], processes: int | None, threads: int | None, supervise: bool,
            metrics_port: int | None) -> None:
     """Run the Dramatiq worker processes for the service's queues (restarted if they die)."""
-    from worker.supervisor import supervise as run_pool
+    from worker.queue.supervisor import supervise as run_pool
     runtime = get_runtime(needs_secrets=True)  # its processes build the full runtime: fail here first
     settings = runtime.settings
     # --skip-logging: our own structlog/stdlib set-up (worker.runtime) is the only one, scrubbed.
@@ -77,9 +79,9 @@ def worker(queues: list[str], processes: int | None, threads: int | None, superv
     if queues:
         command[1:1] = ["--queues", *queues]
     if metrics_port:
-        from worker.metrics import current_dir
-        from worker.worker_metrics import serve
-        from worker.queue_state import broker_kind
+        from worker.observe.metrics import current_dir
+        from worker.observe.worker_metrics import serve
+        from worker.queue.queue_state import broker_kind
         serve(metrics_port, current_dir(), os.environ.get("METRICS_HOST", "0.0.0.0"), broker_kind(runtime.broker))
     sys.exit(run_pool(command, restart=supervise))
 
@@ -87,7 +89,7 @@ def worker(queues: list[str], processes: int | None, threads: int | None, superv
 @main.command()
 def scheduler() -> None:
     """Run the scheduler loop (due steps, reconciler, outbox retries, card expiry scan)."""
-    from worker.scheduler import run_forever
+    from worker.scheduling.scheduler import run_forever
     runtime = get_runtime(needs_secrets=True)
     run_forever(runtime, runtime.settings.scheduler_interval)
 
@@ -97,8 +99,8 @@ def scheduler() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def tick(at: str | None, as_json: bool) -> None:
     """Run one scheduler pass as of an instant (catch up after an outage; tests move time)."""
-    from worker.clock import parse_instant, utcnow
-    from worker.scheduler import run_pass
+    from worker.pure.clock import parse_instant, utcnow
+    from worker.scheduling.scheduler import run_pass
     runtime = get_runtime()
     now = parse_instant(at) if at else utcnow()
     done = run_pass(runtime, now)
@@ -115,7 +117,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="the revision to reach")
 def db_upgrade(revision: str) -> None:
     """Apply every migration not yet applied (worker/migrations; safe to run on every deploy)."""
-    from worker.migrate import upgrade
+    from worker.infra.migrate import upgrade
     runtime = get_runtime(broker=False)
     before, after = upgrade(runtime.db, revision)
     click.echo(f"database {runtime.db.engine.url.render_as_string(hide_password=True)}: "
@@ -132,7 +134,7 @@ def db_init(ctx) -> None:
 @db.command("current")
 def db_current() -> None:
     """The revision the database is at, and the newest one this release knows."""
-    from worker.migrate import current_revision, head_revisions
+    from worker.infra.migrate import current_revision, head_revisions
     runtime = get_runtime(broker=False)
     click.echo(f"database {current_revision(runtime.db) or 'unversioned'}; "
                f"head {', '.join(head_revisions())}")
@@ -142,7 +144,7 @@ def db_current() -> None:
 @click.option("-m", "--message", required=True, help="what the revision changes")
 def db_revision(message: str) -> None:
     """Write a new, empty revision file after the head (for developers; see README)."""
-    from worker.migrate import new_revision
+    from worker.infra.migrate import new_revision
     click.echo(new_revision(message))
 
 
@@ -150,7 +152,7 @@ def db_revision(message: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def stats(as_json: bool) -> None:
     """Counts of events, cases, emails and platform notices by status."""
-    from worker.stats import collect_stats
+    from worker.observe.stats import collect_stats
     runtime = get_runtime(broker=False)
     data = collect_stats(runtime.db)
 
@@ -218,7 +220,7 @@ def events_show(event_id, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def events_replay(event_id, failed, as_json) -> None:
     """Set an event (or every failed one) back to received and enqueue it again."""
-    from worker.event_store import requeue_events
+    from worker.intake.event_store import requeue_events
     if bool(event_id) == bool(failed):
         raise click.UsageError("give an EVENT_ID or --failed")
     runtime = get_runtime()

@@ -18,9 +18,9 @@ from datetime import datetime, timezone
 import click
 import dramatiq
 
-from worker.cli import emit, get_runtime, main
-from worker.logs import scrub
-from worker.queue_state import service_queues
+from worker.cli.base import emit, get_runtime, main
+from worker.observe.logs import scrub
+from worker.queue.queue_state import service_queues
 
 STALE_OPTIONS = ("eta", "retries", "traceback", "redis_message_id", "requeue_timeout")
 
@@ -38,10 +38,10 @@ def _redis(broker):
 
 def _rabbitmq(broker):
     """The RabbitMQ implementation when the broker is RabbitMQ, else None (Redis, below)."""
-    from worker.queue_state import broker_kind
+    from worker.queue.queue_state import broker_kind
     if broker_kind(broker) != "rabbitmq":
         return None
-    from worker import dead_letters_rabbitmq
+    from worker.queue import dead_letters_rabbitmq
     return dead_letters_rabbitmq
 
 

@@ -1,4 +1,4 @@
-"""`dunning emails preview --out DIR`: every template rendered for representative cases (worker/email_previews.py)."""
+"""`dunning emails preview --out DIR`: every template rendered for representative cases (worker/delivery/email_previews.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from worker.cli import emit, main
+from worker.cli.base import emit, main
 
 
 @main.group()
@@ -21,7 +21,7 @@ def emails() -> None:
 def emails_preview(out: Path, as_json: bool) -> None:
     """Render every template (USD/JPY, with/without card, before/after disruption, every locale) as HTML and text."""
     from config.settings import ConfigError, load_settings
-    from worker.email_previews import write_previews
+    from worker.delivery.email_previews import write_previews
     try:
         settings = load_settings()
     except ConfigError:

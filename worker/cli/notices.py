@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from worker.cli import emit, get_runtime, main
+from worker.cli.base import emit, get_runtime, main
 
 
 @main.group()
@@ -23,7 +23,7 @@ def notices_redeliver(account_id, all_failed, as_json) -> None:
 
     A failed notice that a later delivered notice of its account supersedes is skipped (reported).
     """
-    from worker.notice_redelivery import redeliver_failed
+    from worker.delivery.notice_redelivery import redeliver_failed
     if bool(account_id) == bool(all_failed):
         click.echo("give exactly one of --account ID or --failed", err=True)
         sys.exit(2)

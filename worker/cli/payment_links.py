@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from worker.cli import emit, get_runtime, main
+from worker.cli.base import emit, get_runtime, main
 
 
 @main.command("payment-link")
@@ -16,7 +16,7 @@ from worker.cli import emit, get_runtime, main
 @click.option("--json", "as_json", is_flag=True)
 def payment_link(invoice_id: str, requested_by: str | None, note: str | None, as_json: bool) -> None:
     """Send the owner of record a link to pay INVOICE (in_...); a worker creates it at Stripe."""
-    from worker.payment_links import PaymentLinkRefused, request_links
+    from worker.stripe.payment_links import PaymentLinkRefused, request_links
     runtime = get_runtime()
     body = {"invoice": invoice_id}
     if requested_by is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from worker.cli import emit, main
+from worker.cli.base import emit, main
 
 
 def policy_document(policy) -> dict:

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from worker.cli import emit, get_runtime, main
+from worker.cli.base import emit, get_runtime, main
 
 
 @main.group()
@@ -26,7 +26,7 @@ def customers() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def customers_erase(customer_id: str, reason: str, requested_by: str | None, as_json: bool) -> None:
     """Erase every piece of personal data held about CUSTOMER (cus_...), at once."""
-    from worker.erasure import ErasureRefused, UnknownCustomer, erase_customer
+    from worker.privacy.erasure import ErasureRefused, UnknownCustomer, erase_customer
     runtime = get_runtime()
     who = requested_by or f"cli:{getpass.getuser()}"
     try:
@@ -43,8 +43,8 @@ def customers_erase(customer_id: str, reason: str, requested_by: str | None, as_
 @click.argument("customer_id")
 def customers_export(customer_id: str) -> None:
     """Print one JSON document with everything held about CUSTOMER."""
-    from worker.customer_export import export_customer
-    from worker.erasure import UnknownCustomer
+    from worker.privacy.customer_export import export_customer
+    from worker.privacy.erasure import UnknownCustomer
     runtime = get_runtime(broker=False)
     try:
         doc = export_customer(runtime.db, customer_id)
@@ -65,8 +65,8 @@ def data() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def data_prune(at: str | None, dry_run: bool, as_json: bool) -> None:
     """Remove what the retention no longer allows, in batches of at most 1,000 rows."""
-    from worker.clock import parse_instant, utcnow
-    from worker.retention import PruneBusy, prune
+    from worker.pure.clock import parse_instant, utcnow
+    from worker.privacy.retention import PruneBusy, prune
     try:
         now = parse_instant(at) if at else utcnow()
     except (ValueError, TypeError):

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from worker.cli import emit, get_runtime, main
+from worker.cli.base import emit, get_runtime, main
 
 
 @main.group("stripe")
@@ -31,8 +31,8 @@ def webhook_endpoint() -> None:
 def create(url: str, as_json: bool) -> None:
     """Create the endpoint for every event type the service handles; print its signing secret."""
     from handlers.registry import known_types
-    from worker.ids import new_id
-    from worker.stripe_api import STRIPE_API_VERSION, StripeGatewayError, gateway
+    from worker.pure.ids import new_id
+    from worker.stripe.gateway import STRIPE_API_VERSION, StripeGatewayError, gateway
     if not url.startswith("https://") and not url.startswith("http://"):
         raise click.BadParameter("must be an http(s) URL", param_hint="--url")
     runtime = get_runtime(broker=False)

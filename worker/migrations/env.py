@@ -1,4 +1,4 @@
-"""Alembic's environment: runs the revisions on the connection `worker.migrate` hands over.
+"""Alembic's environment: runs the revisions on the connection `worker.infra.migrate` hands over.
 
 One transaction for the whole upgrade (PostgreSQL's DDL is transactional: a failing revision
 leaves the database as it was), serialized by an advisory lock so two hosts running

@@ -14,7 +14,7 @@ Create Date: 2026-12-03
 Existing rows get the defaults: reachable, not released, no re-drive pending, no event object id
 (the console's case page then lists fewer events for cases older than this release).
 """
-from worker import migration_steps
+from worker.infra import migration_steps
 import sqlalchemy as sa
 
 revision = "0003_owner_safety"

@@ -16,7 +16,7 @@ own revision that installs them again and recounts.
 """
 from alembic import op
 
-from worker import metric_counts
+from worker.observe import metric_counts
 
 revision = "0004_metric_counts"
 down_revision = "0003_owner_safety"

@@ -12,7 +12,7 @@ Create Date: 2026-12-03
   failed payment on day 0 (brand, last four and expiry are all that is kept of a card).
 Existing step emails keep their `case:<id>:step:<n>` dedupe key, which is still read as the claim.
 """
-from worker import migration_steps
+from worker.infra import migration_steps
 import sqlalchemy as sa
 
 revision = "0005_account_emails"

@@ -1,0 +1,139 @@
+"""Email rendering: templates/emails/<name>/{subject.txt, body.txt, body.html} with a shared base.
+
+HTML is autoescaped (names and messages come from Stripe and from customers: hostile until
+proven otherwise); plain text and subjects are not, since they are never parsed as markup.
+StrictUndefined turns a misspelt variable into an error at render time instead of a blank in
+an owner's inbox: the context builder (worker.delivery.email_context) defines every optional value,
+as None when unknown. The subject is forced onto one line (a header cannot hold a newline),
+and the CSS of the HTML part is inlined, since many mail clients drop <style> blocks.
+
+The templates are the folders of templates/emails: a folder holding subject.txt, body.txt and
+body.html is an email, named after the folder (the policy's steps name them; what each reads is
+declared in worker/delivery/email_contract.py). EMAIL_TEMPLATES_DIR (issue 14) is searched before the
+built-in folder: a file there replaces the built-in file of the same name (`reminder/subject.txt`,
+`_base.html` ...), so an operator rewords one subject without copying every template, and a new
+folder there adds an email (an email-only step: that folder and one line in the policy).
+
+Language (issue 14): the templates' words are gettext messages (`{% trans %}` blocks and `_()`,
+jinja2.ext.i18n, trimmed); the catalogue is chosen per render by the context's `locale`
+(worker.delivery.email_locale), so one environment serves every language and a rendered email's language is
+fixed when it is written to the outbox.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import css_inline
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, pass_context, select_autoescape
+
+from config.settings import PROJECT_ROOT
+from worker.delivery import email_locale
+
+TEMPLATES_DIR = PROJECT_ROOT / "templates" / "emails"
+PARTS = ("subject.txt", "body.txt", "body.html")
+SUBJECT_MAX = 200
+_WHITESPACE = re.compile(r"\s+")
+
+
+@lru_cache(maxsize=16)
+def template_names(override: Path | None = None, directory: Path = TEMPLATES_DIR) -> tuple[str, ...]:
+    """The emails there are: each folder of `directory` or `override` whose three parts exist (a
+    part may come from either; `_base` and `_macros` are files, not folders), sorted."""
+    folders = {path.name for root in (directory, override) if root is not None
+               for path in Path(root).iterdir() if path.is_dir()}
+    return tuple(sorted(name for name in folders
+                        if all(any(root is not None and (Path(root) / name / part).is_file()
+                                   for root in (override, directory)) for part in PARTS)))
+
+
+TEMPLATES = template_names()  # the built-in emails
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    text: str
+    html: str
+
+
+@lru_cache(maxsize=8)
+def environment(directory: Path = TEMPLATES_DIR, override: Path | None = None) -> Environment:
+    """The Jinja2 environment: autoescape for .html only, undefined variables are errors.
+
+    `override` (EMAIL_TEMPLATES_DIR) is searched first, file by file."""
+    loaders = [FileSystemLoader(str(override))] if override else []
+    env = Environment(
+        loader=ChoiceLoader([*loaders, FileSystemLoader(str(directory))]),
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False,
+                                     default=False),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+        extensions=["jinja2.ext.i18n"],
+    )
+    env.policies["ext.i18n.trimmed"] = True  # a message's line breaks and indents are not part of it
+    env.install_gettext_callables(_gettext, _ngettext, newstyle=True)
+    env.filters["one_line"] = one_line
+    return env
+
+
+@pass_context
+def _gettext(context, message: str) -> str:
+    """The message in the catalogue of the email's `locale` (English when it has none)."""
+    return email_locale.translations(context.get("locale")).gettext(message)
+
+
+@pass_context
+def _ngettext(context, singular: str, plural: str, n: int) -> str:
+    return email_locale.translations(context.get("locale")).ngettext(singular, plural, n)
+
+
+@lru_cache(maxsize=1)
+def _inliner() -> css_inline.CSSInliner:
+    return css_inline.CSSInliner(keep_style_tags=False, keep_at_rules=True,
+                                 load_remote_stylesheets=False)
+
+
+def one_line(value: Any) -> str:
+    """Collapse CR, LF, tabs and runs of spaces into single spaces (for subjects and names)."""
+    return _WHITESPACE.sub(" ", str(value if value is not None else "")).strip()
+
+
+def render_subject(template: str, context: dict[str, Any], templates_dir: Path | None = None) -> str:
+    subject = one_line(environment(TEMPLATES_DIR, templates_dir).get_template(f"{template}/subject.txt").render(context))
+    if len(subject) > SUBJECT_MAX:
+        subject = subject[: SUBJECT_MAX - 1].rstrip() + "…"
+    return subject
+
+
+def render(template: str, context: dict[str, Any], templates_dir: Path | None = None) -> RenderedEmail:
+    """Render the subject (one line), the plain-text part and the HTML part (CSS inlined).
+
+    templates_dir: EMAIL_TEMPLATES_DIR, whose files replace the built-in ones name by name."""
+    if template not in template_names(templates_dir):
+        raise ValueError(f"unknown email template {template!r}")
+    env = environment(TEMPLATES_DIR, templates_dir)
+    context = {"locale": email_locale.DEFAULT_LOCALE, **context, "template": template}
+    context["html_lang"] = email_locale.HTML_LANG.get(context["locale"], "en")
+    subject = render_subject(template, context, templates_dir)
+    context["subject"] = subject
+    text = env.get_template(f"{template}/body.txt").render(context)
+    html = env.get_template(f"{template}/body.html").render(context)
+    return RenderedEmail(subject=subject, text=_tidy_text(text), html=_inliner().inline(html))
+
+
+def _tidy_text(text: str) -> str:
+    """No trailing spaces, at most one blank line in a row, one final newline."""
+    lines = [line.rstrip() for line in text.strip().splitlines()]
+    tidy: list[str] = []
+    for line in lines:
+        if line == "" and tidy and tidy[-1] == "":
+            continue
+        tidy.append(line)
+    return "\n".join(tidy) + "\n"

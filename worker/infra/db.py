@@ -1,0 +1,191 @@
+"""The database: engine made on first use, schema from schema.sql, transactions that serialize.
+
+PostgreSQL serializes per row (SELECT ... FOR UPDATE); SQLite has one writer, so every
+transaction starts with BEGIN IMMEDIATE: the write lock is taken up front and a busy
+timeout waits for it, instead of failing late on a lock upgrade.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from config.settings import PROJECT_ROOT
+
+from worker.pure.json_text import dumps, loads  # noqa: F401  (TEXT columns; long imported from here)
+
+SCHEMA_PATH = PROJECT_ROOT / "schema.sql"
+
+
+class DatabaseUnavailable(Exception):
+    """Raised when the database cannot be reached (the webhook answers 503, Stripe retries)."""
+
+
+def schema_statements(path: Path = SCHEMA_PATH) -> list[str]:
+    """The statements of schema.sql, comments removed, split on ';'."""
+    sql = re.sub(r"--[^\n]*", "", path.read_text())
+    return [s.strip() for s in sql.split(";") if s.strip()]
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_conn, _record):  # pragma: no cover - exercised by every sqlite test
+        dbapi_conn.isolation_level = None  # let us issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        # Erased and pruned values must not survive in free pages or freed cell space (issue 19).
+        cur.execute("PRAGMA secure_delete=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn):  # pragma: no cover
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """Engine, reflected tables and transaction helpers for one DATABASE_URL."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 20, echo: bool = False):
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(url, echo=echo, poolclass=NullPool, hide_parameters=True,
+                                        connect_args={"timeout": 30, "check_same_thread": False})
+            _sqlite_setup(self.engine)
+        else:
+            # No pre-ping (it was a quarter of the webhook's time): a connection that died
+            # fails one transaction (webhook 503, Stripe retries; actor retries) and
+            # SQLAlchemy then refreshes the whole pool.
+            # hide_parameters: errors kept in events.last_error never carry payload values (emails).
+            # pool_size + max_overflow: DATABASE_POOL_SIZE / DATABASE_MAX_OVERFLOW, per process.
+            self.engine = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow,
+                                        pool_recycle=1800, hide_parameters=True, connect_args={"connect_timeout": 5})
+        self._tables: dict[str, Table] | None = None
+
+    # -- schema ---------------------------------------------------------------------------
+    def init_schema(self) -> None:
+        """Apply schema.sql and the metric-counting triggers; idempotent (IF NOT EXISTS)."""
+        with self.transaction() as conn:
+            if not self.is_sqlite:
+                # Two `db init` at once must not race on CREATE TABLE IF NOT EXISTS.
+                conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
+            for statement in schema_statements():
+                conn.exec_driver_sql(statement)
+            from worker.observe.metric_counts import install_triggers
+            install_triggers(conn)  # triggers are per database kind: made from Python, not schema.sql
+        self._tables = None
+
+    @property
+    def tables(self) -> dict[str, Table]:
+        """Tables reflected from the live schema (schema.sql is the only definition)."""
+        if self._tables is None:
+            metadata = MetaData()
+            try:
+                metadata.reflect(self.engine)
+            except (OperationalError, DBAPIError) as exc:
+                raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
+            self._tables = dict(metadata.tables)
+        return self._tables
+
+    def table(self, name: str) -> Table:
+        return self.tables[name]
+
+    # -- transactions ---------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction; commits on success, rolls back on error."""
+        if self.is_sqlite and self._tables is None:
+            self.tables  # reflect first: reflecting inside BEGIN IMMEDIATE would wait on our own lock
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            if _is_connection_error(exc):
+                raise DatabaseUnavailable(str(exc.orig).splitlines()[0] if exc.orig else str(exc)) from exc
+            raise
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection whose every statement commits on its own: one round trip for a single
+        INSERT (the webhook's hot path) instead of BEGIN, INSERT, COMMIT. SQLite keeps its
+        ordinary transaction (BEGIN IMMEDIATE serializes writers there)."""
+        if self.is_sqlite:
+            with self.transaction() as conn:
+                yield conn
+            return
+        try:
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                yield conn
+        except OperationalError as exc:
+            if _is_connection_error(exc):
+                raise DatabaseUnavailable(str(exc.orig).splitlines()[0] if exc.orig else str(exc)) from exc
+            raise
+
+    def ping(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except (OperationalError, DBAPIError) as exc:
+            raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
+
+    def insert_ignore(self, table: Table, values: dict[str, Any] | list[dict[str, Any]], *keys: str):
+        """INSERT ... ON CONFLICT DO NOTHING for this dialect (both support it)."""
+        dialect = sqlite if self.is_sqlite else postgresql
+        stmt = dialect.insert(table).values(values)
+        return stmt.on_conflict_do_nothing(index_elements=list(keys) or None)
+
+    def insert_new(self, conn: Connection, table: Table, values: dict[str, Any], *keys: str) -> bool:
+        """Insert the row unless one with the same key exists; True when this call inserted it.
+
+        (rowcount is unreliable for ON CONFLICT DO NOTHING on psycopg 3: RETURNING tells.)
+        """
+        pk = [c for c in table.primary_key.columns][0]
+        stmt = self.insert_ignore(table, values, *keys).returning(pk)
+        return conn.execute(stmt).first() is not None
+
+    def lock(self, stmt):
+        """SELECT ... FOR UPDATE on PostgreSQL; SQLite already holds the write lock (BEGIN IMMEDIATE)."""
+        return stmt if self.is_sqlite else stmt.with_for_update()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _is_connection_error(exc: OperationalError) -> bool:
+    message = str(exc.orig or exc).lower()
+    if "database is locked" in message:
+        return False
+    return exc.connection_invalidated or any(
+        marker in message for marker in (
+            "connection", "could not connect", "server closed", "terminating", "unable to open",
+            "the database system is", "timeout expired", "no such host",
+        )
+    )
+
+
+def about_case(table: Table, invoice_id: str, case_id: str | None):
+    """WHERE clause for a case's rows of an outbox-like table (emails, platform notices): those
+    naming its invoice, or its case when there is one (account-level rows carry only the case),
+    and the account emails that covered one of its steps (email_steps, issue 14)."""
+    from sqlalchemy import or_, select
+    clause = table.c.invoice_id == invoice_id
+    if not case_id:
+        return clause
+    clauses = [clause, table.c.case_id == case_id]
+    steps = table.metadata.tables.get("email_steps") if table.name == "emails" else None
+    if steps is not None:
+        clauses.append(table.c.id.in_(select(steps.c.email_id).where(steps.c.case_id == case_id)))
+    return or_(*clauses)
