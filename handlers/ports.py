@@ -12,6 +12,8 @@ from typing import Any, Mapping, Protocol
 
 from sqlalchemy import Connection, Table
 
+from handlers.dedupe_keys import EmailKey
+
 
 class Store(Protocol):
     """The database as the domain uses it: the schema's tables and two portable insert forms."""
@@ -41,7 +43,7 @@ class Effects(Protocol):
     Each returns the new row's id, or None when its dedupe key already exists (nothing twice).
     """
 
-    def case_email(self, ctx: Any, template: str, case_id: str, dedupe_key: str, extra: dict | None = None,
+    def case_email(self, ctx: Any, template: str, case_id: str, key: EmailKey, extra: dict | None = None,
                    delay_seconds: int = 0, case: dict | None = None) -> str | None:
         """An email about a case to its owner of record (the policy names the address)."""
 
@@ -50,7 +52,7 @@ class Effects(Protocol):
         with the customer's other unpaid invoices whose steps fall due together (issue 14). The id of
         the email that satisfies it, None when refused (no owner address, erased)."""
 
-    def customer_email(self, ctx: Any, template: str, customer_id: str, dedupe_key: str,
+    def customer_email(self, ctx: Any, template: str, customer_id: str, key: EmailKey,
                        extra: dict | None = None, invoice_id: str | None = None) -> str | None:
         """An email to a customer's owner of record, not tied to a case."""
 

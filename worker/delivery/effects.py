@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from handlers.dedupe_keys import EmailKey
 from worker.delivery import outbox
 
 
@@ -26,9 +27,9 @@ class OutboxEffects:
     def __init__(self, runtime):
         self._runtime = runtime
 
-    def case_email(self, ctx, template: str, case_id: str, dedupe_key: str, extra: dict | None = None,
+    def case_email(self, ctx, template: str, case_id: str, key: EmailKey, extra: dict | None = None,
                    delay_seconds: int = 0, case: dict | None = None) -> str | None:
-        return outbox.add_case_email(_OutboxScope(ctx, self._runtime), template, case_id, dedupe_key, extra,
+        return outbox.add_case_email(_OutboxScope(ctx, self._runtime), template, case_id, key, extra,
                                      delay_seconds=delay_seconds, case=case)
 
     def step_email(self, ctx, case: dict, index: int, template: str, *, delay_seconds: int = 0) -> str | None:
@@ -36,9 +37,9 @@ class OutboxEffects:
         return account_emails.add_step_email(_OutboxScope(ctx, self._runtime), case, index, template,
                                              delay_seconds=delay_seconds)
 
-    def customer_email(self, ctx, template: str, customer_id: str, dedupe_key: str,
+    def customer_email(self, ctx, template: str, customer_id: str, key: EmailKey,
                        extra: dict | None = None, invoice_id: str | None = None) -> str | None:
-        return outbox.add_customer_email(_OutboxScope(ctx, self._runtime), template, customer_id, dedupe_key,
+        return outbox.add_customer_email(_OutboxScope(ctx, self._runtime), template, customer_id, key,
                                          extra, invoice_id=invoice_id)
 
     def notice(self, ctx, type: str, account_id: str, dedupe_key: str, **fields) -> str | None:
