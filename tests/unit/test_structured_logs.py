@@ -25,7 +25,12 @@ def stderr(monkeypatch):
     configure_logging("json", "INFO")
 
 
-def test_a_library_record_with_a_traceback_is_one_scrubbed_json_line(stderr):
+def test_a_library_record_with_a_traceback_is_one_scrubbed_json_line(stderr, monkeypatch):
+    # As a fresh worker process has it: an earlier test in this process may have run a library's
+    # logging set-up that silenced Dramatiq's loggers (seen only in a parallel run of the whole suite).
+    for name in ("dramatiq", "dramatiq.worker", "dramatiq.worker.Worker"):
+        for attribute, value in (("disabled", False), ("propagate", True), ("level", logging.NOTSET)):
+            monkeypatch.setattr(logging.getLogger(name), attribute, value)
     secret = "sk_live_library_line_secret_0123456789"
     register_secrets([secret])
     try:
