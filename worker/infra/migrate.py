@@ -1,7 +1,7 @@
 """Schema migrations: Alembic revisions under worker/migrations, run by `dunning db upgrade`.
 
 schema.sql stays the readable whole schema (tests build their databases from it); the revisions
-are how an existing database gets there. tests/test_migrations.py applies every revision and
+are how an existing database gets there. tests/integration/test_migrations.py applies every revision and
 checks the result equals schema.sql, so one cannot change without the other.
 The Alembic configuration is built here, not read from an alembic.ini: the revisions travel
 inside the package and work from any directory.

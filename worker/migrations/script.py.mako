@@ -6,7 +6,7 @@ Create Date: ${create_date}
 
 Runs on PostgreSQL and SQLite alike: use op.add_column / op.create_index (if_not_exists=True)
 and `with op.batch_alter_table(...)` for anything SQLite cannot ALTER in place. Then make
-schema.sql say the same thing: tests/test_migrations.py compares the two.
+schema.sql say the same thing: tests/integration/test_migrations.py compares the two.
 """
 from alembic import op
 import sqlalchemy as sa

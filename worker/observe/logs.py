@@ -3,7 +3,7 @@
 Secrets never reach a log line: known secret values are replaced by '***' and email addresses
 (whole, or already masked as a***@example.com) become '[email]' by a processor that sees every
 event dict. Logs carry ids, never personal data: no address, name, phone or postal address at any
-level (tests/test_privacy.py scans a whole failure-to-recovery flow for distinctive values).
+level (tests/integration/test_privacy.py scans a whole failure-to-recovery flow for distinctive values).
 """
 
 from __future__ import annotations

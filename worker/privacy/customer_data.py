@@ -5,7 +5,7 @@ added later must not slip past either. A row belongs to a customer when its `cus
 customer, or its `invoice_id` / `case_id` is one of the customer's invoices / cases (found from
 the table's columns, so a new table with such a column is found without code); events are found
 by the customer id in their raw payload. Each column of such a table is either ERASED (and with
-what) or KEPT (ids, amounts, currencies, states, times, counts): tests/test_privacy.py fails when
+what) or KEPT (ids, amounts, currencies, states, times, counts): tests/integration/test_privacy.py fails when
 a table of schema.sql with a customer_id or invoice id column, or one of its columns, is not
 classified here.
 """

@@ -1,7 +1,7 @@
 """GET /openapi.json: the HTTP contract (routes, auth, bodies, errors, and the notices we push).
 
 The document is written by hand in worker/web/openapi.json, beside the code it describes, and
-served byte for byte. tests/test_openapi.py keeps it honest: every route of the Falcon app's
+served byte for byte. tests/integration/test_openapi.py keeps it honest: every route of the Falcon app's
 router (but the HTML pages) and every notice type of worker.delivery.outbox.NOTICE_TYPES must be in it,
 it must be valid OpenAPI 3.1, and schemathesis checks the running app against it.
 """

@@ -5,7 +5,7 @@ Revises:
 Create Date: 2026-12-03
 
 A frozen copy of that schema.sql, not a read of the file: later changes to schema.sql must come
-with a revision of their own (tests/test_migrations.py fails otherwise). Every statement is
+with a revision of their own (tests/integration/test_migrations.py fails otherwise). Every statement is
 IF NOT EXISTS, so a database made by the old `db init` passes through unchanged and is stamped.
 """
 import re
