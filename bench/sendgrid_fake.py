@@ -21,6 +21,7 @@ class SentMail:
     template: str | None
     invoice: str | None
     customer: str | None
+    invoices: tuple[str, ...] = ()  # every invoice an account email covers (X-Dunning-Invoice, comma-separated)
 
 
 def _headers_of(message: dict) -> dict[str, str]:
@@ -57,9 +58,11 @@ class SendGridFake:
                         fake.rejected += 1
                     return self._answer(400, b'{"errors":[{"message":"bad json"}]}')
                 with fake._lock:
+                    named = headers.get("x-dunning-invoice")
+                    covered = tuple(i.strip() for i in named.split(",") if i.strip()) if named else ()
                     fake.mails.append(SentMail(arrived, headers.get("x-dunning-template"),
-                                               headers.get("x-dunning-invoice"),
-                                               headers.get("x-dunning-customer")))
+                                               covered[0] if covered else named,
+                                               headers.get("x-dunning-customer"), covered))
                 self._answer(202, b"")
 
             def _answer(self, status: int, body: bytes):

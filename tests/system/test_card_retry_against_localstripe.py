@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow
 
 API_KEY = "sk_test_localstripe_suite"
 SERVER = """
+import sys
 from aiohttp import web
 import localstripe.resources as resources
 resources.Store.dump_to_disk = lambda self: None  # no shared /tmp/localstripe.pickle
