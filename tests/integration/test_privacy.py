@@ -491,6 +491,9 @@ def test_the_scheduler_runs_the_prune_in_the_background_once_a_day_on_one_host(a
     import threading
 
     from worker.privacy.retention import DailyPrune
+    from worker.scheduling.leadership import Leadership
+    leading = Leadership(any_runtime.db)  # the scheduler that starts the prune leads while it runs
+    assert leading.is_leader()
     events = any_runtime.db.table("events")
     old = utcnow() - timedelta(days=500)
 
@@ -512,3 +515,4 @@ def test_the_scheduler_runs_the_prune_in_the_background_once_a_day_on_one_host(a
     assert host_b.maybe_start(now + timedelta(days=1))  # the next day, whoever comes first
     host_b.thread.join(60)
     assert not rows(any_runtime, "events", id="evt_daily_2")
+    leading.release()

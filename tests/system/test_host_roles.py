@@ -28,10 +28,11 @@ def test_on_postgresql_one_scheduler_leads_and_another_takes_over_when_it_goes(m
         assert first.is_leader() is True  # it keeps leading pass after pass
         first.release()                    # a clean stop
         assert second.is_leader() is True
-        # The leader's session dies (host lost, connection cut): the lock goes with it.
+        # The leader's session dies (host lost, connection cut): the lock goes with it. Only that
+        # session: pg_locks is cluster-wide, and other databases' schedulers hold the same key.
+        leader_pid = second._conn.execute(text("SELECT pg_backend_pid()")).scalar()
         with runtime.db.engine.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_locks "
-                              "WHERE locktype = 'advisory' AND objid = 727275"))
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": leader_pid})
             conn.commit()
         assert second.is_leader() is False  # it notices it lost the lock
         assert first.is_leader() is True
@@ -58,6 +59,7 @@ def test_a_follower_scheduler_runs_no_pass_until_the_leader_stops(make_runtime, 
     try:
         time.sleep(4)
         assert "scheduler.leading" not in log.read_text()
+        assert holder._conn is not None and holder.is_leader(), "the holder's session ended under the test"
         holder.release()
         deadline = time.monotonic() + 15
         while "scheduler.leading" not in log.read_text():

@@ -19,6 +19,7 @@ from sqlalchemy.pool import NullPool
 
 from config.settings import PROJECT_ROOT
 
+from worker.infra import advisory_locks
 from worker.pure.json_text import dumps, loads  # noqa: F401  (TEXT columns; long imported from here)
 
 SCHEMA_PATH = PROJECT_ROOT / "schema.sql"
@@ -81,7 +82,7 @@ class Database:
         with self.transaction() as conn:
             if not self.is_sqlite:
                 # Two `db init` at once must not race on CREATE TABLE IF NOT EXISTS.
-                conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": advisory_locks.MIGRATION})
             for statement in schema_statements():
                 conn.exec_driver_sql(statement)
             from worker.observe.metric_counts import install_triggers

@@ -9,7 +9,7 @@ render_as_batch lets a revision alter a column on SQLite (table copy) with the s
 from alembic import context
 from sqlalchemy import text
 
-MIGRATION_LOCK = 727274  # the same key `Database.init_schema` takes
+from worker.infra.advisory_locks import MIGRATION as MIGRATION_LOCK  # `Database.init_schema` takes it too
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=None, render_as_batch=True,

@@ -34,6 +34,7 @@ import structlog
 from sqlalchemy import and_, bindparam, exists, func, or_, select, text, true, update
 
 from handlers.dunning import TERMINAL_STATES
+from worker.infra import advisory_locks
 from worker.pure.clock import utcnow
 from worker.privacy.customer_data import REMOVED_MARK, stripped_payload
 
@@ -41,7 +42,7 @@ log = structlog.get_logger("worker.privacy.retention")
 
 BATCH = 1000
 CASE_PAGE = 200
-LOCK_KEY = 727275          # pg advisory lock id (727274 is `db init`'s)
+LOCK_KEY = advisory_locks.RETENTION  # never the scheduler's: the leader starts the prune
 CURSOR_NAME = "retention.prune"
 UNDELIVERED = ("pending", "sending")
 FINISHED_EMAIL = ("sent", "failed", "cancelled")

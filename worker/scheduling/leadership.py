@@ -12,9 +12,11 @@ from __future__ import annotations
 import structlog
 from sqlalchemy import text
 
+from worker.infra import advisory_locks
+
 log = structlog.get_logger("worker.scheduling.leadership")
 
-SCHEDULER_LOCK = 727275  # pg advisory lock key (727274 is the migration lock)
+SCHEDULER_LOCK = advisory_locks.SCHEDULER
 
 
 class Leadership:
