@@ -49,7 +49,13 @@ class Leadership:
     def release(self) -> None:
         if self._conn is not None:
             try:
-                # End the session, not just return it to the pool: that releases the lock.
+                # Unlock first: a closed session frees its locks only once its backend has exited,
+                # a moment after the socket closes, and a follower must not find it still held.
+                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            except Exception:  # noqa: BLE001 - the session is gone already, and its lock with it
+                pass
+            try:
+                # End the session, not just return it to the pool: nothing of it may outlive leading.
                 self._conn.invalidate()
                 self._conn.close()
             except Exception:  # noqa: BLE001
