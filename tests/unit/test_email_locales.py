@@ -13,14 +13,9 @@ from babel.messages.pofile import read_po
 
 from config.settings import PROJECT_ROOT
 from worker.delivery.email_context import build_context, format_deadline
-from worker.delivery.email_locale import (
-    SUPPORTED,
-    catalogue_path,
-    choose_locale,
-    default_locale,
-    owner_locale,
-)
+from worker.delivery.email_locale import catalogue_path
 from worker.delivery.emails import TEMPLATES, render
+from worker.pure.locales import SUPPORTED, choose_locale, default_locale, owner_locale
 
 TRANSLATED = [locale for locale in SUPPORTED if locale != "en"]
 PLACEHOLDER = re.compile(r"%\((\w+)\)s")
