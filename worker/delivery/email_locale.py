@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
