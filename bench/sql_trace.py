@@ -1,8 +1,9 @@
 """Record what the service sends to PostgreSQL: statement text, parameters and transactions.
 
-A SQLAlchemy event listener on the engine (the same hooks as tests/sql_capture.py, plus the
-parameters and how each transaction ended), so the floor scenario (bench/floor.py) replays
-exactly the statements the real code path issued, in the same transactions.
+A SQLAlchemy event listener on the engine (statements with their parameters, the transaction each
+ran in and how it ended), so the floor scenario (bench/floor.py) replays exactly the statements the
+real code path issued, in the same transactions. tests/support/sql_capture.py counts with the same
+recorder (the statement ceilings of tests/integration/test_statement_count.py).
 
 A transaction is `autocommit` when its connection runs in AUTOCOMMIT (the webhook's single
 INSERT): there PostgreSQL sees bare statements, no BEGIN/COMMIT.
@@ -26,6 +27,7 @@ class Transaction:
     autocommit: bool
     statements: list[tuple[str, object, bool]] = field(default_factory=list)  # (sql, parameters, executemany)
     end: str = "commit"  # commit | rollback
+    begun: bool = True  # False: a statement run outside any begin, a transaction of its own
 
     def as_json(self) -> dict:
         return {"part": self.part, "autocommit": self.autocommit, "end": self.end,
@@ -85,7 +87,7 @@ def tracing(engine):
             return
         tx = trace._open.get(id(conn))
         if tx is None:  # outside any begin: a statement of its own
-            tx = Transaction(trace.current_part, True)
+            tx = Transaction(trace.current_part, True, begun=False)
             trace.transactions.append(tx)
         tx.statements.append((statement, parameters, bool(executemany)))
 

@@ -10,7 +10,12 @@ import pytest
 from tests.support.cli import run, run_json
 from tests.support.dunning import DAY, T0, at, deliver, failed, paid
 from tests.support.helpers import rows
-from tests.support.queues import dead_letter, take_one
+from tests.support.queues import (
+    dead_letter_an_email_and_an_event,
+    dlq_list,
+    requeue_by_id,
+    the_requeued_email_comes_back_and_the_rest_follow,
+)
 from worker.pure.clock import utcnow
 
 
@@ -124,31 +129,18 @@ def redis_runtime(make_runtime):
 def test_dlq_lists_dead_letters_and_requeues_them_by_id(redis_runtime):
     runtime = redis_runtime
     client, ns = runtime.broker.client, runtime.settings.queue_namespace
-    runtime.actors.send_email.send("em_dead_1")
-    first = dead_letter(runtime, "emails")
-    runtime.actors.process_event.send("evt_dead_1")
-    second = dead_letter(runtime, "events")
+    email, event = dead_letter_an_email_and_an_event(runtime)
 
-    listed = run_json("dlq", "list")
-    assert {(d["queue"], d["actor"], tuple(d["args"])) for d in listed} == {
-        ("emails", "send_email", ("em_dead_1",)), ("events", "process_event", ("evt_dead_1",))}
+    dlq_list()
     assert [d["queue"] for d in run_json("dlq", "list", "--queue", "events")] == ["events"]
     assert "send_email('em_dead_1')" in run("dlq", "list")
 
-    done = run_json("dlq", "requeue", first.message_id)
-    assert [d["message_id"] for d in done["requeued"]] == [first.message_id] and done["not_found"] == []
+    requeue_by_id(email)
     assert client.zcard(f"{ns}:emails.XQ") == 0 and client.hlen(f"{ns}:emails.XQ.msgs") == 0
     assert client.llen(f"{ns}:emails") == 1
     assert client.zcard(f"{ns}:events.XQ") == 1  # the other one stays dead
 
-    again = take_one(runtime, "emails")
-    assert again.message_id == first.message_id and tuple(again.args) == ("em_dead_1",)
-    assert again.options.get("retries", 0) == 0
-
-    assert "no dead letter with id nope" in run("dlq", "requeue", "nope", code=1)
-    everything = run_json("dlq", "requeue", "--queue", "events")
-    assert [d["message_id"] for d in everything["requeued"]] == [second.message_id]
-    assert run_json("dlq", "list") == []
+    the_requeued_email_comes_back_and_the_rest_follow(runtime, email, event)
 
 
 def test_dlq_on_the_stub_broker_says_why_it_cannot(runtime):

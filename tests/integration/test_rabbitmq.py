@@ -15,10 +15,15 @@ import pytest
 
 from config.settings import load_settings
 from tests.support.services import base_env
-from tests.support.cli import run, run_json
+from tests.support.cli import run_json
 from tests.support.dunning import T0, failed, know_owner
 from tests.support.helpers import ADMIN_TOKEN, post_event, wait_until
-from tests.support.queues import dead_letter, take_one
+from tests.support.queues import (
+    dead_letter_an_email_and_an_event,
+    dlq_list,
+    requeue_by_id,
+    the_requeued_email_comes_back_and_the_rest_follow,
+)
 from worker.queue.queue_state import broker_kind, message_counts, waiting
 
 
@@ -97,29 +102,17 @@ def test_readyz_says_the_broker_is_down_when_rabbitmq_does_not_answer(make_runti
 
 
 def test_dlq_lists_and_requeues_rabbitmq_dead_letters_by_id(rabbit):
-    rabbit.actors.send_email.send("em_dead_1")
-    first = dead_letter(rabbit, "emails")
-    rabbit.actors.process_event.send("evt_dead_1")
-    second = dead_letter(rabbit, "events")
+    email, event = dead_letter_an_email_and_an_event(rabbit)
     wait_until(lambda: message_counts(rabbit.broker)["events"][2] == 1, timeout=10, message="dead-lettered")
 
-    listed = run_json("dlq", "list")
-    assert {(d["queue"], d["actor"], tuple(d["args"])) for d in listed} == {
-        ("emails", "send_email", ("em_dead_1",)), ("events", "process_event", ("evt_dead_1",))}
+    listed = dlq_list()
     assert all(d["dead_at"] for d in listed)
     assert run_json("dlq", "list") == listed  # looking takes nothing away
-    done = run_json("dlq", "requeue", first.message_id)
-    assert [d["message_id"] for d in done["requeued"]] == [first.message_id] and done["not_found"] == []
+    requeue_by_id(email)
     assert message_counts(rabbit.broker)["emails"] == (1, 0, 0)
     assert message_counts(rabbit.broker)["events"] == (0, 0, 1)  # the other one stays dead
 
-    again = take_one(rabbit, "emails")
-    assert again.message_id == first.message_id and tuple(again.args) == ("em_dead_1",)
-    assert again.options.get("retries", 0) == 0
-    assert "no dead letter with id nope" in run("dlq", "requeue", "nope", code=1)
-    everything = run_json("dlq", "requeue", "--queue", "events")
-    assert [d["message_id"] for d in everything["requeued"]] == [second.message_id]
-    assert run_json("dlq", "list") == []
+    the_requeued_email_comes_back_and_the_rest_follow(rabbit, email, event)
 
 
 def test_the_dashboard_on_rabbitmq_says_where_the_queue_facts_are_instead(rabbit):

@@ -13,6 +13,7 @@ from typing import Callable
 import structlog
 
 from handlers.context import HandlerContext
+from tests.support.helpers import drain, rows
 from worker.infra.unit_of_work import unit_of_work
 from worker.pure.clock import utcnow
 from worker.pure.json_text import dumps
@@ -58,3 +59,15 @@ def in_handler(runtime, fn: Callable[[HandlerContext], object], now: datetime | 
     with unit_of_work(runtime, now=now, log=log) as ctx:
         result = fn(ctx)
     return result
+
+
+# -- delivering ---------------------------------------------------------------------------------
+def settle_outbox(runtime, table: str, sweep: Callable[[object, datetime], object], *, rounds: int) -> None:
+    """Run the senders, then `sweep` a day ahead (past every backoff), until no row of `table`
+    (emails, platform_notices) is pending or sending, or `rounds` sweeps have run."""
+    drain(runtime)
+    for _ in range(rounds):
+        if not [r for r in rows(runtime, table) if r["status"] in ("pending", "sending")]:
+            return
+        sweep(runtime, utcnow() + timedelta(days=1))
+        drain(runtime)

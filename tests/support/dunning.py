@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import dramatiq
 from sqlalchemy import select
 
-from tests.support.helpers import load_stripe_file, make_event, rows
+from tests.support.helpers import load_stripe_file, make_event, post_event, rows
 from worker.pure.clock import from_unix, to_unix
 
 DAY = 86400
@@ -120,6 +120,14 @@ def know_owner(runtime, evt: dict) -> None:
              "metadata": {}, "invoice_settings": {"default_payment_method": None}}
     _store_and_process(runtime, make_event("customer.created", owner, event_id=f"evt_owner_{customer_id}",
                                            created=1))
+
+
+def post(runtime, client, evt: dict) -> None:
+    """POST the event, signed, to the webhook of `client`, its owner known first, then run the events
+    and steps it queued (a real dramatiq Worker on the stub broker)."""
+    know_owner(runtime, evt)
+    assert post_event(client, evt).status_code == 200
+    drain_queues(runtime, ("events", "steps"))
 
 
 def deliver(runtime, evt: dict) -> str:

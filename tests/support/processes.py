@@ -189,23 +189,21 @@ class SharedPostgresDatabase:
         self.url = f"{admin_url.rsplit('/', 1)[0]}/{self.name}"
 
     def create(self) -> str:
-        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT",
-                               connect_args={"connect_timeout": 3})
-        try:
-            with engine.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{self.name}"'))
-        finally:
-            engine.dispose()
+        self._run(f'CREATE DATABASE "{self.name}"')
         return self.url
 
     def drop(self) -> None:
-        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT",
-                               connect_args={"connect_timeout": 3})
         try:
-            with engine.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+            self._run(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
         except Exception:
             pass
+
+    def _run(self, sql: str) -> None:
+        """One statement on the admin database, outside a transaction (CREATE/DROP DATABASE)."""
+        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect() as conn:
+                conn.execute(text(sql))
         finally:
             engine.dispose()
 

@@ -1,24 +1,23 @@
-"""Capture the SQL statements and transactions a piece of work issues, with SQLAlchemy events.
+"""Capture the SQL statements and transactions a piece of work issues, for a test to assert a ceiling.
 
-`capture(engine)` records every statement sent to the database (before_cursor_execute) with the
-transaction it ran in (begin/commit/rollback on the connection, including SQLAlchemy's autobegin),
-so a test can assert a ceiling and a benchmark can replay exactly the same work.
+`capture(engine)` is bench/sql_trace.py's recorder (SQLAlchemy's begin/commit/rollback and
+before_cursor_execute events on this thread: the one the floor benchmark replays), read as the
+statement texts per transaction. A transaction that ran nothing is not counted (SQLAlchemy's
+autobegin with nothing run sends nothing); one still open when the block ends is.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 from dataclasses import dataclass, field
 
-from sqlalchemy import event
+from bench.sql_trace import tracing
 
 
 @dataclass
 class Captured:
     transactions: list[list[str]] = field(default_factory=list)  # statements, per transaction
     loose: list[str] = field(default_factory=list)  # statements outside any begin (autocommit)
-    _open: dict[int, list[str]] = field(default_factory=dict)
 
     @property
     def statements(self) -> list[str]:
@@ -38,30 +37,13 @@ class Captured:
 def capture(engine):
     """Record what `engine` is asked to run on this thread while the block runs."""
     got = Captured()
-    thread = threading.get_ident()
-
-    def on_begin(conn):
-        if threading.get_ident() == thread:
-            got._open[id(conn)] = []
-
-    def on_end(conn):
-        if threading.get_ident() == thread and id(conn) in got._open:
-            got.transactions.append(got._open.pop(id(conn)))
-
-    def on_execute(conn, cursor, statement, parameters, context, executemany):
-        if threading.get_ident() != thread:
-            return
-        bucket = got._open.get(id(conn))
-        (bucket if bucket is not None else got.loose).append(statement)
-
-    listeners = [("begin", on_begin), ("commit", on_end), ("rollback", on_end),
-                 ("before_cursor_execute", on_execute)]
-    for name, fn in listeners:
-        event.listen(engine, name, fn)
-    try:
-        yield got
-    finally:
-        for name, fn in listeners:
-            event.remove(engine, name, fn)
-        for stmts in got._open.values():  # a transaction still open when the block ended
-            got.transactions.append(stmts)
+    with tracing(engine) as trace:
+        try:
+            yield got
+        finally:
+            for tx in trace.take():
+                texts = [sql for sql, _parameters, _many in tx.statements]
+                if tx.begun:
+                    got.transactions.append(texts)
+                else:
+                    got.loose += texts

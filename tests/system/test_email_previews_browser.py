@@ -18,8 +18,8 @@ from worker.delivery.email_previews import (
     VARIANTS,
     preview_count,
 )
-from worker.delivery.email_locale import SUPPORTED
 from worker.delivery.emails import TEMPLATES
+from worker.pure.locales import SUPPORTED
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -16,7 +16,7 @@ import pytest
 from handlers import dedupe_keys
 from tests.support import dunning as fx
 from tests.support.fake_receivers import scripted_server
-from tests.support.dunning import DAY, T0, open_case
+from tests.support.dunning import DAY, T0, open_case, post
 from tests.support.helpers import post_event, rows
 from worker.web.app import create_app
 
@@ -34,12 +34,6 @@ def failed_invoice(invoice_id: str, amount: int, *, created: int = T0, currency:
                     amount=amount, currency=currency, created=created)
     evt["data"]["object"]["hosted_invoice_url"] = f"https://invoice.stripe.com/i/acct_{invoice_id}"
     return evt
-
-
-def post(runtime, client, evt: dict) -> None:
-    fx.know_owner(runtime, evt)
-    assert post_event(client, evt).status_code == 200
-    fx.drain_queues(runtime, ("events", "steps"))
 
 
 def sent(sendgrid) -> list[dict]:

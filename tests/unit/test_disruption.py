@@ -8,22 +8,28 @@ from __future__ import annotations
 
 import json
 
-import falcon.testing
 import pytest
 from click.testing import CliRunner
 
 from tests.support import dunning as fx
-from tests.support.dunning import DAY, T0, at, case_of, deliver, emails, ended, failed, notices, paid, templates, tick
-from tests.support.helpers import post_event, rows
+from tests.support.dunning import (
+    DAY,
+    T0,
+    at,
+    case_of,
+    deliver,
+    emails,
+    ended,
+    failed,
+    notices,
+    paid,
+    post,
+    templates,
+    tick,
+)
+from tests.support.helpers import rows
 from worker.pure.clock import to_unix
 from worker.delivery.email_context import format_day
-from worker.web.app import create_app
-
-
-def post(runtime, client, evt: dict) -> None:
-    fx.know_owner(runtime, evt)  # the owner of record, not the invoice's customer_email (issue 12)
-    assert post_event(client, evt).status_code == 200
-    fx.drain_queues(runtime, ("events", "steps"))
 
 
 def account(runtime, account_id: str = "sub_test_1") -> dict:
@@ -35,17 +41,20 @@ def bodies(runtime) -> list[dict]:
 
 
 @pytest.fixture
-def web(runtime, client):
+def two_unpaid_by_day_9(web):
+    """Two invoices of one subscription, failed on day 0 (in_a) and day 2 (in_b), the scheduler run
+    to day 9: (runtime, client)."""
+    runtime, client = web
+    post(runtime, client, fx.failed("in_a", created=T0))
+    post(runtime, client, fx.failed("in_b", created=T0 + 2 * DAY))
+    fx.tick(runtime, T0 + 7 * DAY)
+    fx.tick(runtime, T0 + 9 * DAY)
     return runtime, client
 
 
 class TestOneInvoiceOnBothDatabases:
-    @pytest.fixture
-    def web(self, any_runtime):
-        return any_runtime, falcon.testing.TestClient(create_app(any_runtime))
-
-    def test_unpaid_through_day_7_and_14_then_paid_gives_scheduled_disrupted_restored_once_each_in_order(self, web):
-        runtime, client = web
+    def test_unpaid_through_day_7_and_14_then_paid_gives_scheduled_disrupted_restored_once_each_in_order(self, any_web):
+        runtime, client = any_web
         post(runtime, client, fx.failed())
         fx.tick(runtime, T0 + 7 * DAY)
         assert fx.notices(runtime) == ["service.disruption_scheduled"]
@@ -92,12 +101,9 @@ def test_paid_before_day_7_announces_nothing_to_the_platform(web):
     assert fx.templates(runtime) == ["payment-failed", "payment-received"]
 
 
-def test_two_unpaid_invoices_of_one_subscription_share_one_timeline_and_restore_only_when_both_are_paid(web):
-    runtime, client = web
-    post(runtime, client, fx.failed("in_a", created=T0))
-    post(runtime, client, fx.failed("in_b", created=T0 + 2 * DAY))
-    fx.tick(runtime, T0 + 7 * DAY)
-    fx.tick(runtime, T0 + 9 * DAY)
+def test_two_unpaid_invoices_of_one_subscription_share_one_timeline_and_restore_only_when_both_are_paid(
+        two_unpaid_by_day_9):
+    runtime, client = two_unpaid_by_day_9
     # the earliest date wins, and is the one the second invoice's emails show
     assert fx.notices(runtime) == ["service.disruption_scheduled"]
     assert account(runtime)["disrupt_at"] == fx.at(T0 + 14 * DAY)
@@ -117,12 +123,8 @@ def test_two_unpaid_invoices_of_one_subscription_share_one_timeline_and_restore_
     assert "service-restored" not in fx.templates(runtime)
 
 
-def test_paying_the_earliest_invoice_before_the_date_moves_the_date_to_the_next_one(web):
-    runtime, client = web
-    post(runtime, client, fx.failed("in_a", created=T0))
-    post(runtime, client, fx.failed("in_b", created=T0 + 2 * DAY))
-    fx.tick(runtime, T0 + 7 * DAY)
-    fx.tick(runtime, T0 + 9 * DAY)
+def test_paying_the_earliest_invoice_before_the_date_moves_the_date_to_the_next_one(two_unpaid_by_day_9):
+    runtime, client = two_unpaid_by_day_9
     post(runtime, client, fx.paid("in_a", created=T0 + 10 * DAY))
     assert fx.notices(runtime) == ["service.disruption_scheduled", "service.disruption_scheduled"]
     assert bodies(runtime)[-1]["disrupt_at"] == to_unix(fx.at(T0 + 16 * DAY))

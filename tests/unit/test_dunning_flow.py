@@ -26,22 +26,17 @@ from tests.support.dunning import (
     failed,
     notices,
     paid,
+    post,
     subscription_deleted,
     templates,
     tick,
 )
-from tests.support.helpers import post_event, rows
+from tests.support.helpers import rows
 from worker.infra.unit_of_work import context_in
 from worker.pure.clock import utcnow
 from worker.web.app import create_app
 
 STEP_TEMPLATES = ["payment-failed", "reminder", "disruption-warning", "final-notice", "service-disrupted"]
-
-
-def post(runtime, client, evt: dict) -> None:
-    fx.know_owner(runtime, evt)  # the owner of record, not the invoice's customer_email (issue 12)
-    assert post_event(client, evt).status_code == 200
-    fx.drain_queues(runtime, ("events", "steps"))
 
 
 def event_status(runtime, evt: dict) -> str:
@@ -51,12 +46,8 @@ def event_status(runtime, evt: dict) -> str:
 class TestOnSqliteAndPostgres:
     """The acceptance paths, on both databases."""
 
-    @pytest.fixture
-    def web(self, any_runtime):
-        return any_runtime, falcon.testing.TestClient(create_app(any_runtime))
-
-    def test_a_signed_payment_failed_sends_one_payment_failed_email_to_the_owner_and_a_repost_adds_nothing(self, web):
-        runtime, client = web
+    def test_a_signed_payment_failed_sends_one_payment_failed_email_to_the_owner_and_a_repost_adds_nothing(self, any_web):
+        runtime, client = any_web
         evt = fx.failed()
         post(runtime, client, evt)
         [email] = fx.emails(runtime)
@@ -66,11 +57,11 @@ class TestOnSqliteAndPostgres:
         assert fx.templates(runtime) == ["payment-failed"]
         assert len(rows(runtime, "cases")) == 1
 
-    def test_ticks_give_the_reminder_once_and_a_late_tick_catches_up_with_the_warning_only(self, web):
+    def test_ticks_give_the_reminder_once_and_a_late_tick_catches_up_with_the_warning_only(self, any_web):
         """Changed by issue 12: a late pass no longer sends every missed step in a burst; it sends the
         latest one that makes sense (the warning, never a disruption before it), moves the date so
         the owner gets min_warning_days, and the rest follows on the moved calendar."""
-        runtime, client = web
+        runtime, client = any_web
         post(runtime, client, fx.failed())
         fx.tick(runtime, T0 + 3 * DAY)
         assert fx.templates(runtime) == ["payment-failed", "reminder"]
@@ -87,8 +78,8 @@ class TestOnSqliteAndPostgres:
         assert [e["dedupe_key"] for e in fx.emails(runtime)] == [f"case:{case['id']}:step:{n}" for n in range(5)]
         assert case["state"] == "disrupted" and case["next_step_at"] is None
 
-    def test_payment_stops_the_schedule_thanks_once_and_an_older_failure_delivered_later_changes_nothing(self, web):
-        runtime, client = web
+    def test_payment_stops_the_schedule_thanks_once_and_an_older_failure_delivered_later_changes_nothing(self, any_web):
+        runtime, client = any_web
         first = fx.failed(created=T0)
         post(runtime, client, first)
         fx.tick(runtime, T0 + 3 * DAY)
@@ -101,11 +92,6 @@ class TestOnSqliteAndPostgres:
         assert case["state"] == "recovered" and case["attempt_count"] == 1
         assert fx.transitions(runtime, case["id"]) == [(None, "failing", "opened"),
                                                        ("failing", "recovered", "invoice_paid")]
-
-
-@pytest.fixture
-def web(runtime, client):
-    return runtime, client
 
 
 def test_invoice_paid_delivered_before_its_payment_failed_leaves_the_case_recovered_and_sends_nothing(web):

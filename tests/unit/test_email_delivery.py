@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import update
 
 from handlers import dedupe_keys
-from tests.support.delivery import in_handler, seed_case
+from tests.support.delivery import in_handler, seed_case, settle_outbox
 from tests.support.fake_receivers import scripted_server
 from tests.support.helpers import drain, rows
 from worker.delivery import outbox
@@ -29,16 +29,6 @@ def queue(runtime, template="payment-failed", case_id="dc_test_1", key=dedupe_ke
 def parse_eml(path):
     with open(path, "rb") as handle:
         return BytesParser(policy=policy.default).parse(handle)
-
-
-def settle(runtime, rounds: int = 8) -> None:
-    """Run the sender, then the sweeper a day ahead, until no email is left pending."""
-    drain(runtime)
-    for _ in range(rounds):
-        if not [r for r in rows(runtime, "emails") if r["status"] in ("pending", "sending")]:
-            return
-        sweep_emails(runtime, utcnow() + timedelta(days=1))
-        drain(runtime)
 
 
 # -- the file outbox ----------------------------------------------------------------------
@@ -212,7 +202,7 @@ def test_429_500_and_a_timeout_are_retried_with_backoff_then_accepted_once(make_
         assert row["next_attempt_at"] > utcnow() + timedelta(seconds=30)  # backing off, not hammering
         assert sweep_emails(runtime, utcnow()) == 0  # not due yet
 
-        settle(runtime)
+        settle_outbox(runtime, "emails", sweep_emails, rounds=8)
 
     [row] = rows(runtime, "emails")
     assert row["status"] == "sent" and row["attempts"] == 4

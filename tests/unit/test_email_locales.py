@@ -13,14 +13,9 @@ from babel.messages.pofile import read_po
 
 from config.settings import PROJECT_ROOT
 from worker.delivery.email_context import build_context, format_deadline
-from worker.delivery.email_locale import (
-    SUPPORTED,
-    catalogue_path,
-    choose_locale,
-    default_locale,
-    owner_locale,
-)
+from worker.delivery.email_locale import catalogue_path
 from worker.delivery.emails import TEMPLATES, render
+from worker.pure.locales import SUPPORTED, choose_locale, default_locale, owner_locale
 
 TRANSLATED = [locale for locale in SUPPORTED if locale != "en"]
 PLACEHOLDER = re.compile(r"%\((\w+)\)s")
@@ -108,9 +103,9 @@ INVOICE = {"id": "in_1", "number": "ABC-0001", "status": "open", "currency": "eu
            "invoice_pdf": "https://pay.stripe.com/invoice/acct_1/test_x/pdf"}
 
 
-def _render(template, locale, tz="Europe/Berlin"):
+def _render(template, locale, tz="Europe/Berlin", extra=None):
     context = build_context(case=CASE, invoice=INVOICE, customer={"id": "cus_1", "name": "Ada"},
-                            locale=locale, tz=tz)
+                            locale=locale, tz=tz, extra=extra)
     return render(template, context)
 
 
@@ -152,10 +147,8 @@ def test_an_account_emails_list_of_unpaid_invoices_is_in_the_owners_language(loc
     """Issue 14's list (templates/emails/_invoices.*) is worded and punctuated like the rest of the email."""
     from worker.delivery.account_emails import format_total
     listed = [{"invoice_id": f"in_{n}", "number": f"ABC-000{n}", "amount": f"{n} EUR", "url": None} for n in (1, 2)]
-    context = build_context(case=CASE, invoice=INVOICE, customer={"id": "cus_1", "name": "Ada"}, locale=locale,
-                            tz="Europe/Berlin",
-                            extra={"invoices": listed, "invoice_totals": [format_total(123456, "eur", locale)]})
-    email = render("reminder", context)
+    email = _render("reminder", locale,
+                    extra={"invoices": listed, "invoice_totals": [format_total(123456, "eur", locale)]})
     assert heading in email.html and heading.upper() in email.text
     assert total in email.text and "Total owed" not in email.text + email.html
     assert "Unpaid invoices" not in email.html and "UNPAID INVOICES" not in email.text

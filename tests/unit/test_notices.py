@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
-import dramatiq
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import update
 
-from tests.support.delivery import in_handler, seed_case
+from tests.support.cli import run_json
+from tests.support.delivery import in_handler, seed_case, settle_outbox
 from tests.support.fake_receivers import free_port, scripted_server
 from tests.support.helpers import drain, rows
 from worker.delivery import outbox
@@ -52,11 +52,21 @@ class Receiver:
         return 200, {}, {"ok": True}
 
 
-def notice_runtime(make_runtime, url: str | None, db: str = "sqlite"):
+def notice_case(make_runtime, url: str | None, db: str = "sqlite", **case):
+    """A runtime whose notices go to `url` (None: to signed files), one case seeded: (runtime, ids)."""
     env = {"PLATFORM_WEBHOOK_SECRET": SECRET}
     if url:
         env["PLATFORM_WEBHOOK_URL"] = url
-    return make_runtime(db=db, **env)
+    runtime = make_runtime(db=db, **env)
+    return runtime, seed_case(runtime, **case)
+
+
+@contextmanager
+def platform_and_case(make_runtime, script, db: str = "sqlite", **case):
+    """The platform, answering by `script`, and a runtime sending it notices, one case seeded:
+    (platform, runtime, ids)."""
+    with scripted_server(script) as platform:
+        yield (platform, *notice_case(make_runtime, platform.url, db, **case))
 
 
 def add(runtime, kind: str, ids: dict, discriminator: str = "1"):
@@ -66,14 +76,9 @@ def add(runtime, kind: str, ids: dict, discriminator: str = "1"):
          subscription_id=ids["subscription_id"], disrupt_at=DISRUPT_AT))
 
 
-def settle(runtime, rounds: int = 12) -> None:
-    """Run the senders, then the sweeper ahead of every backoff, until nothing is pending."""
-    drain(runtime)
-    for _ in range(rounds):
-        if not [r for r in rows(runtime, "platform_notices") if r["status"] in ("pending", "sending")]:
-            return
-        sweep_notices(runtime, utcnow() + timedelta(days=1))
-        drain(runtime)
+def settle(runtime) -> None:
+    """Run the senders, then the sweeper ahead of every backoff, until no notice is pending."""
+    settle_outbox(runtime, "platform_notices", sweep_notices, rounds=12)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -83,10 +88,9 @@ def db_kind(request):
 
 def test_each_notice_is_signed_delivered_once_and_in_order(make_runtime, db_kind):
     receiver = Receiver()
-    with scripted_server(receiver) as platform:
-        runtime = notice_runtime(make_runtime, platform.url, db_kind)
-        ids = seed_case(runtime, customer_metadata={"app_id": "app_42", "plan": "from-customer"},
-                        subscription_metadata={"plan": "from-subscription"})
+    with platform_and_case(make_runtime, receiver, db_kind,
+                           customer_metadata={"app_id": "app_42", "plan": "from-customer"},
+                           subscription_metadata={"plan": "from-subscription"}) as (_platform, runtime, ids):
         created = [add(runtime, kind, ids) for kind in TYPES]
         drain(runtime)
 
@@ -104,9 +108,7 @@ def test_each_notice_is_signed_delivered_once_and_in_order(make_runtime, db_kind
 
 def test_a_receiver_failing_the_first_two_tries_still_gets_each_notice_once_in_order(make_runtime):
     receiver = Receiver(fail_first=2)
-    with scripted_server(receiver) as platform:
-        runtime = notice_runtime(make_runtime, platform.url)
-        ids = seed_case(runtime)
+    with platform_and_case(make_runtime, receiver) as (platform, runtime, ids):
         for kind in TYPES:
             add(runtime, kind, ids)
         settle(runtime)
@@ -124,9 +126,7 @@ def test_a_receiver_failing_the_first_two_tries_still_gets_each_notice_once_in_o
 
 def test_a_later_notice_waits_while_an_earlier_one_keeps_failing(make_runtime):
     receiver = Receiver(fail_first=1000)
-    with scripted_server(receiver) as platform:
-        runtime = notice_runtime(make_runtime, platform.url)
-        ids = seed_case(runtime)
+    with platform_and_case(make_runtime, receiver) as (platform, runtime, ids):
         first = add(runtime, "service.disrupted", ids)
         add(runtime, "service.restored", ids)
         for _ in range(3):
@@ -142,15 +142,14 @@ def test_a_later_notice_waits_while_an_earlier_one_keeps_failing(make_runtime):
 
 def test_a_receiver_down_leaves_notices_pending_and_visible_then_delivers_each_once(make_runtime, tmp_path):
     port = free_port()
-    runtime = notice_runtime(make_runtime, f"http://127.0.0.1:{port}/hooks/dunning")
-    ids = seed_case(runtime)
+    runtime, ids = notice_case(make_runtime, f"http://127.0.0.1:{port}/hooks/dunning")
     for kind in TYPES:
         add(runtime, kind, ids)
     drain(runtime)
     sweep_notices(runtime, utcnow() + timedelta(days=1))
     drain(runtime)
 
-    pending = stats_json(runtime)["pending_notices"]
+    pending = run_json("stats")["pending_notices"]
     assert [p["type"] for p in pending] == list(TYPES)
     head = pending[0]
     assert head["attempts"] == 2 and "Connection refused" in head["last_error"]
@@ -161,31 +160,13 @@ def test_a_receiver_down_leaves_notices_pending_and_visible_then_delivers_each_o
         settle(runtime)
 
     assert [n["type"] for n in receiver.acknowledged] == list(TYPES)
-    assert stats_json(runtime)["pending_notices"] == []
-    assert stats_json(runtime)["notices"] == {"sent": 3}
-
-
-def stats_json(runtime) -> dict:
-    """`dunning stats --json`, run as an operator would, against the test's database."""
-    from worker import runtime as rt
-    from worker.cli import main
-    s = runtime.settings
-    env = {"DATABASE_URL": s.database_url, "STRIPE_WEBHOOK_SECRET": s.stripe_webhook_secrets[0],
-           "ADMIN_TOKEN": s.admin_token, "DUNNING_POLICY": str(s.dunning_policy), "LOG_FORMAT": "json"}
-    try:
-        result = CliRunner().invoke(main, ["stats", "--json"], env=env, catch_exceptions=False)
-    finally:
-        rt._current = runtime  # the CLI built its own runtime; the test goes on with its own
-        dramatiq.set_broker(runtime.broker)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    assert run_json("stats")["pending_notices"] == []
+    assert run_json("stats")["notices"] == {"sent": 3}
 
 
 def test_an_acknowledged_notice_is_never_sent_again(make_runtime):
     receiver = Receiver()
-    with scripted_server(receiver) as platform:
-        runtime = notice_runtime(make_runtime, platform.url)
-        ids = seed_case(runtime)
+    with platform_and_case(make_runtime, receiver) as (platform, runtime, ids):
         add(runtime, "service.disrupted", ids)
         drain(runtime)
         assert deliver_account_notices(runtime, ids["account_id"]) == 0
@@ -201,9 +182,7 @@ def test_concurrent_deliveries_for_one_account_send_each_notice_once(make_runtim
         threading.Event().wait(0.2)
         return receiver(n, request)
 
-    with scripted_server(slow) as platform:
-        runtime = notice_runtime(make_runtime, platform.url, db_kind)
-        ids = seed_case(runtime)
+    with platform_and_case(make_runtime, slow, db_kind) as (_platform, runtime, ids):
         runtime.db.tables
         with runtime.db.transaction() as conn:  # three notices, committed without their nudges
             from worker.infra.unit_of_work import context_in
@@ -226,9 +205,7 @@ def test_concurrent_deliveries_for_one_account_send_each_notice_once(make_runtim
 
 def test_a_worker_that_died_mid_delivery_is_retried_after_its_lease(make_runtime):
     receiver = Receiver()
-    with scripted_server(receiver) as platform:
-        runtime = notice_runtime(make_runtime, platform.url)
-        ids = seed_case(runtime)
+    with platform_and_case(make_runtime, receiver) as (_platform, runtime, ids):
         add(runtime, "service.disrupted", ids)
         runtime.broker.flush_all()
         notices = runtime.db.table("platform_notices")
@@ -248,9 +225,7 @@ def test_after_three_days_of_failures_a_notice_is_failed_and_the_next_proceeds(m
         request["notice"] = notice
         return (503, {}, {}) if notice["type"] == "service.disrupted" else (204, {}, b"")
 
-    with scripted_server(script) as platform:
-        runtime = notice_runtime(make_runtime, platform.url)
-        ids = seed_case(runtime)
+    with platform_and_case(make_runtime, script) as (_platform, runtime, ids):
         add(runtime, "service.disrupted", ids)
         add(runtime, "service.restored", ids)
         drain(runtime)
@@ -267,8 +242,7 @@ def test_after_three_days_of_failures_a_notice_is_failed_and_the_next_proceeds(m
 
 
 def test_a_duplicate_notice_adds_nothing_and_an_unknown_type_is_refused(make_runtime):
-    runtime = notice_runtime(make_runtime, None)
-    ids = seed_case(runtime)
+    runtime, ids = notice_case(make_runtime, None)
     assert add(runtime, "service.disrupted", ids)
     assert add(runtime, "service.disrupted", ids) is None
     assert len(rows(runtime, "platform_notices")) == 1
@@ -277,8 +251,7 @@ def test_a_duplicate_notice_adds_nothing_and_an_unknown_type_is_refused(make_run
 
 
 def test_without_a_url_each_signed_notice_is_written_as_a_json_file(make_runtime):
-    runtime = notice_runtime(make_runtime, None)
-    ids = seed_case(runtime)
+    runtime, ids = notice_case(make_runtime, None)
     created = [add(runtime, kind, ids) for kind in TYPES]
     drain(runtime)
     drain(runtime)  # a second run rewrites nothing new
@@ -294,9 +267,7 @@ def test_without_a_url_each_signed_notice_is_written_as_a_json_file(make_runtime
 
 def test_the_sweeper_does_not_nudge_an_account_whose_head_is_backing_off(make_runtime):
     receiver = Receiver(fail_first=1)
-    with scripted_server(receiver) as platform:
-        runtime = notice_runtime(make_runtime, platform.url)
-        ids = seed_case(runtime)
+    with platform_and_case(make_runtime, receiver) as (_platform, runtime, ids):
         add(runtime, "service.disrupted", ids)
         drain(runtime)  # first try fails: the head backs off
         add(runtime, "service.restored", ids)  # a later notice, due at once
@@ -309,9 +280,7 @@ def test_the_sweeper_does_not_nudge_an_account_whose_head_is_backing_off(make_ru
 
 def test_a_notice_interrupted_again_and_again_for_days_is_failed_and_the_next_proceeds(make_runtime):
     receiver = Receiver()
-    with scripted_server(receiver) as platform:
-        runtime = notice_runtime(make_runtime, platform.url)
-        ids = seed_case(runtime)
+    with platform_and_case(make_runtime, receiver) as (_platform, runtime, ids):
         stuck = add(runtime, "service.disrupted", ids)
         add(runtime, "service.restored", ids)
         runtime.broker.flush_all()

@@ -40,8 +40,7 @@ from sqlalchemy import and_, func, or_, select, text, update
 from handlers import dedupe_keys
 from worker.pure.clock import utcnow
 from worker.pure.money import DEFAULT_LOCALE, exponent, format_amount_with_code, to_major
-from handlers.policy import DEFAULT_COALESCE_SECONDS, coalesce_window  # noqa: F401  (the policy reads it)
-from handlers.steps import step_email  # noqa: F401  (a step asks which email satisfied it)
+from handlers.policy import coalesce_window
 
 log = structlog.get_logger("worker.delivery.account_emails")
 
@@ -262,11 +261,12 @@ def _extra(listing: dict) -> dict:
 
 def _listing(ctx, customer_id: str) -> dict:
     """Every unpaid invoice of the customer (an open case, its invoice not final) and the totals,
-    written as the owner's language writes money (worker.delivery.email_locale.owner_locale, issue 14)."""
+    written as the owner's language writes money (worker.pure.locales.owner_locale, issue 14)."""
     from handlers.dunning import OPEN_STATES
     from worker.delivery import outbox
     from worker.delivery.email_context import safe_url
-    from worker.delivery.email_locale import babel_locale, owner_locale
+    from worker.delivery.email_locale import babel_locale
+    from worker.pure.locales import owner_locale
     locale = babel_locale(owner_locale(ctx.policy, outbox._load(ctx, "customers", customer_id)))
     cases, invoices = ctx.table("cases"), ctx.table("invoices")
     rows = ctx.conn.execute(

@@ -32,8 +32,9 @@ from babel.dates import format_date, format_datetime
 from sqlalchemy import Connection, Table, select
 
 from handlers.dunning import DISRUPTED, RECOVERED
-from worker.delivery.email_locale import N_, babel_locale, gettext, normalize
+from worker.delivery.email_locale import N_, babel_locale, gettext
 from worker.delivery.emails import one_line
+from worker.pure.locales import normalize
 from worker.pure.money import format_amount_with_code
 
 DEFAULT_LOCALE = "en"
@@ -93,7 +94,7 @@ def build_context(*, case: dict | None = None, invoice: dict | None = None,
     """A complete, formatted context for any template (see KEYS).
 
     tz: the owner's IANA zone (worker.pure.email_time.owner_timezone); deadlines are stated as date,
-    time and zone in it (UTC when None). locale: the owner's language (worker.delivery.email_locale.owner_locale)."""
+    time and zone in it (UTC when None). locale: the owner's language (worker.pure.locales.owner_locale)."""
     lang = normalize(locale) or DEFAULT_LOCALE
     locale = babel_locale(lang)
     case, invoice, customer, card, extra = case or {}, invoice or {}, customer or {}, card or {}, extra or {}

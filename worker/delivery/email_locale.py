@@ -20,21 +20,13 @@ from __future__ import annotations
 import io
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
 
-from worker.pure.locales import (  # noqa: F401  (the vocabulary, re-exported)
-    DEFAULT_LOCALE,
-    LANGUAGE_FALLBACK,
-    SUPPORTED,
-    choose_locale,
-    default_locale,
-    normalize,
-    owner_locale,
-)
+from worker.pure.locales import DEFAULT_LOCALE, SUPPORTED, normalize
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 DOMAIN = "emails"

@@ -11,7 +11,7 @@ worker.delivery.decline_reasons (`<variant>-<code>`), since the advice and the b
 Without settings (no environment), the previews use PREVIEW_SETTINGS: an example BILLING_PORTAL_URL and
 brand, so the card-update button is shown as it looks once configured.
 
-Every locale of worker.delivery.email_locale (issue 14): English as above, at `<template>/<variant>`; each other
+Every locale of worker.pure.locales (issue 14): English as above, at `<template>/<variant>`; each other
 locale at `<template>/<locale>/<variant>`, for LOCALE_VARIANTS (one with everything known, one with
 the least) and the failure emails once per LOCALE_DECLINE_CODES, in a time zone of its own
 (LOCALE_ZONES), so a long German word or a line of Japanese without spaces is seen at phone width.
@@ -30,8 +30,8 @@ from types import SimpleNamespace
 
 from handlers.dunning import DISRUPTED, DISRUPTION_SCHEDULED
 from worker.delivery.email_context import build_context
-from worker.delivery.email_locale import SUPPORTED
 from worker.delivery.emails import TEMPLATES, render
+from worker.pure.locales import SUPPORTED
 
 NOW = datetime(2026, 11, 30, 9, 0, 0)
 DECLINE_TEMPLATES = ("payment-failed", "reminder")

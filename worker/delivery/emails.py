@@ -33,6 +33,7 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined,
 
 from config.settings import PROJECT_ROOT
 from worker.delivery import email_locale
+from worker.pure.locales import DEFAULT_LOCALE
 
 TEMPLATES_DIR = PROJECT_ROOT / "templates" / "emails"
 PARTS = ("subject.txt", "body.txt", "body.html")
@@ -119,7 +120,7 @@ def render(template: str, context: dict[str, Any], templates_dir: Path | None = 
     if template not in template_names(templates_dir):
         raise ValueError(f"unknown email template {template!r}")
     env = environment(TEMPLATES_DIR, templates_dir)
-    context = {"locale": email_locale.DEFAULT_LOCALE, **context, "template": template}
+    context = {"locale": DEFAULT_LOCALE, **context, "template": template}
     context["html_lang"] = email_locale.HTML_LANG.get(context["locale"], "en")
     subject = render_subject(template, context, templates_dir)
     context["subject"] = subject

@@ -116,8 +116,8 @@ def compose_email(ctx, template: str, key: EmailKey, extra: dict | None, *, case
     clock = getattr(ctx, "clock", None) or ctx.now
     if case and case.get("next_payment_attempt") and case["next_payment_attempt"] <= clock:
         case = {**case, "next_payment_attempt": None}  # a "next automatic retry" in the past is never shown
-    from worker.delivery.email_locale import owner_locale
     from worker.pure.email_time import owner_timezone
+    from worker.pure.locales import owner_locale
     # The language is fixed here, when the email is written: a later change of the customer's
     # preferred_locales words the next email, never this one (its row holds the rendered text).
     context = build_context(case=case, invoice=invoice, customer=customer, card=card,
