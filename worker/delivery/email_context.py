@@ -34,10 +34,9 @@ from sqlalchemy import Connection, Table, select
 from handlers.dunning import DISRUPTED, RECOVERED
 from worker.delivery.email_locale import N_, babel_locale, gettext
 from worker.delivery.emails import one_line
-from worker.pure.locales import normalize
+from worker.pure.locales import DEFAULT_LOCALE, normalize
 from worker.pure.money import format_amount_with_code
 
-DEFAULT_LOCALE = "en"
 
 log = structlog.get_logger("worker.delivery.email_context")
 # Links an email may carry: Stripe's own pages over https (hosted invoice and PDF, payment links,
