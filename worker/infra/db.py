@@ -15,6 +15,7 @@ from typing import Any, Iterator
 from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.sql import ClauseElement
 from sqlalchemy.pool import NullPool
 
 from config.settings import PROJECT_ROOT
@@ -75,6 +76,7 @@ class Database:
             self.engine = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow,
                                         pool_recycle=1800, hide_parameters=True, connect_args={"connect_timeout": 5})
         self._tables: dict[str, Table] | None = None
+        self._insert_new_statements: dict[tuple, tuple[Table, Any]] = {}
 
     # -- schema ---------------------------------------------------------------------------
     def init_schema(self) -> None:
@@ -152,10 +154,24 @@ class Database:
         """Insert the row unless one with the same key exists; True when this call inserted it.
 
         (rowcount is unreliable for ON CONFLICT DO NOTHING on psycopg 3: RETURNING tells.)
+        The statement is built once per table and key, and the row is passed as its parameters:
+        building `.values(row)` anew cost more CPU than the round trip (a bind and a cache-key
+        walk per column, every call); SQLAlchemy compiles the cached statement once per set of
+        column names. Values that are SQL expressions are inlined as before.
         """
-        pk = [c for c in table.primary_key.columns][0]
-        stmt = self.insert_ignore(table, values, *keys).returning(pk)
-        return conn.execute(stmt).first() is not None
+        if any(isinstance(value, ClauseElement) for value in values.values()):
+            pk = [c for c in table.primary_key.columns][0]
+            return conn.execute(self.insert_ignore(table, values, *keys).returning(pk)).first() is not None
+        return conn.execute(self._insert_new_statement(table, keys), values).first() is not None
+
+    def _insert_new_statement(self, table: Table, keys: tuple[str, ...]):
+        cached = self._insert_new_statements.get((table.name, keys))
+        if cached is None or cached[0] is not table:  # a table reflected again is another object
+            dialect = sqlite if self.is_sqlite else postgresql
+            pk = [c for c in table.primary_key.columns][0]
+            stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys) or None).returning(pk)
+            cached = self._insert_new_statements[(table.name, keys)] = (table, stmt)
+        return cached[1]
 
     def lock(self, stmt):
         """SELECT ... FOR UPDATE on PostgreSQL; SQLite already holds the write lock (BEGIN IMMEDIATE)."""
