@@ -24,6 +24,7 @@ from worker.infra import advisory_locks
 from worker.pure.json_text import dumps, loads  # noqa: F401  (TEXT columns; long imported from here)
 
 SCHEMA_PATH = PROJECT_ROOT / "schema.sql"
+_INSERT_CURSOR = "dunning.insert_new_committed.cursor"  # key in a pooled connection's info
 
 
 class DatabaseUnavailable(Exception):
@@ -201,9 +202,14 @@ class Database:
             raise DatabaseUnavailable(_first_line(exc)) from exc
         try:
             driver = pooled.driver_connection
+            # One cursor per driver connection (its info lives as long as it): a cursor keeps the
+            # dumpers it found for each parameter's type, a new one looks them all up again.
+            cursor = pooled.info.get(_INSERT_CURSOR)
+            if cursor is None or cursor.closed or cursor.connection is not driver:
+                cursor = pooled.info[_INSERT_CURSOR] = driver.cursor()
             driver.autocommit = True
             try:
-                return driver.execute(sql, params).fetchone() is not None
+                return cursor.execute(sql, params).fetchone() is not None
             finally:
                 if not driver.closed:
                     driver.autocommit = False
