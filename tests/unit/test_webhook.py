@@ -134,3 +134,17 @@ def test_a_database_that_stopped_answering_after_start_is_unavailable(make_runti
             store_event(gone, parse_envelope(json.dumps(failed_invoice_event())), known_type=True)
     finally:
         gone.dispose()
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+def test_insert_new_refuses_a_column_the_table_does_not_have(make_runtime, db):
+    """insert_new passes the row as parameters of a statement built once; a misspelt column must
+    still fail loudly (as .values(row) did), not be dropped from the INSERT."""
+    from sqlalchemy.exc import CompileError
+    runtime = make_runtime(db=db)
+    cursors = runtime.db.table("cursors")
+    row = {"name": "n", "value": "", "updated_at": None, "vaule": "typo"}
+    with pytest.raises(CompileError, match="vaule"):
+        runtime.db.insert_new_committed(cursors, row, "name")
+    with pytest.raises(CompileError, match="vaule"), runtime.db.transaction() as conn:
+        runtime.db.insert_new(conn, cursors, row, "name")

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import CompileError, DBAPIError, OperationalError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.pool import NullPool
 
@@ -77,7 +77,7 @@ class Database:
             self.engine = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow,
                                         pool_recycle=1800, hide_parameters=True, connect_args={"connect_timeout": 5})
         self._tables: dict[str, Table] | None = None
-        self._insert_new_statements: dict[tuple, tuple[Table, Any]] = {}
+        self._insert_new_statements: dict[tuple, tuple[Table, Any, frozenset[str]]] = {}
         self._committed_inserts: dict[tuple, tuple[Table, str, dict[str, Any]] | None] = {}
 
     # -- schema ---------------------------------------------------------------------------
@@ -164,16 +164,21 @@ class Database:
         if any(isinstance(value, ClauseElement) for value in values.values()):
             pk = [c for c in table.primary_key.columns][0]
             return conn.execute(self.insert_ignore(table, values, *keys).returning(pk)).first() is not None
-        return conn.execute(self._insert_new_statement(table, keys), values).first() is not None
+        stmt, columns = self._insert_new_statement(table, keys)
+        unknown = values.keys() - columns
+        if unknown:  # as .values(row) refused them: parameters alone would drop them silently
+            raise CompileError(f"Unconsumed column names: {', '.join(sorted(unknown))}")
+        return conn.execute(stmt, values).first() is not None
 
     def _insert_new_statement(self, table: Table, keys: tuple[str, ...]):
+        """(statement, the table's column names) for `insert_new`, built once per table and key."""
         cached = self._insert_new_statements.get((table.name, keys))
         if cached is None or cached[0] is not table:  # a table reflected again is another object
             dialect = sqlite if self.is_sqlite else postgresql
             pk = [c for c in table.primary_key.columns][0]
             stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys) or None).returning(pk)
-            cached = self._insert_new_statements[(table.name, keys)] = (table, stmt)
-        return cached[1]
+            cached = self._insert_new_statements[(table.name, keys)] = (table, stmt, frozenset(table.c.keys()))
+        return cached[1], cached[2]
 
     def insert_new_committed(self, table: Table, values: dict[str, Any], *keys: str) -> bool:
         """`insert_new` as one statement committed on its own, before this returns (the webhook's
@@ -229,7 +234,7 @@ class Database:
         if cached is not False and (cached is None or cached[0] is table):
             return cached and cached[1:]
         dialect = self.engine.dialect
-        compiled = self._insert_new_statement(table, keys).compile(dialect=dialect, column_keys=list(columns))
+        compiled = self._insert_new_statement(table, keys)[0].compile(dialect=dialect, column_keys=list(columns))
         names = {bind.key: name for bind, name in compiled.bind_names.items()}
         plain = (dialect.paramstyle == "pyformat" and not compiled.positional
                  and not compiled.escaped_bind_names
