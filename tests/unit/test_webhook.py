@@ -90,3 +90,61 @@ def test_health_and_readiness(client):
     assert client.simulate_get("/healthz").json == {"status": "ok"}
     ready = client.simulate_get("/readyz")
     assert ready.status_code == 200 and ready.json["checks"]["database"] == "ok"
+
+
+
+def test_a_lost_database_connection_is_unavailable_once_then_the_pool_is_renewed(make_runtime):
+    """The webhook's INSERT runs on the pooled driver connection (Database.insert_new_committed):
+    a connection the server dropped raises DatabaseUnavailable (the webhook's 503, Stripe retries),
+    and the pool is renewed as SQLAlchemy renews it, so the next delivery is stored."""
+    from sqlalchemy import text
+
+    from worker.infra.db import Database, DatabaseUnavailable
+    from worker.intake.event_store import parse_envelope, store_event
+    runtime = make_runtime(db="postgres")
+    db = Database(runtime.settings.database_url)  # a pool no other thread of the test process uses
+    envelope = {e: parse_envelope(json.dumps(failed_invoice_event(e, invoice_id="in_" + e))) for e in ("evt_1", "evt_2")}
+    try:
+        assert store_event(db, envelope["evt_1"], known_type=True) is True
+        assert any(db._committed_inserts.values())  # the driver-connection path ran
+        held = [db.engine.raw_connection() for _ in range(3)]
+        for pooled in held:
+            pooled.close()  # three idle connections: all of them die below, one failure renews all
+        with runtime.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        with pytest.raises(DatabaseUnavailable):
+            store_event(db, envelope["evt_2"], known_type=True)
+        assert store_event(db, envelope["evt_2"], known_type=True) is True
+        assert store_event(db, envelope["evt_2"], known_type=True) is False  # a duplicate: stored once
+    finally:
+        db.dispose()
+    assert sorted(r["id"] for r in rows(runtime, "events")) == ["evt_1", "evt_2"]
+
+
+def test_a_database_that_stopped_answering_after_start_is_unavailable(make_runtime):
+    """The schema was reflected at boot; then no connection can be made: DatabaseUnavailable (503)."""
+    from worker.infra.db import Database, DatabaseUnavailable
+    from worker.intake.event_store import parse_envelope, store_event
+    runtime = make_runtime(db="postgres")
+    gone = Database("postgresql+psycopg://postgres@127.0.0.1:1/nothing")
+    gone._tables = runtime.db.tables  # reflected before the outage
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            store_event(gone, parse_envelope(json.dumps(failed_invoice_event())), known_type=True)
+    finally:
+        gone.dispose()
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+def test_insert_new_refuses_a_column_the_table_does_not_have(make_runtime, db):
+    """insert_new passes the row as parameters of a statement built once; a misspelt column must
+    still fail loudly (as .values(row) did), not be dropped from the INSERT."""
+    from sqlalchemy.exc import CompileError
+    runtime = make_runtime(db=db)
+    cursors = runtime.db.table("cursors")
+    row = {"name": "n", "value": "", "updated_at": None, "vaule": "typo"}
+    with pytest.raises(CompileError, match="vaule"):
+        runtime.db.insert_new_committed(cursors, row, "name")
+    with pytest.raises(CompileError, match="vaule"), runtime.db.transaction() as conn:
+        runtime.db.insert_new(conn, cursors, row, "name")

@@ -14,7 +14,8 @@ from typing import Any, Iterator
 
 from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import CompileError, DBAPIError, OperationalError
+from sqlalchemy.sql import ClauseElement
 from sqlalchemy.pool import NullPool
 
 from config.settings import PROJECT_ROOT
@@ -23,6 +24,7 @@ from worker.infra import advisory_locks
 from worker.pure.json_text import dumps, loads  # noqa: F401  (TEXT columns; long imported from here)
 
 SCHEMA_PATH = PROJECT_ROOT / "schema.sql"
+_INSERT_CURSOR = "dunning.insert_new_committed.cursor"  # key in a pooled connection's info
 
 
 class DatabaseUnavailable(Exception):
@@ -75,6 +77,8 @@ class Database:
             self.engine = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow,
                                         pool_recycle=1800, hide_parameters=True, connect_args={"connect_timeout": 5})
         self._tables: dict[str, Table] | None = None
+        self._insert_new_statements: dict[tuple, tuple[Table, Any, frozenset[str]]] = {}
+        self._committed_inserts: dict[tuple, tuple[Table, str, dict[str, Any]] | None] = {}
 
     # -- schema ---------------------------------------------------------------------------
     def init_schema(self) -> None:
@@ -152,10 +156,99 @@ class Database:
         """Insert the row unless one with the same key exists; True when this call inserted it.
 
         (rowcount is unreliable for ON CONFLICT DO NOTHING on psycopg 3: RETURNING tells.)
+        The statement is built once per table and key, and the row is passed as its parameters:
+        building `.values(row)` anew cost more CPU than the round trip (a bind and a cache-key
+        walk per column, every call); SQLAlchemy compiles the cached statement once per set of
+        column names. Values that are SQL expressions are inlined as before.
         """
-        pk = [c for c in table.primary_key.columns][0]
-        stmt = self.insert_ignore(table, values, *keys).returning(pk)
-        return conn.execute(stmt).first() is not None
+        if any(isinstance(value, ClauseElement) for value in values.values()):
+            pk = [c for c in table.primary_key.columns][0]
+            return conn.execute(self.insert_ignore(table, values, *keys).returning(pk)).first() is not None
+        stmt, columns = self._insert_new_statement(table, keys)
+        unknown = values.keys() - columns
+        if unknown:  # as .values(row) refused them: parameters alone would drop them silently
+            raise CompileError(f"Unconsumed column names: {', '.join(sorted(unknown))}")
+        return conn.execute(stmt, values).first() is not None
+
+    def _insert_new_statement(self, table: Table, keys: tuple[str, ...]):
+        """(statement, the table's column names) for `insert_new`, built once per table and key."""
+        cached = self._insert_new_statements.get((table.name, keys))
+        if cached is None or cached[0] is not table:  # a table reflected again is another object
+            dialect = sqlite if self.is_sqlite else postgresql
+            pk = [c for c in table.primary_key.columns][0]
+            stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys) or None).returning(pk)
+            cached = self._insert_new_statements[(table.name, keys)] = (table, stmt, frozenset(table.c.keys()))
+        return cached[1], cached[2]
+
+    def insert_new_committed(self, table: Table, values: dict[str, Any], *keys: str) -> bool:
+        """`insert_new` as one statement committed on its own, before this returns (the webhook's
+        hot path: the event is durable before the 2xx). True when this call inserted the row.
+
+        On PostgreSQL the statement SQLAlchemy compiled for this table and these columns runs on
+        the pooled driver connection in autocommit: one round trip, and none of the Connection's
+        per-call work (execution options, isolation level set and reset, result wrapping), which
+        cost about as much CPU as the driver's own execute. Errors are handled as a Connection
+        would: a lost connection invalidates the pool (as SQLAlchemy does on a disconnect) and
+        raises DatabaseUnavailable. SQLite keeps its ordinary transaction (BEGIN IMMEDIATE).
+        """
+        plain = not self.is_sqlite and not any(isinstance(value, ClauseElement) for value in values.values())
+        prepared = self._committed_insert(table, keys, tuple(values)) if plain else None
+        if prepared is None:
+            with self.autocommit() as conn:
+                return self.insert_new(conn, table, values, *keys)
+        sql, processors = prepared
+        params = dict(values)
+        for name, process in processors.items():
+            params[name] = process(params[name])
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
+        try:
+            pooled = self.engine.raw_connection()
+        except (DBAPIError, dbapi_error) as exc:  # the pool could not connect
+            raise DatabaseUnavailable(_first_line(exc)) from exc
+        try:
+            driver = pooled.driver_connection
+            # One cursor per driver connection (its info lives as long as it): a cursor keeps the
+            # dumpers it found for each parameter's type, a new one looks them all up again.
+            cursor = pooled.info.get(_INSERT_CURSOR)
+            if cursor is None or cursor.closed or cursor.connection is not driver:
+                cursor = pooled.info[_INSERT_CURSOR] = driver.cursor()
+            driver.autocommit = True
+            try:
+                return cursor.execute(sql, params).fetchone() is not None
+            finally:
+                if not driver.closed:
+                    driver.autocommit = False
+        except dbapi_error as exc:
+            if self.engine.dialect.is_disconnect(exc, pooled.dbapi_connection, None) or _is_connection_error(exc):
+                self.engine.pool._invalidate(pooled, exc)  # every connection of its generation, as a Connection does
+                raise DatabaseUnavailable(_first_line(exc)) from exc
+            raise
+        finally:
+            pooled.close()
+
+    def _committed_insert(self, table: Table, keys: tuple[str, ...], columns: tuple[str, ...]):
+        """(SQL, bind processors) of `insert_new`'s statement for these columns, compiled once;
+        None when a value needs more than a plain parameter (the Connection path then runs)."""
+        cache_key = (table.name, keys, columns)
+        cached = self._committed_inserts.get(cache_key, False)
+        if cached is not False and (cached is None or cached[0] is table):
+            return cached and cached[1:]
+        dialect = self.engine.dialect
+        compiled = self._insert_new_statement(table, keys)[0].compile(dialect=dialect, column_keys=list(columns))
+        names = {bind.key: name for bind, name in compiled.bind_names.items()}
+        plain = (dialect.paramstyle == "pyformat" and not compiled.positional
+                 and not compiled.escaped_bind_names
+                 and sorted(names) == sorted(columns) and all(names[c] == c for c in columns))
+        if not plain:
+            self._committed_inserts[cache_key] = None
+            return None
+        processors = {}
+        for bind in compiled.bind_names:
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                processors[bind.key] = process
+        self._committed_inserts[cache_key] = (table, str(compiled), processors)
+        return str(compiled), processors
 
     def lock(self, stmt):
         """SELECT ... FOR UPDATE on PostgreSQL; SQLite already holds the write lock (BEGIN IMMEDIATE)."""
@@ -165,11 +258,19 @@ class Database:
         self.engine.dispose()
 
 
-def _is_connection_error(exc: OperationalError) -> bool:
-    message = str(exc.orig or exc).lower()
+def _first_line(exc: Exception) -> str:
+    """The driver's first line of `exc` (SQLAlchemy's wrapper or the driver's own error)."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0] if text.strip() else repr(exc)
+
+
+def _is_connection_error(exc: Exception) -> bool:
+    """Whether `exc` (SQLAlchemy's OperationalError, or the driver's own error) means the
+    database cannot be reached, rather than that the statement failed."""
+    message = str(getattr(exc, "orig", None) or exc).lower()
     if "database is locked" in message:
         return False
-    return exc.connection_invalidated or any(
+    return getattr(exc, "connection_invalidated", False) or any(
         marker in message for marker in (
             "connection", "could not connect", "server closed", "terminating", "unable to open",
             "the database system is", "timeout expired", "no such host",

@@ -94,8 +94,7 @@ def store_event(db: Database, envelope: EventEnvelope, *, known_type: bool, sour
     }
     if "object_id" in table.c:  # a database made before the column: stored without it
         row["object_id"] = envelope.object_id
-    with db.autocommit() as conn:  # one statement: stored and committed before the 2xx
-        return db.insert_new(conn, table, row, "id")
+    return db.insert_new_committed(table, row, "id")  # one statement: stored and committed before the 2xx
 
 
 def mark_enqueued(db: Database, event_id: str) -> None:
