@@ -111,6 +111,13 @@ def ensure_customer_known(runtime, event: StripeEvent) -> str:
     return outcome
 
 
+def note_without_key(runtime, event: StripeEvent) -> None:
+    """Without STRIPE_API_KEY (processing then reads the event inside the handler's transaction
+    only): the once-per-process warning ensure_customer_known would give. No I/O."""
+    if not runtime.settings.stripe_api_key and _customer_named_by(event) is not None:
+        _warn_once_without_key(runtime)
+
+
 def _customer_named_by(event: StripeEvent) -> str | None:
     """The customer id of a handled event whose payload does not already hold the whole customer."""
     if handler_for(event.type) is None:

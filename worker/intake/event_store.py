@@ -127,7 +127,9 @@ def load_event(row) -> StripeEvent:
 
 
 def stale_event_ids(db: Database, now: datetime, received_grace: timedelta, limit: int = 500) -> list[str]:
-    """Events a broker may have lost: received long ago and not enqueued since, or a lapsed lease."""
+    """Events a broker may have lost: received long ago and not enqueued since (a worker that died
+    mid-handler leaves its event `received`), or a lapsed lease (`processing`: written only by a
+    version before issue 17, whose claim had a transaction of its own)."""
     table = db.table("events")
     cutoff = now - received_grace
     stmt = (select(table.c.id).where(or_(
