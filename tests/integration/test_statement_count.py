@@ -22,8 +22,8 @@ from tests.support.helpers import rows
 from tests.support.sql_capture import capture
 
 CEILINGS = {  # event type: (processing statements, transactions), (delivery statements, transactions)
-    "invoice.payment_failed": ((14, 1), (3, 2)),
-    "invoice.paid": ((16, 1), (3, 2)),
+    "invoice.payment_failed": ((13, 1), (3, 2)),
+    "invoice.paid": ((12, 1), (3, 2)),
 }
 
 

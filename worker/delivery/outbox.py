@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy import select, update
 
 from handlers.dunning import DISRUPTED, DISRUPTION_SCHEDULED
-from handlers.dedupe_keys import STEP, EmailKey
+from handlers.dedupe_keys import PAYMENT_RECEIVED, STEP, EmailKey
 from worker.infra import db as dbmod
 from worker.pure.clock import to_unix, utcnow
 from worker.pure.ids import new_id
@@ -61,9 +61,11 @@ def add_case_email(ctx, template: str, case_id: str, key: EmailKey,
     """
     _check_template(ctx, template, extra)
     # A case this transaction opened has no mail yet (its id is new): no lookup for its step email;
-    # the INSERT's ON CONFLICT on dedupe_key still refuses a second row.
-    opened_here = case_id in ctx.opened_cases and key.kind == STEP
-    if not checked and not opened_here and _exists(ctx, "emails", key.value):
+    # nor one it recovered for its payment-received email (written only after a case ended paid, and
+    # a case is recovered once). The INSERT's ON CONFLICT on dedupe_key still refuses a second row.
+    fresh = (key.kind == STEP and case_id in ctx.opened_cases) or \
+        (key.kind == PAYMENT_RECEIVED and case_id in ctx.recovered_cases)
+    if not checked and not fresh and _exists(ctx, "emails", key.value):
         return None
     if case is None or case.get("id") != case_id:  # a caller holding the current row passes it: no re-read
         case = _load(ctx, "cases", case_id)
