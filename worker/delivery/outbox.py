@@ -113,7 +113,9 @@ def compose_email(ctx, template: str, key: EmailKey, extra: dict | None, *, case
                     address=mask_email((customer or {}).get("email")) if customer else None)
         return None
     invoice = _load(ctx, "invoices", invoice_id)
-    card = latest_card(ctx.conn, ctx.table("cards"), customer_id)
+    # The customer's recorded card only fills what the case does not say (worker.delivery.email_context):
+    # a case that names the failed card whole (from the payload or the prefetched PaymentIntent) needs none.
+    card = None if _names_its_card(case) else latest_card(ctx.conn, ctx.table("cards"), customer_id)
     case = _with_account_disrupt_at(ctx, case)
     clock = getattr(ctx, "clock", None) or ctx.now
     if case and case.get("next_payment_attempt") and case["next_payment_attempt"] <= clock:
@@ -169,6 +171,10 @@ def enqueue_send(ctx, email_id: str, delay_seconds: int = 0) -> None:
             args=(email_id,), delay=delay_seconds * 1000 + 200))
     else:
         ctx.after_commit(lambda: runtime.actors.send_email.send(email_id))
+
+
+def _names_its_card(case: dict | None) -> bool:
+    return bool(case) and all(case.get(k) for k in ("card_brand", "card_last4", "card_exp_month", "card_exp_year"))
 
 
 def _with_account_disrupt_at(ctx, case: dict | None) -> dict | None:

@@ -23,14 +23,14 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Table, bindparam, exists, select, update
+from sqlalchemy import Table, bindparam, case, exists, select, update
 from sqlalchemy.exc import DataError
 
 from handlers.context import PermanentEventError
 from handlers.facts import remember
 from handlers.registry import handler_for
 from worker.pure.clock import utcnow
-from worker.privacy.customer_data import is_stripped
+from worker.privacy.customer_data import REMOVED_MARK, is_stripped
 from worker.intake.customer_prefetch import ensure_customer_known, note_without_key
 from worker.intake.payment_prefetch import failed_payment
 from worker.privacy.erasure import after_handler, hold_customer
@@ -59,15 +59,18 @@ def _built(events: Table) -> _Statements:
     parameters, so SQLAlchemy's compiled cache finds them without rebuilding the expression."""
     by_id = events.c.id == bindparam("b_id")
     erasures = events.metadata.tables["erasures"]
+    stripped = events.c.payload.startswith(REMOVED_MARK, autoescape=True)
     erased = exists().where(erasures.c.customer_id == bindparam("b_customer")).label("erased")
     return _Statements(
         read=select(events).where(by_id),
         # Locks the row (an UPDATE), counts the try and records the outcome the handler usually has,
         # in the handler's own transaction: a rollback undoes it with everything else. RETURNING the
         # row as it is now (an erasure may have stripped it since it was read) and whether its
-        # customer is erased (asked after hold_customer: see handlers.facts.erased_in).
+        # customer is erased (asked after hold_customer: see handlers.facts.erased_in). A stripped
+        # payload keeps its processed_at: whether it was processed before decides its status.
         claim=(update(events).where(by_id, events.c.status.not_in(DONE))
-               .values(status="processed", attempts=events.c.attempts + 1, processed_at=bindparam("b_at"),
+               .values(status="processed", attempts=events.c.attempts + 1,
+                       processed_at=case((stripped, events.c.processed_at), else_=bindparam("b_at")),
                        last_error=None, lease_until=None, failed_transient=False, first_failed_at=None,
                        redrive_at=None)
                .returning(*events.c, erased)),
@@ -80,11 +83,12 @@ class EventNotFound(PermanentEventError):
     """Raised when a message names an event id that is not stored."""
 
 
-def process_event(runtime, event_id: str) -> str:
+def process_event(runtime, event_id: str, customer_id: str | None = None) -> str:
     """Process the event; return its final status. Raises on a transient failure (to be retried).
 
     One transaction (_run_handler) reads the event, holds its customer, claims the event and runs
-    the handler. With STRIPE_API_KEY the Stripe reads the handler needs (the customer, the failed
+    the handler; `customer_id` (the customer the webhook read in the payload: message_args) spares
+    the read. With STRIPE_API_KEY the Stripe reads the handler needs (the customer, the failed
     payment) run first, outside any transaction, on the event as read then (a plain SELECT).
     """
     db = runtime.db
@@ -103,7 +107,7 @@ def process_event(runtime, event_id: str) -> str:
                     read_event = load_event(known)
                     ensure_customer_known(runtime, read_event)  # Stripe I/O, outside the handler's transaction
                     prefetched = failed_payment(runtime, read_event)  # the card and the decline (issue 14)
-            return _run_handler(runtime, event_id, known, prefetched)
+            return _run_handler(runtime, event_id, known, prefetched, customer_id)
         except (DataError, OverflowError) as exc:  # the payload does not fit a column: the same every try
             reason = _one_line(getattr(exc, "orig", None) or exc)  # not the SQL and its parameters
             raise PermanentEventError(f"a value does not fit the schema: {reason}"[:1000]) from exc
@@ -162,37 +166,46 @@ def bind_event(event) -> None:
     bind_in_message(event_type=event.type, **ids)
 
 
-def _run_handler(runtime, event_id: str, known=None, prefetched: dict | None = None) -> str:
-    """Handle the event in one transaction: read it (or take `known`, read before the Stripe calls),
-    hold its customer, claim it (an UPDATE: the row is locked, the try counted, the outcome written),
-    run the handler. A duplicate message finds it processed and does nothing."""
+def _run_handler(runtime, event_id: str, known=None, prefetched: dict | None = None,
+                 hint: str | None = None) -> str:
+    """Handle the event in one transaction: read it (or take `known`, read before the Stripe calls,
+    or only the customer it names, `hint`), hold its customer, claim it (an UPDATE: the row is
+    locked, the try counted, the outcome written), run the handler. A duplicate message finds it
+    processed and does nothing."""
     db = runtime.db
     built = _built(db.table("events"))
     with unit_of_work(runtime, log=log, prefetched=prefetched) as ctx:
         conn = ctx.conn
         row = known
-        if row is None:  # a plain read: which customer to hold before the event row is locked
+        if row is None and hint is None:  # a plain read: which customer to hold before the event row is locked
             row = conn.execute(built.read, {"b_id": event_id}).mappings().first()
             if row is None:
                 raise EventNotFound(f"event {event_id} is not stored")
             if row["status"] in DONE:
                 log.info("event.skipped", status=row["status"])
                 return row["status"]
-        customer_id = None if is_stripped(row["payload"]) else event_customer_id(load_event(row))
-        customer = hold_customer(conn, db, customer_id)  # before any other lock: see worker/privacy/erasure.py
-        claimed = conn.execute(built.claim, {"b_id": event_id, "b_at": utcnow(), "b_customer": customer_id}
+        if row is not None:
+            hint = None if is_stripped(row["payload"]) else event_customer_id(load_event(row))
+        customer = hold_customer(conn, db, hint)  # before any other lock: see worker/privacy/erasure.py
+        claimed = conn.execute(built.claim, {"b_id": event_id, "b_at": utcnow(), "b_customer": hint}
                                ).mappings().first()
-        if claimed is None:  # processed by a duplicate whose transaction committed first
-            status = conn.execute(built.read, {"b_id": event_id}).mappings().first()["status"]
-            log.info("event.skipped", status=status)
-            return status
+        if claimed is None:  # processed already (a duplicate whose transaction committed first), or not stored
+            stored = conn.execute(built.read, {"b_id": event_id}).mappings().first()
+            if stored is None:
+                raise EventNotFound(f"event {event_id} is not stored")
+            log.info("event.skipped", status=stored["status"])
+            return stored["status"]
         if is_stripped(claimed["payload"]):  # erased or pruned before it was (re)processed: nothing to act on
-            status = "processed" if row["processed_at"] else "ignored"
-            conn.execute(built.status, {"b_id": event_id, "b_status": status, "b_processed_at": row["processed_at"],
-                                        "b_error": None if row["processed_at"] else "payload removed"})
+            before = claimed["processed_at"]  # the claim left it as it was
+            status = "processed" if before else "ignored"
+            conn.execute(built.status, {"b_id": event_id, "b_status": status, "b_processed_at": before,
+                                        "b_error": None if before else "payload removed"})
             log.info("event.payload_removed", status=status)
             return status
         event = load_event(claimed)
+        customer_id = event_customer_id(event)
+        if customer_id != hint:  # a message naming another customer: what was asked about that one does not count
+            customer, hint = None, None
         bind_event(event)
         if known is None:
             note_without_key(runtime, event)  # a log line once per process, no I/O
@@ -201,8 +214,8 @@ def _run_handler(runtime, event_id: str, known=None, prefetched: dict | None = N
         if customer is not None:  # it exists, and whether it is erased cannot change before commit
             ctx.held_customer = customer_id
             remember(ctx, "customers", customer)  # read with the lock: the handler and the outbox use it
-        if customer is not None or db.is_sqlite:  # asked after the hold (SQLite: one writer at a time)
-            ctx.erased[customer_id] = bool(claimed["erased"])
+        if customer_id and customer_id == hint and (customer is not None or db.is_sqlite):
+            ctx.erased[customer_id] = bool(claimed["erased"])  # asked after the hold (SQLite: one writer at a time)
         status = "processed"
         if handler is None:
             status = "ignored"
