@@ -8,8 +8,9 @@ reached us before an invoice's first failure, the customer row is only inferred 
 refused for want of a recipient and an excluded customer would be dunned.
 
 So, for an event that names a customer we know nothing authoritative about (no row, or an
-inferred one), and when STRIPE_API_KEY is set, processing calls `ensure_customer_known` between
-the claim and the handler's transaction (network I/O never runs inside a transaction):
+inferred one), and when STRIPE_API_KEY is set, processing calls `ensure_customer_known` on the
+event as a plain SELECT read it, before the handler's transaction (network I/O never runs inside a
+transaction):
   - GET /v1/customers/:id through worker.stripe.gateway (short timeout, one network retry);
   - a transient error (network, 429, 5xx) raises StripeUnavailable: the event is marked failed
     and the process_event actor retries it later (no handler ran, nothing to undo);
