@@ -163,7 +163,9 @@ def upsert_invoice(ctx: HandlerContext, invoice: dict, created: int, *, hold_sub
     # nothing new: updated_at is set to itself); two first events of one invoice racing on PostgreSQL
     # never hit a unique violation. A row equal to ours (the one just inserted) needs no update.
     existing = ctx.conn.execute(ctx.db.insert_or_lock(table, stored, "id", "updated_at")).mappings().first()
-    if any(existing[k] != v for k, v in stored.items() if k != "updated_at"):  # an older row: newest wins
+    if all(existing[k] == v for k, v in stored.items()):  # ours, as inserted (an older row has its own updated_at)
+        ctx.inserted_invoices.add(iid)
+    elif any(existing[k] != v for k, v in stored.items() if k != "updated_at"):  # an older row: newest wins
         existing_final = existing["status"] in FINAL_INVOICE_STATUSES
         if existing_final and values["status"] not in FINAL_INVOICE_STATUSES:
             values["status"] = existing["status"]  # paid/void/uncollectible stick

@@ -44,7 +44,9 @@ def payment_failed(ctx: HandlerContext, event: StripeEvent):
     """
     invoice = merge_into_invoice(event.object, ctx.prefetched)
     row = _record_invoice(ctx, invoice, event, hold_subscription=True)  # before the case: see _subscription_deleted
-    case = dunning.lock_case(ctx, invoice_id=row["id"])
+    # An invoice this transaction just inserted has no case to look for: a case is opened only after its
+    # invoice is recorded (were one left by a retention run cut short, open_case's conflict finds it).
+    case = None if row["id"] in ctx.inserted_invoices else dunning.lock_case(ctx, invoice_id=row["id"])
     if row["status"] in FINAL_INVOICE_STATUSES:
         if dunning.is_open(case):  # the final status came by another event type (invoice.updated)
             return end_case(ctx, case, _ENDS[row["status"]], event)
