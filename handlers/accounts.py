@@ -47,10 +47,13 @@ def account_id_for(subscription_id: str | None, customer_id: str) -> str:
 
 def ensure_account(ctx: HandlerContext, account_id: str, customer_id: str, subscription_id: str | None) -> None:
     """Make sure the account has a status row (active) so the platform can poll it."""
-    ctx.conn.execute(ctx.db.insert_ignore(ctx.table("accounts"), {
-        "id": account_id, "customer_id": customer_id, "subscription_id": subscription_id,
-        "status": ACTIVE, "notice_seq": 0, "updated_at": ctx.now,
-    }, "id"))
+    ctx.conn.execute(ctx.db.insert_ignore(ctx.table("accounts"), _new_account(
+        ctx, account_id, customer_id, subscription_id), "id"))
+
+
+def _new_account(ctx: HandlerContext, account_id: str, customer_id: str, subscription_id: str | None) -> dict:
+    return {"id": account_id, "customer_id": customer_id, "subscription_id": subscription_id,
+            "status": ACTIVE, "notice_seq": 0, "updated_at": ctx.now}
 
 
 def lock_account(ctx: HandlerContext, case: dict) -> dict:
@@ -59,10 +62,8 @@ def lock_account(ctx: HandlerContext, case: dict) -> dict:
     held = remembered(ctx, "accounts", case["account_id"])
     if held is not None:
         return held
-    ensure_account(ctx, case["account_id"], case["customer_id"], case["subscription_id"])
-    accounts = ctx.table("accounts")
-    row = ctx.conn.execute(ctx.db.lock(select(accounts).where(accounts.c.id == case["account_id"]))) \
-        .mappings().first()
+    row = ctx.conn.execute(ctx.db.insert_or_lock(ctx.table("accounts"), _new_account(
+        ctx, case["account_id"], case["customer_id"], case["subscription_id"]), "id", "updated_at")).mappings().first()
     return remember(ctx, "accounts", row)
 
 
@@ -170,6 +171,8 @@ def case_closed(ctx: HandlerContext, case: dict, trigger: str) -> bool:
     True if this restored service (paid or voided, and no unpaid case of the account left).
     """
     account = lock_account(ctx, case)
+    if account["status"] == ACTIVE:  # nothing scheduled, nothing to restore: the other cases do not matter
+        return False
     remaining = dunning.open_cases_of_account(ctx, account["id"], exclude=case["id"])
     if account["status"] == DISRUPTION_SCHEDULED:
         scheduled = [c for c in remaining if c["state"] in (dunning.DISRUPTION_SCHEDULED, dunning.DISRUPTED)]

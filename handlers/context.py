@@ -66,6 +66,9 @@ class HandlerContext:
     erased: dict[str, bool] = field(default_factory=dict)
     rows: dict[tuple[str, str], dict] = field(default_factory=dict)
     opened_cases: set[str] = field(default_factory=set)  # cases this transaction inserted (no mail of theirs exists)
+    recovered_cases: set[str] = field(default_factory=set)  # cases this transaction moved to recovered (no
+    # payment-received email of theirs exists: it is written only once a case ended paid)
+    inserted_invoices: set[str] = field(default_factory=set)  # invoices this transaction inserted (upsert_invoice)
 
     @property
     def clock(self) -> datetime:

@@ -172,6 +172,8 @@ def apply(ctx: HandlerContext, case: dict, trigger: str, *, event_id: str | None
     if to_state in TERMINAL_STATES:
         values.update(next_step=None, next_step_at=None, closed_at=ctx.now)
     new = update_case(ctx, case, values)
+    if to_state == RECOVERED:
+        ctx.recovered_cases.add(case["id"])
     _record(ctx, case["id"], case["state"], to_state, trigger, event_id=event_id, step=step)
     log.info("case.transitioned", case_id=case["id"], invoice_id=case["invoice_id"], from_state=case["state"],
              to_state=to_state, trigger=trigger, event_id=event_id, step=step)

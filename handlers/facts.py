@@ -28,6 +28,8 @@ FINAL_INVOICE_STATUSES = ("paid", "void", "uncollectible")
 # a handler's transaction updates or drops the kept copy: _upsert, upsert_invoice, accounts._set,
 # outbox._next_seq, verification's invoice status, and the erasure scrub (which drops them all).
 KEPT_TABLES = ("customers", "invoices", "accounts")
+# (A subscription row ensure_subscription(hold=True) locked is kept too, for handlers.invoices and the
+# outbox's `remembered`, not for `load`: _upsert drops it, the erasure scrub drops them all.)
 
 
 def remember(ctx: HandlerContext, table_name: str, row) -> dict | None:
@@ -102,17 +104,22 @@ def ensure_customer(ctx: HandlerContext, customer_id: str, name: str | None, cre
 
 
 def ensure_subscription(ctx: HandlerContext, subscription_id: str, customer_id: str,
-                        metadata: dict[str, str]) -> None:
+                        metadata: dict[str, str], *, hold: bool = False) -> None:
     """Know a subscription (and the metadata the invoice carries) when no subscription event reached us.
 
     The platform keeps its app id in the subscription's metadata and every platform notice carries
     it: an invoice is often all we hear of a subscription. Never overwrites (source_created 0:
-    any subscription event wins).
+    any subscription event wins). `hold`: the row is also locked and kept (`remembered`), in the
+    same statement, for a caller that reads it next (handlers.invoices._subscription_deleted).
     """
-    ctx.conn.execute(ctx.db.insert_ignore(ctx.table("subscriptions"), {
-        "id": subscription_id, "customer_id": customer_id, "status": None, "metadata": dumps(metadata),
-        "source_created": 0, "updated_at": ctx.now,
-    }, "id"))
+    table = ctx.table("subscriptions")
+    row = {"id": subscription_id, "customer_id": customer_id, "status": None, "metadata": dumps(metadata),
+           "source_created": 0, "updated_at": ctx.now}
+    if not hold:
+        ctx.conn.execute(ctx.db.insert_ignore(table, row, "id"))
+        return
+    remember(ctx, "subscriptions", ctx.conn.execute(ctx.db.insert_or_lock(table, row, "id", "updated_at"))
+             .mappings().first())
 
 
 def upsert_subscription(ctx: HandlerContext, subscription: dict, created: int) -> None:
@@ -127,8 +134,10 @@ def upsert_subscription(ctx: HandlerContext, subscription: dict, created: int) -
     }, created)
 
 
-def upsert_invoice(ctx: HandlerContext, invoice: dict, created: int) -> dict | None:
-    """Record the invoice's latest state; return the stored row (a mapping)."""
+def upsert_invoice(ctx: HandlerContext, invoice: dict, created: int, *, hold_subscription: bool = False
+                   ) -> dict | None:
+    """Record the invoice's latest state; return the stored row (a mapping). `hold_subscription`:
+    its subscription row is locked and kept too (ensure_subscription)."""
     iid = invoice.get("id")
     customer_id = expandable_id(invoice.get("customer"))
     if not isinstance(iid, str) or not customer_id:
@@ -149,13 +158,14 @@ def upsert_invoice(ctx: HandlerContext, invoice: dict, created: int) -> dict | N
         "product_ids": dumps(products),
     }
     table = ctx.table("invoices")
-    # insert_new first: two first events of one invoice racing on PostgreSQL must not hit a unique violation
     stored: dict[str, Any] = {"id": iid, "source_created": created, "updated_at": ctx.now, **values}
-    inserted = ctx.db.insert_new(ctx.conn, table, stored, "id")
-    existing = None if inserted else \
-        ctx.conn.execute(ctx.db.lock(select(table).where(table.c.id == iid))).mappings().first()
-    if existing is not None:
-        stored = dict(existing)
+    # One statement inserts the row or returns the stored one, locked (ON CONFLICT DO UPDATE writes
+    # nothing new: updated_at is set to itself); two first events of one invoice racing on PostgreSQL
+    # never hit a unique violation. A row equal to ours (the one just inserted) needs no update.
+    existing = ctx.conn.execute(ctx.db.insert_or_lock(table, stored, "id", "updated_at")).mappings().first()
+    if all(existing[k] == v for k, v in stored.items()):  # ours, as inserted (an older row has its own updated_at)
+        ctx.inserted_invoices.add(iid)
+    elif any(existing[k] != v for k, v in stored.items() if k != "updated_at"):  # an older row: newest wins
         existing_final = existing["status"] in FINAL_INVOICE_STATUSES
         if existing_final and values["status"] not in FINAL_INVOICE_STATUSES:
             values["status"] = existing["status"]  # paid/void/uncollectible stick
@@ -163,16 +173,15 @@ def upsert_invoice(ctx: HandlerContext, invoice: dict, created: int) -> dict | N
         if created >= existing["source_created"] or (values["status"] != existing["status"] and not existing_final):
             changes = {"source_created": max(created, existing["source_created"]), "updated_at": ctx.now, **values}
             ctx.conn.execute(update(table).where(table.c.id == iid).values(**changes))
-            stored.update(changes)
+            existing = {**existing, **changes}
     if isinstance(invoice.get("customer"), dict):
         upsert_customer(ctx, invoice["customer"], created)
     else:
         ensure_customer(ctx, customer_id, invoice.get("customer_name"), created)
     if values["subscription_id"]:
-        ensure_subscription(ctx, values["subscription_id"], customer_id, invoice_subscription_metadata(invoice))
-    if all(c.name in stored for c in table.c):  # what this transaction wrote (the row is locked): no re-read
-        return remember(ctx, "invoices", stored)  # the outbox renders from it too
-    return remember(ctx, "invoices", ctx.conn.execute(select(table).where(table.c.id == iid)).mappings().first())
+        ensure_subscription(ctx, values["subscription_id"], customer_id, invoice_subscription_metadata(invoice),
+                            hold=hold_subscription)
+    return remember(ctx, "invoices", existing)  # as this transaction holds it (locked): the outbox renders from it too
 
 
 def load(ctx: HandlerContext, table_name: str, row_id: str | None) -> dict | None:

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from handlers import accounts, dunning, steps
 from handlers import dedupe_keys
 from handlers.context import HandlerContext, PermanentEventError, StripeEvent
-from handlers.facts import FINAL_INVOICE_STATUSES, load, upsert_invoice
+from handlers.facts import FINAL_INVOICE_STATUSES, load, remembered, upsert_invoice
 from handlers.stripe_objects import card_details, dig, invoice_failure, merge_into_invoice
 from worker.pure.clock import from_unix
 from worker.pure.json_text import loads
@@ -43,8 +43,10 @@ def payment_failed(ctx: HandlerContext, event: StripeEvent):
     decline when the payload carries only its id.
     """
     invoice = merge_into_invoice(event.object, ctx.prefetched)
-    row = _record_invoice(ctx, invoice, event)
-    case = dunning.lock_case(ctx, invoice_id=row["id"])
+    row = _record_invoice(ctx, invoice, event, hold_subscription=True)  # before the case: see _subscription_deleted
+    # An invoice this transaction just inserted has no case to look for: a case is opened only after its
+    # invoice is recorded (were one left by a retention run cut short, open_case's conflict finds it).
+    case = None if row["id"] in ctx.inserted_invoices else dunning.lock_case(ctx, invoice_id=row["id"])
     if row["status"] in FINAL_INVOICE_STATUSES:
         if dunning.is_open(case):  # the final status came by another event type (invoice.updated)
             return end_case(ctx, case, _ENDS[row["status"]], event)
@@ -92,10 +94,11 @@ def updated(ctx: HandlerContext, event: StripeEvent):
 
 
 # -- the decisions ----------------------------------------------------------------------------
-def _record_invoice(ctx: HandlerContext, invoice: dict, event: StripeEvent, status: str | None = None) -> dict:
+def _record_invoice(ctx: HandlerContext, invoice: dict, event: StripeEvent, status: str | None = None, *,
+                    hold_subscription: bool = False) -> dict:
     if status is not None:
         invoice = {**invoice, "status": status}  # the event type is the fact, whatever the payload version says
-    row = upsert_invoice(ctx, invoice, event.created)
+    row = upsert_invoice(ctx, invoice, event.created, hold_subscription=hold_subscription)
     if row is None:
         raise PermanentEventError(f"event {event.id}: the invoice has no id or customer")
     return dict(row)
@@ -165,10 +168,14 @@ def _subscription_deleted(ctx: HandlerContext, row: dict) -> bool:
 
     The subscription row (handlers.facts.ensure_subscription made it if unknown) is locked: a
     concurrent subscription.deleted either commits first (we see `canceled`) or waits for this
-    case to commit and then ends it.
+    case to commit and then ends it. payment_failed locked and kept it already, with the invoice
+    (before the case row: the order subscription.deleted takes them in too).
     """
     if not row["subscription_id"]:
         return False
+    held = remembered(ctx, "subscriptions", row["subscription_id"])
+    if held is not None:
+        return held["status"] == "canceled"
     subscriptions = ctx.table("subscriptions")
     status = ctx.conn.execute(ctx.db.lock(select(subscriptions.c.status).where(
         subscriptions.c.id == row["subscription_id"]))).scalar()

@@ -138,12 +138,12 @@ def deliver(runtime, evt: dict) -> str:
 
 def _store_and_process(runtime, evt: dict) -> str:
     from handlers.registry import known_types
-    from worker.intake.event_store import parse_envelope, store_event
+    from worker.intake.event_store import message_args, parse_envelope, store_event
     from worker.intake.processing import process_event
 
     envelope = parse_envelope(json.dumps(evt))
     store_event(runtime.db, envelope, known_type=envelope.type in known_types())
-    return process_event(runtime, envelope.id)
+    return process_event(runtime, *message_args(envelope))  # as the webhook's message asks
 
 
 def tick(runtime, moment: datetime | int) -> int:

@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy import select, update
 
 from handlers.dunning import DISRUPTED, DISRUPTION_SCHEDULED
-from handlers.dedupe_keys import STEP, EmailKey
+from handlers.dedupe_keys import PAYMENT_RECEIVED, STEP, EmailKey
 from worker.infra import db as dbmod
 from worker.pure.clock import to_unix, utcnow
 from worker.pure.ids import new_id
@@ -61,9 +61,11 @@ def add_case_email(ctx, template: str, case_id: str, key: EmailKey,
     """
     _check_template(ctx, template, extra)
     # A case this transaction opened has no mail yet (its id is new): no lookup for its step email;
-    # the INSERT's ON CONFLICT on dedupe_key still refuses a second row.
-    opened_here = case_id in ctx.opened_cases and key.kind == STEP
-    if not checked and not opened_here and _exists(ctx, "emails", key.value):
+    # nor one it recovered for its payment-received email (written only after a case ended paid, and
+    # a case is recovered once). The INSERT's ON CONFLICT on dedupe_key still refuses a second row.
+    fresh = (key.kind == STEP and case_id in ctx.opened_cases) or \
+        (key.kind == PAYMENT_RECEIVED and case_id in ctx.recovered_cases)
+    if not checked and not fresh and _exists(ctx, "emails", key.value):
         return None
     if case is None or case.get("id") != case_id:  # a caller holding the current row passes it: no re-read
         case = _load(ctx, "cases", case_id)
@@ -111,7 +113,9 @@ def compose_email(ctx, template: str, key: EmailKey, extra: dict | None, *, case
                     address=mask_email((customer or {}).get("email")) if customer else None)
         return None
     invoice = _load(ctx, "invoices", invoice_id)
-    card = latest_card(ctx.conn, ctx.table("cards"), customer_id)
+    # The customer's recorded card only fills what the case does not say (worker.delivery.email_context):
+    # a case that names the failed card whole (from the payload or the prefetched PaymentIntent) needs none.
+    card = None if _names_its_card(case) else latest_card(ctx.conn, ctx.table("cards"), customer_id)
     case = _with_account_disrupt_at(ctx, case)
     clock = getattr(ctx, "clock", None) or ctx.now
     if case and case.get("next_payment_attempt") and case["next_payment_attempt"] <= clock:
@@ -167,6 +171,10 @@ def enqueue_send(ctx, email_id: str, delay_seconds: int = 0) -> None:
             args=(email_id,), delay=delay_seconds * 1000 + 200))
     else:
         ctx.after_commit(lambda: runtime.actors.send_email.send(email_id))
+
+
+def _names_its_card(case: dict | None) -> bool:
+    return bool(case) and all(case.get(k) for k in ("card_brand", "card_last4", "card_exp_month", "card_exp_year"))
 
 
 def _with_account_disrupt_at(ctx, case: dict | None) -> dict | None:

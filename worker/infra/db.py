@@ -250,6 +250,15 @@ class Database:
         self._committed_inserts[cache_key] = (table, str(compiled), processors)
         return str(compiled), processors
 
+    def insert_or_lock(self, table: Table, values: dict[str, Any], key: str, untouched: str):
+        """INSERT ... ON CONFLICT (key) DO UPDATE SET untouched = untouched RETURNING the row: the
+        row inserted, or the stored one locked (PostgreSQL) and unchanged, in one statement instead
+        of an INSERT ... DO NOTHING then a SELECT ... FOR UPDATE."""
+        dialect = sqlite if self.is_sqlite else postgresql
+        return (dialect.insert(table).values(values)
+                .on_conflict_do_update(index_elements=[key], set_={untouched: table.c[untouched]})
+                .returning(*table.c))
+
     def lock(self, stmt):
         """SELECT ... FOR UPDATE on PostgreSQL; SQLite already holds the write lock (BEGIN IMMEDIATE)."""
         return stmt if self.is_sqlite else stmt.with_for_update()

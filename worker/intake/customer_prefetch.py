@@ -8,8 +8,9 @@ reached us before an invoice's first failure, the customer row is only inferred 
 refused for want of a recipient and an excluded customer would be dunned.
 
 So, for an event that names a customer we know nothing authoritative about (no row, or an
-inferred one), and when STRIPE_API_KEY is set, processing calls `ensure_customer_known` between
-the claim and the handler's transaction (network I/O never runs inside a transaction):
+inferred one), and when STRIPE_API_KEY is set, processing calls `ensure_customer_known` on the
+event as a plain SELECT read it, before the handler's transaction (network I/O never runs inside a
+transaction):
   - GET /v1/customers/:id through worker.stripe.gateway (short timeout, one network retry);
   - a transient error (network, 429, 5xx) raises StripeUnavailable: the event is marked failed
     and the process_event actor retries it later (no handler ran, nothing to undo);
@@ -109,6 +110,13 @@ def ensure_customer_known(runtime, event: StripeEvent) -> str:
     log.info("customer_prefetch.recorded", customer_id=customer_id, outcome=outcome,
              email=mask_email(customer.get("email")), metadata_keys=sorted(metadata_of(customer)))
     return outcome
+
+
+def note_without_key(runtime, event: StripeEvent) -> None:
+    """Without STRIPE_API_KEY (processing then reads the event inside the handler's transaction
+    only): the once-per-process warning ensure_customer_known would give. No I/O."""
+    if not runtime.settings.stripe_api_key and _customer_named_by(event) is not None:
+        _warn_once_without_key(runtime)
 
 
 def _customer_named_by(event: StripeEvent) -> str | None:

@@ -16,6 +16,7 @@ from sqlalchemy import and_, or_, select, update
 from handlers.context import StripeEvent
 from worker.pure.clock import utcnow
 from worker.infra.db import Database
+from worker.observe.log_context import ids_from_event_object
 
 _CONTROL_CHARS = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")  # and lone surrogates: no database stores them
 MAX_CREATED = 253402300799  # 9999-12-31T23:59:59Z: later is no Stripe timestamp (and 2^63 broke the INSERT)
@@ -34,6 +35,7 @@ class EventEnvelope:
     livemode: bool
     raw: str
     object_id: str | None = None  # data.object.id: the console finds a case's events by it (indexed)
+    customer_id: str | None = None  # the customer it is about: processing holds it first (message_args)
 
 
 def parse_envelope(raw: str, known_types: frozenset[str] | None = None) -> EventEnvelope:
@@ -72,7 +74,23 @@ def parse_envelope(raw: str, known_types: frozenset[str] | None = None) -> Event
         id=event_id, type=event_type, created=created,
         api_version=storable(api_version)[:64] if isinstance(api_version, str) else None,
         livemode=bool(payload.get("livemode")), raw=raw, object_id=_object_id(data),
+        customer_id=_customer_id(data),
     )
+
+
+def _customer_id(data: dict) -> str | None:
+    obj = data.get("object")
+    try:
+        value = ids_from_event_object(obj).get("customer_id") if isinstance(obj, dict) else None
+    except (AttributeError, TypeError, ValueError):  # a malformed object: its handler says so
+        return None
+    return value if isinstance(value, str) and 0 < len(value) <= 255 else None
+
+
+def message_args(envelope: EventEnvelope) -> tuple:
+    """The process_event message of a stored event: its id, and the customer it names, so processing
+    holds that customer without reading the event first (issue 17). An id alone works too."""
+    return (envelope.id, envelope.customer_id) if envelope.customer_id else (envelope.id,)
 
 
 def _object_id(data: dict) -> str | None:
@@ -126,7 +144,9 @@ def load_event(row) -> StripeEvent:
 
 
 def stale_event_ids(db: Database, now: datetime, received_grace: timedelta, limit: int = 500) -> list[str]:
-    """Events a broker may have lost: received long ago and not enqueued since, or a lapsed lease."""
+    """Events a broker may have lost: received long ago and not enqueued since (a worker that died
+    mid-handler leaves its event `received`), or a lapsed lease (`processing`: written only by a
+    version before issue 17, whose claim had a transaction of its own)."""
     table = db.table("events")
     cutoff = now - received_grace
     stmt = (select(table.c.id).where(or_(

@@ -3,7 +3,7 @@
 Why: an `invoice.payment_failed` payload names its PaymentIntent by id only (Stripe does not expand
 it in events), so without this read the first email can say neither "your Visa ending in 4242" nor
 "the card has expired" (issue 14). When STRIPE_API_KEY is set, processing calls
-`failed_payment(runtime, event)` between the claim and the handler's transaction (no network I/O
+`failed_payment(runtime, event)` before the handler's transaction (no network I/O
 inside a transaction, as for worker.intake.customer_prefetch) and hands the answer to the handler through
 HandlerContext.prefetched; handlers.invoices merges it into the invoice it reads.
 

@@ -3,9 +3,11 @@
 An event stays `received` when its enqueue failed (broker down) or the broker lost the message
 (a Redis restart without persistence). When the events queue is empty, anything still
 `received` after a short grace was lost and is enqueued again; under a backlog only events
-older than a long grace are, so a busy queue is not flooded with copies. A `processing` event
-whose lease lapsed (its worker died) is enqueued again too. Duplicates are harmless: processing
-locks the event row and skips it once processed.
+older than a long grace are, so a busy queue is not flooded with copies. An event whose worker
+died mid-handler is still `received` (its transaction rolled back): found the same way. (A
+`processing` event whose lease lapsed is enqueued again too: only a version before issue 17
+wrote that status.) Duplicates are harmless: processing locks the event row and skips it once
+processed.
 
 A `failed` event whose last failure was transient (Stripe 503 during the customer fetch, say)
 outlasted Dramatiq's quick retries: it is re-driven at its `redrive_at` (a slower backoff, up
@@ -28,6 +30,7 @@ SHORT_GRACE = timedelta(seconds=60)
 LONG_GRACE = timedelta(minutes=30)
 REDRIVE_WINDOW = timedelta(days=3)
 REDRIVE_BATCH = 500
+REDRIVE_BACKSTOP = timedelta(hours=2)  # a re-driven event neither processed nor failed again by then
 log = structlog.get_logger("worker.intake.reconciler")
 
 
@@ -76,9 +79,10 @@ def redrive_failed(runtime, now: datetime) -> int:
                                 .order_by(events.c.redrive_at).limit(REDRIVE_BATCH)).scalars())
     sent = 0
     for event_id in ids:
-        with db.transaction() as conn:  # not again before its next failure sets a new redrive_at
+        with db.transaction() as conn:  # not again before its next failure sets a new redrive_at, or the
+            # backstop passes (a message lost, a worker killed mid-handler: the event stays `failed`)
             conn.execute(update(events).where(events.c.id == event_id, events.c.status == "failed")
-                         .values(redrive_at=None, enqueued_at=utcnow()))
+                         .values(redrive_at=utcnow() + REDRIVE_BACKSTOP, enqueued_at=utcnow()))
         try:
             runtime.actors.process_event.send(event_id)
         except Exception as exc:

@@ -148,19 +148,20 @@ def scrub(conn, tables, customer_id: str, *, include_events: bool) -> dict[str, 
     return touched
 
 
-def hold_customer(conn, db, customer_id: str | None) -> bool:
+def hold_customer(conn, db, customer_id: str | None):
     """The first lock of an event's transaction: its customer's row FOR SHARE (PostgreSQL).
 
     erase_in takes the row FOR UPDATE first too, so an erasure and an event of the same customer
     are serialized with the same lock order (customer, then event, cases, rows): the erasure sees
     everything the event wrote, or the event sees the erasure (after_handler). SQLite serializes
-    every writer already. True when a row was held (no erasure can land before this commits).
+    every writer already. The row when one was held (no erasure can land before this commits):
+    read whole, with the lock, so the handler and the outbox do not read it again (issue 17).
     """
     if not customer_id or db.is_sqlite:
-        return False
+        return None
     customers = db.tables["customers"]
-    return conn.execute(select(customers.c.id).where(customers.c.id == customer_id)
-                        .with_for_update(read=True)).first() is not None
+    return conn.execute(select(customers).where(customers.c.id == customer_id)
+                        .with_for_update(read=True)).mappings().first()
 
 
 def after_handler(ctx: HandlerContext, event, customer_id: str | None) -> bool:

@@ -50,10 +50,11 @@ def declare_actors(broker: dramatiq.Broker, current_runtime: Callable[[], Any]) 
 
     @dramatiq.actor(broker=broker, queue_name="events",
                     throws=(PermanentEventError,))  # a malformed payload is not retried
-    def process_event(event_id: str) -> None:
-        """Process one stored Stripe event through its handler."""
+    def process_event(event_id: str, customer_id: str | None = None) -> None:
+        """Process one stored Stripe event through its handler (`customer_id`: the customer it names,
+        as the webhook read it; worker.intake.event_store.message_args)."""
         from worker.intake.processing import process_event as run
-        run(current_runtime(), event_id)
+        run(current_runtime(), event_id, customer_id)
 
     # Few retries: the scheduler enqueues a due case again on its next pass anyway.
     @dramatiq.actor(broker=broker, queue_name="steps", max_retries=3)

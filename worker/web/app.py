@@ -20,7 +20,7 @@ from worker.web import ops as web_ops
 from worker.web import platform as web_platform
 from worker.infra.db import DatabaseUnavailable
 from worker.privacy.erasure import strip_if_erased
-from worker.intake.event_store import InvalidEvent, parse_envelope, store_event
+from worker.intake.event_store import InvalidEvent, message_args, parse_envelope, store_event
 from worker.web.http_util import json_error, read_body
 from worker.intake.signatures import SignatureError, verify_stripe_signature
 from worker.observe.metrics_ops import webhook_rejected
@@ -77,7 +77,7 @@ class StripeWebhook:
         enqueued = False
         if is_new and known:
             try:
-                self.runtime.actors.process_event.send(envelope.id)
+                self.runtime.actors.process_event.send(*message_args(envelope))
                 enqueued = True
             except Exception as exc:  # broker down: stored; the reconciler enqueues it later
                 log.warning("webhook.enqueue_failed", event_id=envelope.id, error=str(exc)[:300])
