@@ -62,8 +62,8 @@ def lock_account(ctx: HandlerContext, case: dict) -> dict:
     held = remembered(ctx, "accounts", case["account_id"])
     if held is not None:
         return held
-    row = ctx.conn.execute(ctx.db.insert_or_lock(ctx.table("accounts"), _new_account(
-        ctx, case["account_id"], case["customer_id"], case["subscription_id"]), "id", "updated_at")).mappings().first()
+    row = ctx.db.insert_or_lock(ctx.conn, ctx.table("accounts"), _new_account(
+        ctx, case["account_id"], case["customer_id"], case["subscription_id"]), "id", "updated_at")
     return remember(ctx, "accounts", row)
 
 

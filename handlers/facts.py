@@ -118,8 +118,7 @@ def ensure_subscription(ctx: HandlerContext, subscription_id: str, customer_id: 
     if not hold:
         ctx.conn.execute(ctx.db.insert_ignore(table, row, "id"))
         return
-    remember(ctx, "subscriptions", ctx.conn.execute(ctx.db.insert_or_lock(table, row, "id", "updated_at"))
-             .mappings().first())
+    remember(ctx, "subscriptions", ctx.db.insert_or_lock(ctx.conn, table, row, "id", "updated_at"))
 
 
 def upsert_subscription(ctx: HandlerContext, subscription: dict, created: int) -> None:
@@ -162,7 +161,7 @@ def upsert_invoice(ctx: HandlerContext, invoice: dict, created: int, *, hold_sub
     # One statement inserts the row or returns the stored one, locked (ON CONFLICT DO UPDATE writes
     # nothing new: updated_at is set to itself); two first events of one invoice racing on PostgreSQL
     # never hit a unique violation. A row equal to ours (the one just inserted) needs no update.
-    existing = ctx.conn.execute(ctx.db.insert_or_lock(table, stored, "id", "updated_at")).mappings().first()
+    existing = ctx.db.insert_or_lock(ctx.conn, table, stored, "id", "updated_at")
     if all(existing[k] == v for k, v in stored.items()):  # ours, as inserted (an older row has its own updated_at)
         ctx.inserted_invoices.add(iid)
     elif any(existing[k] != v for k, v in stored.items() if k != "updated_at"):  # an older row: newest wins

@@ -36,6 +36,10 @@ class Store(Protocol):
     def insert_new(self, conn: Connection, table: Table, values: dict[str, Any], *keys: str) -> bool:
         """Insert unless the keys exist; True when this call wrote the row."""
 
+    def insert_or_lock(self, conn: Connection, table: Table, values: dict[str, Any], key: str,
+                       untouched: str) -> Mapping[str, Any]:
+        """Insert, or lock the stored row unchanged, in one statement; the row either way."""
+
 
 class Effects(Protocol):
     """Effects of a decision: rows written in the handler's transaction, their work queued after commit.

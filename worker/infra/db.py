@@ -77,7 +77,8 @@ class Database:
             self.engine = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow,
                                         pool_recycle=1800, hide_parameters=True, connect_args={"connect_timeout": 5})
         self._tables: dict[str, Table] | None = None
-        self._insert_new_statements: dict[tuple, tuple[Table, Any, frozenset[str]]] = {}
+        self._dialect = sqlite if self.is_sqlite else postgresql  # its insert() has ON CONFLICT
+        self._statements: dict[tuple, tuple[Table, Any]] = {}  # _built_once
         self._committed_inserts: dict[tuple, tuple[Table, str, dict[str, Any]] | None] = {}
 
     # -- schema ---------------------------------------------------------------------------
@@ -119,7 +120,7 @@ class Database:
                 yield conn
         except OperationalError as exc:
             if _is_connection_error(exc):
-                raise DatabaseUnavailable(str(exc.orig).splitlines()[0] if exc.orig else str(exc)) from exc
+                raise DatabaseUnavailable(_first_line(exc)) from exc
             raise
 
     @contextmanager
@@ -136,7 +137,7 @@ class Database:
                 yield conn
         except OperationalError as exc:
             if _is_connection_error(exc):
-                raise DatabaseUnavailable(str(exc.orig).splitlines()[0] if exc.orig else str(exc)) from exc
+                raise DatabaseUnavailable(_first_line(exc)) from exc
             raise
 
     def ping(self) -> None:
@@ -148,8 +149,7 @@ class Database:
 
     def insert_ignore(self, table: Table, values: dict[str, Any] | list[dict[str, Any]], *keys: str):
         """INSERT ... ON CONFLICT DO NOTHING for this dialect (both support it)."""
-        dialect = sqlite if self.is_sqlite else postgresql
-        stmt = dialect.insert(table).values(values)
+        stmt = self._dialect.insert(table).values(values)
         return stmt.on_conflict_do_nothing(index_elements=list(keys) or None)
 
     def insert_new(self, conn: Connection, table: Table, values: dict[str, Any], *keys: str) -> bool:
@@ -164,21 +164,33 @@ class Database:
         if any(isinstance(value, ClauseElement) for value in values.values()):
             pk = [c for c in table.primary_key.columns][0]
             return conn.execute(self.insert_ignore(table, values, *keys).returning(pk)).first() is not None
-        stmt, columns = self._insert_new_statement(table, keys)
-        unknown = values.keys() - columns
-        if unknown:  # as .values(row) refused them: parameters alone would drop them silently
-            raise CompileError(f"Unconsumed column names: {', '.join(sorted(unknown))}")
-        return conn.execute(stmt, values).first() is not None
+        return conn.execute(self._insert_new_statement(table, keys), self._known_columns(table, values)
+                            ).first() is not None
 
     def _insert_new_statement(self, table: Table, keys: tuple[str, ...]):
-        """(statement, the table's column names) for `insert_new`, built once per table and key."""
-        cached = self._insert_new_statements.get((table.name, keys))
-        if cached is None or cached[0] is not table:  # a table reflected again is another object
-            dialect = sqlite if self.is_sqlite else postgresql
+        """`insert_new`'s INSERT ... ON CONFLICT DO NOTHING RETURNING the key, built once per table and key."""
+        def build(table: Table):
             pk = [c for c in table.primary_key.columns][0]
-            stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys) or None).returning(pk)
-            cached = self._insert_new_statements[(table.name, keys)] = (table, stmt, frozenset(table.c.keys()))
-        return cached[1], cached[2]
+            return self._dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys) or None).returning(pk)
+        return self._built_once(table, ("insert_new", keys), build)
+
+    def _built_once(self, table: Table, name: tuple, build):
+        """The statement `build(table)` made for `table` under `name`, built on first use: building
+        one anew every call (a bind, a coercion and a cache-key walk per column) cost more CPU than
+        its round trip. A table reflected again is another object, so its statements are rebuilt."""
+        cached = self._statements.get((table.name, name))
+        if cached is None or cached[0] is not table:
+            cached = self._statements[(table.name, name)] = (table, build(table))
+        return cached[1]
+
+    @staticmethod
+    def _known_columns(table: Table, values: dict[str, Any]) -> dict[str, Any]:
+        """`values`, refused as `.values(row)` would refuse them when a key is not a column of the
+        table: passed as parameters of a statement built once, an unknown key is dropped silently."""
+        unknown = values.keys() - table.c.keys()
+        if unknown:
+            raise CompileError(f"Unconsumed column names: {', '.join(sorted(unknown))}")
+        return values
 
     def insert_new_committed(self, table: Table, values: dict[str, Any], *keys: str) -> bool:
         """`insert_new` as one statement committed on its own, before this returns (the webhook's
@@ -234,7 +246,7 @@ class Database:
         if cached is not False and (cached is None or cached[0] is table):
             return cached and cached[1:]
         dialect = self.engine.dialect
-        compiled = self._insert_new_statement(table, keys)[0].compile(dialect=dialect, column_keys=list(columns))
+        compiled = self._insert_new_statement(table, keys).compile(dialect=dialect, column_keys=list(columns))
         names = {bind.key: name for bind, name in compiled.bind_names.items()}
         plain = (dialect.paramstyle == "pyformat" and not compiled.positional
                  and not compiled.escaped_bind_names
@@ -250,14 +262,16 @@ class Database:
         self._committed_inserts[cache_key] = (table, str(compiled), processors)
         return str(compiled), processors
 
-    def insert_or_lock(self, table: Table, values: dict[str, Any], key: str, untouched: str):
+    def insert_or_lock(self, conn: Connection, table: Table, values: dict[str, Any], key: str, untouched: str):
         """INSERT ... ON CONFLICT (key) DO UPDATE SET untouched = untouched RETURNING the row: the
         row inserted, or the stored one locked (PostgreSQL) and unchanged, in one statement instead
-        of an INSERT ... DO NOTHING then a SELECT ... FOR UPDATE."""
-        dialect = sqlite if self.is_sqlite else postgresql
-        return (dialect.insert(table).values(values)
-                .on_conflict_do_update(index_elements=[key], set_={untouched: table.c[untouched]})
-                .returning(*table.c))
+        of an INSERT ... DO NOTHING then a SELECT ... FOR UPDATE. Returns that row (a mapping)."""
+        def build(table: Table):
+            return (self._dialect.insert(table)
+                    .on_conflict_do_update(index_elements=[key], set_={untouched: table.c[untouched]})
+                    .returning(*table.c))
+        stmt = self._built_once(table, ("insert_or_lock", key, untouched), build)
+        return conn.execute(stmt, self._known_columns(table, values)).mappings().first()
 
     def lock(self, stmt):
         """SELECT ... FOR UPDATE on PostgreSQL; SQLite already holds the write lock (BEGIN IMMEDIATE)."""
