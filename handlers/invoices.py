@@ -145,8 +145,11 @@ def _open(ctx: HandlerContext, row: dict, invoice: dict, event: StripeEvent, *, 
         "next_step": 0, "next_step_at": first_failed_at, "last_event_created": event.created,
         **_attempt_facts(invoice),
     }
+    opening_step = None
     if ended_by is not None:
         values.update(next_step=None, next_step_at=None)
+    else:
+        opening_step = steps.plan_opening(ctx, values)  # day 0 written by the INSERT itself
     case = dunning.open_case(ctx, values, event_id=event.id)
     if case is not None and ended_by is not None:
         changes = {"recovered_amount": row["amount_due"]} if ended_by == dunning.INVOICE_PAID else {}
@@ -159,7 +162,10 @@ def _open(ctx: HandlerContext, row: dict, invoice: dict, event: StripeEvent, *, 
         if dunning.is_open(case):
             _record_attempt(ctx, case, invoice, event)
         return None
-    steps.run_next_step(ctx, case, catch_up=False)  # day 0: the payment-failed email, in this transaction
+    if opening_step is not None:
+        steps.ran_at_opening(ctx, case, opening_step)  # day 0: the payment-failed email, in this transaction
+    else:
+        steps.run_next_step(ctx, case, catch_up=False)
     return None
 
 

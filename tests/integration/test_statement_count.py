@@ -30,8 +30,8 @@ from tests.support.helpers import rows
 from tests.support.sql_capture import capture
 
 CEILINGS = {  # event type: (processing statements, transactions), (delivery statements, transactions)
-    "invoice.payment_failed": ((11, 1), (3, 2)),
-    "invoice.paid": ((11, 1), (3, 2)),
+    "invoice.payment_failed": ((10, 1), (2, 2)),
+    "invoice.paid": ((11, 1), (2, 2)),
 }
 
 
