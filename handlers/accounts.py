@@ -21,7 +21,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from handlers import dunning
 from handlers import dedupe_keys
@@ -47,8 +47,8 @@ def account_id_for(subscription_id: str | None, customer_id: str) -> str:
 
 def ensure_account(ctx: HandlerContext, account_id: str, customer_id: str, subscription_id: str | None) -> None:
     """Make sure the account has a status row (active) so the platform can poll it."""
-    ctx.conn.execute(ctx.db.insert_ignore(ctx.table("accounts"), _new_account(
-        ctx, account_id, customer_id, subscription_id), "id"))
+    ctx.db.insert_new(ctx.conn, ctx.table("accounts"), _new_account(ctx, account_id, customer_id, subscription_id),
+                      "id")
 
 
 def _new_account(ctx: HandlerContext, account_id: str, customer_id: str, subscription_id: str | None) -> dict:
@@ -68,8 +68,7 @@ def lock_account(ctx: HandlerContext, case: dict) -> dict:
 
 
 def _set(ctx: HandlerContext, account: dict, **values) -> None:
-    accounts = ctx.table("accounts")
-    ctx.conn.execute(update(accounts).where(accounts.c.id == account["id"]).values(**values, updated_at=ctx.now))
+    ctx.db.update_by(ctx.conn, ctx.table("accounts"), {**values, "updated_at": ctx.now}, id=account["id"])
     kept = ctx.rows.get(("accounts", account["id"]))
     if kept is not None:  # the copy lock_account keeps follows what this transaction wrote
         kept.update(values, updated_at=ctx.now)

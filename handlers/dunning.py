@@ -12,11 +12,12 @@ serializes every transaction with BEGIN IMMEDIATE) for the whole transaction.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select
 
 from handlers.context import HandlerContext
 from worker.pure.clock import utcnow
@@ -115,13 +116,19 @@ def is_open(case: dict | None) -> bool:
 # -- persistence ------------------------------------------------------------------------------
 def lock_case(ctx: HandlerContext, *, case_id: str | None = None, invoice_id: str | None = None) -> dict | None:
     """Read one case row locked for this transaction (by id or by invoice)."""
-    cases = ctx.table("cases")
-    stmt = select(cases)
-    stmt = stmt.where(cases.c.id == case_id) if case_id else stmt.where(cases.c.invoice_id == invoice_id)
-    row = ctx.conn.execute(ctx.db.lock(stmt)).mappings().first()
+    by = "id" if case_id else "invoice_id"
+    row = ctx.conn.execute(_locked_case(ctx.table("cases"), by, ctx.db.is_sqlite),
+                           {"b_key": case_id or invoice_id}).mappings().first()
     if row:
         bind_case(row)  # every later line of this message names the case, its invoice and customer
     return dict(row) if row else None
+
+
+@functools.lru_cache(maxsize=16)
+def _locked_case(cases: Table, by: str, is_sqlite: bool):
+    """The case by id or by invoice, FOR UPDATE (PostgreSQL), built once (a bound parameter)."""
+    stmt = select(cases).where(cases.c[by] == bindparam("b_key"))
+    return stmt if is_sqlite else stmt.with_for_update()
 
 
 def open_case(ctx: HandlerContext, values: dict[str, Any], *, event_id: str | None) -> dict | None:
@@ -131,7 +138,7 @@ def open_case(ctx: HandlerContext, values: dict[str, Any], *, event_id: str | No
            **values}
     # RETURNING: the inserted row as stored (defaults included), no second read; it is ours
     # until commit (nobody else sees it before).
-    stored = ctx.conn.execute(ctx.db.insert_ignore(cases, row, "invoice_id").returning(*cases.c)).mappings().first()
+    stored = ctx.db.insert_new_row(ctx.conn, cases, row, "invoice_id")
     if stored is None:
         return None
     ctx.opened_cases.add(row["id"])
@@ -143,11 +150,9 @@ def open_case(ctx: HandlerContext, values: dict[str, Any], *, event_id: str | No
 
 def update_case(ctx: HandlerContext, case: dict, changes: dict[str, Any]) -> dict:
     """Write `changes` to the case if nobody else did since it was read; return the new row."""
-    cases = ctx.table("cases")
-    row = ctx.conn.execute(  # RETURNING: the new row (still locked by this update), no re-read
-        update(cases).where(cases.c.id == case["id"], cases.c.version == case["version"])
-        .values(**changes, version=case["version"] + 1, updated_at=ctx.now)
-        .returning(*cases.c)).mappings().first()
+    row = ctx.db.update_by(  # RETURNING: the new row (still locked by this update), no re-read
+        ctx.conn, ctx.table("cases"), {**changes, "version": case["version"] + 1, "updated_at": ctx.now},
+        returning=True, id=case["id"], version=case["version"]).mappings().first()
     if row is None:
         raise StaleCase(f"case {case['id']} changed since version {case['version']}")
     bind_case(row)
@@ -182,9 +187,9 @@ def apply(ctx: HandlerContext, case: dict, trigger: str, *, event_id: str | None
 
 def _record(ctx: HandlerContext, case_id: str, from_state: str | None, to_state: str, trigger: str, *,
             event_id: str | None, step: int | None) -> None:
-    ctx.conn.execute(ctx.table("case_transitions").insert().values(
-        id=new_id("tr"), case_id=case_id, from_state=from_state, to_state=to_state, trigger=trigger,
-        event_id=event_id, step=step, at=utcnow()))  # the real instant: orders two transitions of one transaction
+    ctx.db.insert(ctx.conn, ctx.table("case_transitions"), {
+        "id": new_id("tr"), "case_id": case_id, "from_state": from_state, "to_state": to_state, "trigger": trigger,
+        "event_id": event_id, "step": step, "at": utcnow()})  # the real instant: orders two transitions of one transaction
 
 
 def open_cases_of_account(ctx: HandlerContext, account_id: str, *, exclude: str | None = None) -> list[dict]:

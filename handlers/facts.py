@@ -171,7 +171,7 @@ def upsert_invoice(ctx: HandlerContext, invoice: dict, created: int, *, hold_sub
         # A newer fact wins; an older one only when it ends an invoice we still think is open.
         if created >= existing["source_created"] or (values["status"] != existing["status"] and not existing_final):
             changes = {"source_created": max(created, existing["source_created"]), "updated_at": ctx.now, **values}
-            ctx.conn.execute(update(table).where(table.c.id == iid).values(**changes))
+            ctx.db.update_by(ctx.conn, table, changes, id=iid)
             existing = {**existing, **changes}
     if isinstance(invoice.get("customer"), dict):
         upsert_customer(ctx, invoice["customer"], created)

@@ -16,7 +16,7 @@ from handlers.dedupe_keys import EmailKey
 
 
 class Store(Protocol):
-    """The database as the domain uses it: the schema's tables and two portable insert forms."""
+    """The database as the domain uses it: the schema's tables and statements built once per table."""
 
     @property
     def tables(self) -> Mapping[str, Table]: ...
@@ -39,6 +39,17 @@ class Store(Protocol):
     def insert_or_lock(self, conn: Connection, table: Table, values: dict[str, Any], key: str,
                        untouched: str) -> Mapping[str, Any]:
         """Insert, or lock the stored row unchanged, in one statement; the row either way."""
+
+    def insert_new_row(self, conn: Connection, table: Table, values: dict[str, Any],
+                       *keys: str) -> Mapping[str, Any] | None:
+        """`insert_new` returning the row as stored, None when the keys existed."""
+
+    def insert(self, conn: Connection, table: Table, values: dict[str, Any]) -> None:
+        """A plain INSERT of one row."""
+
+    def update_by(self, conn: Connection, table: Table, values: dict[str, Any], *, returning: bool = False,
+                  **equal: Any) -> Any:
+        """UPDATE ... SET values WHERE each `equal` column equals its value (RETURNING the rows)."""
 
 
 class Effects(Protocol):

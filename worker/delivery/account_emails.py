@@ -30,12 +30,13 @@ with its amount and hosted page, and the total owed per currency (never summed a
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 import structlog
 from babel.numbers import format_decimal
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, bindparam, func, or_, select, text, update
 
 from handlers import dedupe_keys
 from worker.pure.clock import utcnow
@@ -99,15 +100,21 @@ def add_step_email(ctx, case: dict, index: int, template: str, *, delay_seconds:
 
 def _look(ctx, case: dict, key: str) -> tuple[str | None, int]:
     """(the email satisfying the step already, how many other open cases the customer has): one statement."""
-    from handlers.dunning import OPEN_STATES
-    steps, emails, cases = ctx.table("email_steps"), ctx.table("emails"), ctx.table("cases")
-    claimed = select(steps.c.email_id).where(steps.c.dedupe_key == key).scalar_subquery()
-    own = select(emails.c.id).where(emails.c.dedupe_key == key).scalar_subquery()
-    others = (select(func.count()).select_from(cases)
-              .where(cases.c.customer_id == case["customer_id"], cases.c.id != case["id"],
-                     cases.c.state.in_(OPEN_STATES)).scalar_subquery())
-    row = ctx.conn.execute(select(claimed.label("claimed"), own.label("own"), others.label("others"))).one()
+    row = ctx.conn.execute(_look_statement(ctx.table("email_steps"), ctx.table("emails"), ctx.table("cases")),
+                           {"b_key": key, "b_customer": case["customer_id"], "b_case": case["id"]}).one()
     return row.claimed or row.own, int(row.others or 0)
+
+
+@functools.lru_cache(maxsize=16)
+def _look_statement(steps, emails, cases):
+    """`_look`'s statement, built once (bound parameters)."""
+    from handlers.dunning import OPEN_STATES
+    claimed = select(steps.c.email_id).where(steps.c.dedupe_key == bindparam("b_key")).scalar_subquery()
+    own = select(emails.c.id).where(emails.c.dedupe_key == bindparam("b_key")).scalar_subquery()
+    others = (select(func.count()).select_from(cases)
+              .where(cases.c.customer_id == bindparam("b_customer"), cases.c.id != bindparam("b_case"),
+                     cases.c.state.in_(OPEN_STATES)).scalar_subquery())
+    return select(claimed.label("claimed"), own.label("own"), others.label("others"))
 
 
 def _lock_account_emails(ctx, customer_id: str) -> None:

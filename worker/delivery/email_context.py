@@ -21,6 +21,7 @@ gettext catalogue, and the money and date formats from Babel (CLDR) for that loc
 
 from __future__ import annotations
 
+import functools
 from datetime import date, datetime
 from email.utils import parseaddr
 from typing import Any
@@ -29,7 +30,7 @@ from urllib.parse import quote, urlsplit
 
 import structlog
 from babel.dates import format_date, format_datetime
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, Table, bindparam, select
 
 from handlers.dunning import DISRUPTED, RECOVERED
 from worker.delivery.email_locale import N_, babel_locale, gettext
@@ -79,11 +80,15 @@ def latest_card(conn: Connection, cards: Table, customer_id: str | None) -> dict
     """The customer's latest recorded default card, else the latest card of any kind."""
     if not customer_id:
         return None
-    row = conn.execute(
-        select(cards).where(cards.c.customer_id == customer_id)
-        .order_by(cards.c.is_default.desc(), cards.c.recorded_at.desc(), cards.c.id.desc()).limit(1)
-    ).mappings().first()
+    row = conn.execute(_latest_card(cards), {"b_customer": customer_id}).mappings().first()
     return dict(row) if row else None
+
+
+@functools.lru_cache(maxsize=16)
+def _latest_card(cards: Table):
+    """`latest_card`'s statement, built once (a bound parameter)."""
+    return (select(cards).where(cards.c.customer_id == bindparam("b_customer"))
+            .order_by(cards.c.is_default.desc(), cards.c.recorded_at.desc(), cards.c.id.desc()).limit(1))
 
 
 def build_context(*, case: dict | None = None, invoice: dict | None = None,

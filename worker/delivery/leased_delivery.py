@@ -55,20 +55,16 @@ class Leased:
     def claim(self, db, conn: Connection, row: Mapping[str, Any], now: datetime) -> bool:
         """pending (or sending with a lapsed lease) -> sending with a lease, one attempt more; False
         when another worker changed the row first."""
-        table = db.table(self.table)
-        return bool(conn.execute(
-            update(table).where(table.c.id == row["id"], table.c.status == row["status"],
-                                table.c.attempts == row["attempts"])
-            .values(status="sending", lease_until=now + self.lease, attempts=row["attempts"] + 1,
-                    enqueued_at=None)
-        ).rowcount)
+        return bool(db.update_by(
+            conn, db.table(self.table),
+            {"status": "sending", "lease_until": now + self.lease, "attempts": row["attempts"] + 1,
+             "enqueued_at": None},
+            id=row["id"], status=row["status"], attempts=row["attempts"]).rowcount)
 
     def finish(self, db, row_id: str, attempt: int, **values) -> None:
         """Record the outcome, only if the row is still ours (same claim: status sending, same attempt)."""
-        table = db.table(self.table)
         with db.transaction() as conn:
-            conn.execute(update(table).where(table.c.id == row_id, table.c.status == "sending",
-                                             table.c.attempts == attempt).values(**values))
+            db.update_by(conn, db.table(self.table), values, id=row_id, status="sending", attempts=attempt)
 
     def retry_later(self, db, row_id: str, attempt: int, created_at: datetime, error: str, bound,
                     now: datetime) -> str:

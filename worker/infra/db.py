@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, text
+from sqlalchemy import Connection, Engine, MetaData, Table, bindparam, create_engine, event, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import CompileError, DBAPIError, OperationalError
 from sqlalchemy.sql import ClauseElement
@@ -166,6 +166,38 @@ class Database:
             return conn.execute(self.insert_ignore(table, values, *keys).returning(pk)).first() is not None
         return conn.execute(self._insert_new_statement(table, keys), self._known_columns(table, values)
                             ).first() is not None
+
+    def insert_new_row(self, conn: Connection, table: Table, values: dict[str, Any], *keys: str):
+        """`insert_new` RETURNING the whole row as stored (defaults included): the row, or None when
+        one with the same key existed. Built once per table and key, like insert_new's."""
+        def build(table: Table):
+            return self._dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys) or None
+                                                                      ).returning(*table.c)
+        stmt = self._built_once(table, ("insert_new_row", keys), build)
+        return conn.execute(stmt, self._known_columns(table, values)).mappings().first()
+
+    def insert(self, conn: Connection, table: Table, values: dict[str, Any]) -> None:
+        """A plain INSERT of one row, its statement built once per table (the row is its parameters)."""
+        conn.execute(self._built_once(table, ("insert",), lambda table: table.insert()),
+                     self._known_columns(table, values))
+
+    def update_by(self, conn: Connection, table: Table, values: dict[str, Any], *, returning: bool = False,
+                  **equal: Any):
+        """UPDATE table SET values WHERE each `equal` column = its value; the result (its rows when
+        `returning`: the whole row as updated). The statement is built once per table, WHERE columns
+        and RETURNING; the SET columns are the parameters' (SQLAlchemy compiles each set once).
+        Values that are SQL expressions build the statement anew, as `.values()` would."""
+        if any(isinstance(value, ClauseElement) for value in values.values()):
+            stmt = update(table).where(*(table.c[name] == value for name, value in equal.items())).values(**values)
+            return conn.execute(stmt.returning(*table.c) if returning else stmt)
+
+        def build(table: Table):
+            stmt = update(table).where(*(table.c[name] == bindparam(f"w_{name}") for name in equal))
+            return stmt.returning(*table.c) if returning else stmt
+        stmt = self._built_once(table, ("update_by", tuple(equal), returning), build)
+        params = dict(self._known_columns(table, values))
+        params.update((f"w_{name}", value) for name, value in equal.items())
+        return conn.execute(stmt, params)
 
     def _insert_new_statement(self, table: Table, keys: tuple[str, ...]):
         """`insert_new`'s INSERT ... ON CONFLICT DO NOTHING RETURNING the key, built once per table and key."""

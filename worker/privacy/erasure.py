@@ -15,10 +15,11 @@ Erasing twice is harmless: the first request is the record, a second scrubs agai
 
 from __future__ import annotations
 
+import functools
 import re
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 
 from handlers.context import HandlerContext
 from handlers.facts import erased_in, is_erased  # noqa: F401  (erased_in: the domain asks it too)
@@ -159,9 +160,13 @@ def hold_customer(conn, db, customer_id: str | None):
     """
     if not customer_id or db.is_sqlite:
         return None
-    customers = db.tables["customers"]
-    return conn.execute(select(customers).where(customers.c.id == customer_id)
-                        .with_for_update(read=True)).mappings().first()
+    return conn.execute(_held_customer(db.tables["customers"]), {"b_id": customer_id}).mappings().first()
+
+
+@functools.lru_cache(maxsize=16)
+def _held_customer(customers: Table):
+    """`hold_customer`'s SELECT ... FOR SHARE, built once (a bound parameter)."""
+    return select(customers).where(customers.c.id == bindparam("b_id")).with_for_update(read=True)
 
 
 def after_handler(ctx: HandlerContext, event, customer_id: str | None) -> bool:
