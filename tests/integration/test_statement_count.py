@@ -5,20 +5,19 @@ Measured (issue 17), processing the message the webhook sends (message_args: the
 customer), then delivering the email it queued (the process_event and send_email actors' functions,
 so a lookup made only for log fields counts too); no STRIPE_API_KEY (with one, a plain SELECT of the
 event and the Stripe reads come first, outside the handler's transaction):
-- invoice.payment_failed opening a case: 11 statements in 1 transaction, delivery 3 in 2: 14 in 3
-  (before issue 17's second pass: 17 in 2, delivery 3 in 2; earlier 26 in 3, 21 in 2, 16).
+- invoice.payment_failed opening a case: 10 statements in 1 transaction, delivery 2 in 2: 12 in 3,
+  the issue's target (before: 11 in 1 and 3 in 2; 17 in 2; earlier 26 in 3, 21 in 2, 16).
   customer FOR SHARE (whole row, kept), the claim UPDATE ... RETURNING (lock, try counted,
   `processed` written, erasure asked), invoice INSERT ... ON CONFLICT, subscription INSERT ... ON
-  CONFLICT DO UPDATE RETURNING (locked and kept), account, case, transition (no case to look for:
-  the invoice was inserted by this transaction, its first event here),
-  the case's step-0 UPDATE, the account-email lookup (issue 14: an unsent email of the same step to
-  join?), the customer's recorded card (the payload names no card), the email INSERT;
-- invoice.paid closing that case: 11 statements in 1 transaction, delivery 3 in 2: 14 in 3
-  (before: 19 in 2, delivery 3 in 2; earlier 28 in 3, 24 in 2).
-The issue's target is <= 12 in 3 for payment_failed (not reached: 14) and <= 14 in 3 for paid
-(reached). What payment_failed still spends beyond it: the step-0 UPDATE of the case just inserted,
-the account INSERT, and the card and account-email lookups, each of which the day-0 email needs
-as the code stands. The ceilings below are what the code does now, so the count can only go down.
+  CONFLICT DO UPDATE RETURNING (locked and kept), account, case (its day-0 step planned into the
+  INSERT: no UPDATE of the row just inserted), transition (no case to look for: the invoice was
+  inserted by this transaction, its first event here), the account-email lookup (issue 14: an
+  unsent email of the same step to join?), the customer's recorded card (the payload names no
+  card), the email INSERT. Delivery: one UPDATE ... RETURNING claims a plain due email (the
+  erasure, recipient and ended-case checks in its WHERE), one records the send;
+- invoice.paid closing that case: 11 statements in 1 transaction, delivery 2 in 2: 13 in 3
+  (target 14; before: 19 in 2, delivery 3 in 2; earlier 28 in 3, 24 in 2).
+The ceilings below are what the code does now, so the count can only go down.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from babel.numbers import format_decimal
 from sqlalchemy import and_, bindparam, func, or_, select, text, update
 
 from handlers import dedupe_keys
+from worker.infra.db import one_of
 from worker.pure.clock import utcnow
 from worker.pure.money import DEFAULT_LOCALE, exponent, format_amount_with_code, to_major
 from handlers.policy import coalesce_window
@@ -113,7 +114,7 @@ def _look_statement(steps, emails, cases):
     own = select(emails.c.id).where(emails.c.dedupe_key == bindparam("b_key")).scalar_subquery()
     others = (select(func.count()).select_from(cases)
               .where(cases.c.customer_id == bindparam("b_customer"), cases.c.id != bindparam("b_case"),
-                     cases.c.state.in_(OPEN_STATES)).scalar_subquery())
+                     one_of(cases.c.state, OPEN_STATES)).scalar_subquery())
     return select(claimed.label("claimed"), own.label("own"), others.label("others"))
 
 
@@ -144,16 +145,23 @@ def covered_case_ids(conn, steps_table, email_id: str) -> list[str]:
 def _held_email(ctx, case: dict, template: str) -> dict | None:
     """The customer's unsent step email of this template about other invoices, locked (the sender
     waits for this transaction). A lone invoice's step email (emails.kind "step") qualifies."""
-    emails, steps = ctx.table("emails"), ctx.table("email_steps")
+    row = ctx.conn.execute(_held_statement(ctx.table("emails"), ctx.table("email_steps"), ctx.db.is_sqlite),
+                           {"b_customer": case["customer_id"], "b_template": template, "b_case": case["id"]}
+                           ).mappings().first()
+    return dict(row) if row else None
+
+
+@functools.lru_cache(maxsize=16)
+def _held_statement(emails, steps, is_sqlite: bool):
+    """`_held_email`'s statement, built once (bound parameters), FOR UPDATE on PostgreSQL."""
     stmt = (select(emails).where(
-        emails.c.customer_id == case["customer_id"], emails.c.template == template,
+        emails.c.customer_id == bindparam("b_customer"), emails.c.template == bindparam("b_template"),
         emails.c.status == "pending", emails.c.attempts == 0,
         or_(emails.c.kind == dedupe_keys.ACCOUNT_STEP,
-            and_(emails.c.kind == dedupe_keys.STEP, emails.c.case_id != case["id"])),
-        emails.c.id.not_in(select(steps.c.email_id).where(steps.c.case_id == case["id"])))
+            and_(emails.c.kind == dedupe_keys.STEP, emails.c.case_id != bindparam("b_case"))),
+        emails.c.id.not_in(select(steps.c.email_id).where(steps.c.case_id == bindparam("b_case"))))
         .order_by(emails.c.created_at, emails.c.id).limit(1))
-    row = ctx.conn.execute(ctx.db.lock(stmt)).mappings().first()
-    return dict(row) if row else None
+    return stmt if is_sqlite else stmt.with_for_update()
 
 
 def _join(ctx, email: dict, case: dict, index: int, key: str) -> str | None:
@@ -242,14 +250,11 @@ def _claim(ctx, key: str, email_id: str, case: dict, index: int) -> None:
 
 def _expected_steps(ctx, customer_id: str, template: str, *, covered: set[str]) -> list[dict]:
     """Other open cases of the customer whose next step sends `template` within the coalescing window."""
-    from handlers.dunning import OPEN_STATES
     window = coalesce_window(ctx.policy)
     if not window:
         return []
-    cases = ctx.table("cases")
-    rows = ctx.conn.execute(select(cases).where(
-        cases.c.customer_id == customer_id, cases.c.state.in_(OPEN_STATES), cases.c.next_step.is_not(None),
-        cases.c.next_step_at <= ctx.clock + window)).mappings().all()
+    rows = ctx.conn.execute(_expected_statement(ctx.table("cases")),
+                            {"b_customer": customer_id, "b_until": ctx.clock + window}).mappings().all()
     expected = []
     for row in rows:
         if row["id"] in covered:
@@ -261,6 +266,14 @@ def _expected_steps(ctx, customer_id: str, template: str, *, covered: set[str]) 
     return expected
 
 
+@functools.lru_cache(maxsize=16)
+def _expected_statement(cases):
+    """`_expected_steps`' statement, built once (bound parameters)."""
+    from handlers.dunning import OPEN_STATES
+    return select(cases).where(cases.c.customer_id == bindparam("b_customer"), one_of(cases.c.state, OPEN_STATES),
+                               cases.c.next_step.is_not(None), cases.c.next_step_at <= bindparam("b_until"))
+
+
 # -- the list of unpaid invoices ----------------------------------------------------------------
 def _extra(listing: dict) -> dict:
     return {"invoices": listing["invoices"], "invoice_totals": listing["totals"]}
@@ -269,19 +282,13 @@ def _extra(listing: dict) -> dict:
 def _listing(ctx, customer_id: str) -> dict:
     """Every unpaid invoice of the customer (an open case, its invoice not final) and the totals,
     written as the owner's language writes money (worker.pure.locales.owner_locale, issue 14)."""
-    from handlers.dunning import OPEN_STATES
     from worker.delivery import outbox
     from worker.delivery.email_context import safe_url
     from worker.delivery.email_locale import babel_locale
     from worker.pure.locales import owner_locale
     locale = babel_locale(owner_locale(ctx.policy, outbox._load(ctx, "customers", customer_id)))
-    cases, invoices = ctx.table("cases"), ctx.table("invoices")
-    rows = ctx.conn.execute(
-        select(cases.c.invoice_id, cases.c.currency, cases.c.amount_due, invoices.c.number,
-               invoices.c.hosted_invoice_url, invoices.c.status, invoices.c.amount_remaining)
-        .select_from(cases.outerjoin(invoices, invoices.c.id == cases.c.invoice_id))
-        .where(cases.c.customer_id == customer_id, cases.c.state.in_(OPEN_STATES))
-        .order_by(cases.c.first_failed_at, cases.c.invoice_id)).mappings().all()
+    rows = ctx.conn.execute(_listing_statement(ctx.table("cases"), ctx.table("invoices")),
+                            {"b_customer": customer_id}).mappings().all()
     listed, sums = [], OrderedDict()
     for row in rows:
         if row["status"] in FINAL_INVOICE_STATUSES:
@@ -294,6 +301,17 @@ def _listing(ctx, customer_id: str) -> dict:
             url=safe_url(row["hosted_invoice_url"], ctx.settings))))
         sums[currency] = sums.get(currency, 0) + int(owed or 0)
     return {"invoices": listed, "totals": [format_total(amount, currency, locale) for currency, amount in sums.items()]}
+
+
+@functools.lru_cache(maxsize=16)
+def _listing_statement(cases, invoices):
+    """`_listing`'s statement, built once (a bound parameter)."""
+    from handlers.dunning import OPEN_STATES
+    return (select(cases.c.invoice_id, cases.c.currency, cases.c.amount_due, invoices.c.number,
+                   invoices.c.hosted_invoice_url, invoices.c.status, invoices.c.amount_remaining)
+            .select_from(cases.outerjoin(invoices, invoices.c.id == cases.c.invoice_id))
+            .where(cases.c.customer_id == bindparam("b_customer"), one_of(cases.c.state, OPEN_STATES))
+            .order_by(cases.c.first_failed_at, cases.c.invoice_id))
 
 
 def format_total(amount_minor: int, currency: str, locale: str = DEFAULT_LOCALE) -> str:

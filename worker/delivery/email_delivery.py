@@ -36,6 +36,7 @@ from handlers import dedupe_keys
 from worker.pure.clock import utcnow
 from worker.delivery.emails import one_line
 from worker.delivery.leased_delivery import Leased
+from worker.infra.db import none_of
 from worker.pure.message_log import bind_in_message
 from worker.observe.logs import mask_email
 
@@ -373,8 +374,8 @@ def _plain_claim(emails: Table, erasures: Table, cases: Table):
                    ~exists().where(erasures.c.customer_id == emails.c.customer_id),
                    or_(emails.c.case_id.is_(None),
                        and_(emails.c.kind == dedupe_keys.STEP,
-                            func.coalesce(case_state, "").not_in(TERMINAL_STATES)),
-                       emails.c.kind.not_in((dedupe_keys.STEP, dedupe_keys.ACCOUNT_STEP))))
+                            none_of(func.coalesce(case_state, ""), TERMINAL_STATES)),
+                       none_of(emails.c.kind, (dedupe_keys.STEP, dedupe_keys.ACCOUNT_STEP))))
             .values(status="sending", attempts=emails.c.attempts + 1, lease_until=bindparam("b_lease_until"),
                     enqueued_at=None)
             .returning(*emails.c))

@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from babel import Locale
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
@@ -42,8 +43,17 @@ def N_(message: str) -> str:
     return message
 
 
-def babel_locale(locale: str | None) -> str:
-    return BABEL_LOCALES.get(normalize(locale) or DEFAULT_LOCALE, BABEL_LOCALES[DEFAULT_LOCALE])
+def babel_locale(locale: str | Locale | None) -> Locale:
+    """Babel's Locale for an owner's language, made once per language: Babel's functions parse an
+    identifier into a new Locale on every call, and an email formats a dozen amounts and dates."""
+    if isinstance(locale, Locale):
+        return locale
+    return _babel(BABEL_LOCALES.get(normalize(locale) or DEFAULT_LOCALE, BABEL_LOCALES[DEFAULT_LOCALE]))
+
+
+@lru_cache(maxsize=len(BABEL_LOCALES))
+def _babel(identifier: str) -> Locale:
+    return Locale.parse(identifier)
 
 
 def catalogue_path(locale: str) -> Path:

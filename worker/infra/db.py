@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import Connection, Engine, MetaData, Table, bindparam, create_engine, event, text, update
+from sqlalchemy import Connection, Engine, MetaData, Table, bindparam, create_engine, event, literal, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import CompileError, DBAPIError, OperationalError
 from sqlalchemy.sql import ClauseElement
@@ -311,6 +311,17 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def one_of(column, values):
+    """`column IN (...)` over a fixed set of values, each its own bound parameter: SQLAlchemy's
+    default (an "expanding" IN) re-renders the statement's SQL on every execution."""
+    return column.in_([literal(value, column.type) for value in values])
+
+
+def none_of(column, values):
+    """`column NOT IN (...)` over a fixed set of values (see one_of)."""
+    return column.not_in([literal(value, column.type) for value in values])
 
 
 def _first_line(exc: Exception) -> str:

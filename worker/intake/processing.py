@@ -37,6 +37,7 @@ from worker.privacy.erasure import after_handler, hold_customer
 from worker.intake.event_store import load_event
 from worker.observe.log_context import ids_from_event_object
 from worker.pure.message_log import bind_in_message
+from worker.infra.db import none_of
 from worker.infra.unit_of_work import unit_of_work
 
 COERCION_ERRORS = (ValueError, TypeError, AttributeError, UnicodeError)  # a payload value we cannot read
@@ -68,7 +69,7 @@ def _built(events: Table) -> _Statements:
         # row as it is now (an erasure may have stripped it since it was read) and whether its
         # customer is erased (asked after hold_customer: see handlers.facts.erased_in). A stripped
         # payload keeps its processed_at: whether it was processed before decides its status.
-        claim=(update(events).where(by_id, events.c.status.not_in(DONE))
+        claim=(update(events).where(by_id, none_of(events.c.status, DONE))
                .values(status="processed", attempts=events.c.attempts + 1,
                        processed_at=case((stripped, events.c.processed_at), else_=bindparam("b_at")),
                        last_error=None, lease_until=None, failed_transient=False, first_failed_at=None,
