@@ -117,7 +117,7 @@ def is_open(case: dict | None) -> bool:
 def lock_case(ctx: HandlerContext, *, case_id: str | None = None, invoice_id: str | None = None) -> dict | None:
     """Read one case row locked for this transaction (by id or by invoice)."""
     by = "id" if case_id else "invoice_id"
-    row = ctx.conn.execute(_locked_case(ctx.table("cases"), by, ctx.db.is_sqlite),
+    row = ctx.db.run(ctx.conn, _locked_case(ctx.table("cases"), by, ctx.db.is_sqlite),
                            {"b_key": case_id or invoice_id}).mappings().first()
     if row:
         bind_case(row)  # every later line of this message names the case, its invoice and customer

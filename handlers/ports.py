@@ -47,6 +47,9 @@ class Store(Protocol):
     def insert(self, conn: Connection, table: Table, values: dict[str, Any]) -> None:
         """A plain INSERT of one row."""
 
+    def run(self, conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
+        """A statement built once (bound parameters), run with `params`; SQLAlchemy's result calls."""
+
     def update_by(self, conn: Connection, table: Table, values: dict[str, Any], *, returning: bool = False,
                   **equal: Any) -> Any:
         """UPDATE ... SET values WHERE each `equal` column equals its value (RETURNING the rows)."""

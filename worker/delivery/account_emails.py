@@ -40,6 +40,7 @@ from sqlalchemy import and_, bindparam, func, or_, select, text, update
 
 from handlers import dedupe_keys
 from worker.infra.db import one_of
+from worker.infra.driver_sql import run
 from worker.pure.clock import utcnow
 from worker.pure.money import DEFAULT_LOCALE, exponent, format_amount_with_code, to_major
 from handlers.policy import coalesce_window
@@ -101,9 +102,9 @@ def add_step_email(ctx, case: dict, index: int, template: str, *, delay_seconds:
 
 def _look(ctx, case: dict, key: str) -> tuple[str | None, int]:
     """(the email satisfying the step already, how many other open cases the customer has): one statement."""
-    row = ctx.conn.execute(_look_statement(ctx.table("email_steps"), ctx.table("emails"), ctx.table("cases")),
-                           {"b_key": key, "b_customer": case["customer_id"], "b_case": case["id"]}).one()
-    return row.claimed or row.own, int(row.others or 0)
+    row = run(ctx.conn, _look_statement(ctx.table("email_steps"), ctx.table("emails"), ctx.table("cases")),
+                           {"b_key": key, "b_customer": case["customer_id"], "b_case": case["id"]}).mappings().one()
+    return row["claimed"] or row["own"], int(row["others"] or 0)
 
 
 @functools.lru_cache(maxsize=16)
@@ -145,7 +146,7 @@ def covered_case_ids(conn, steps_table, email_id: str) -> list[str]:
 def _held_email(ctx, case: dict, template: str) -> dict | None:
     """The customer's unsent step email of this template about other invoices, locked (the sender
     waits for this transaction). A lone invoice's step email (emails.kind "step") qualifies."""
-    row = ctx.conn.execute(_held_statement(ctx.table("emails"), ctx.table("email_steps"), ctx.db.is_sqlite),
+    row = run(ctx.conn, _held_statement(ctx.table("emails"), ctx.table("email_steps"), ctx.db.is_sqlite),
                            {"b_customer": case["customer_id"], "b_template": template, "b_case": case["id"]}
                            ).mappings().first()
     return dict(row) if row else None
@@ -253,7 +254,7 @@ def _expected_steps(ctx, customer_id: str, template: str, *, covered: set[str]) 
     window = coalesce_window(ctx.policy)
     if not window:
         return []
-    rows = ctx.conn.execute(_expected_statement(ctx.table("cases")),
+    rows = run(ctx.conn, _expected_statement(ctx.table("cases")),
                             {"b_customer": customer_id, "b_until": ctx.clock + window}).mappings().all()
     expected = []
     for row in rows:
@@ -287,7 +288,7 @@ def _listing(ctx, customer_id: str) -> dict:
     from worker.delivery.email_locale import babel_locale
     from worker.pure.locales import owner_locale
     locale = babel_locale(owner_locale(ctx.policy, outbox._load(ctx, "customers", customer_id)))
-    rows = ctx.conn.execute(_listing_statement(ctx.table("cases"), ctx.table("invoices")),
+    rows = run(ctx.conn, _listing_statement(ctx.table("cases"), ctx.table("invoices")),
                             {"b_customer": customer_id}).mappings().all()
     listed, sums = [], OrderedDict()
     for row in rows:

@@ -35,6 +35,7 @@ from sqlalchemy import Connection, Table, bindparam, select
 from handlers.dunning import DISRUPTED, RECOVERED
 from worker.delivery.email_locale import N_, babel_locale, gettext
 from worker.delivery.emails import one_line
+from worker.infra.driver_sql import run
 from worker.pure.locales import DEFAULT_LOCALE, normalize
 from worker.pure.money import format_amount_with_code
 
@@ -80,7 +81,7 @@ def latest_card(conn: Connection, cards: Table, customer_id: str | None) -> dict
     """The customer's latest recorded default card, else the latest card of any kind."""
     if not customer_id:
         return None
-    row = conn.execute(_latest_card(cards), {"b_customer": customer_id}).mappings().first()
+    row = run(conn, _latest_card(cards), {"b_customer": customer_id}).mappings().first()
     return dict(row) if row else None
 
 

@@ -37,6 +37,7 @@ from worker.pure.clock import utcnow
 from worker.delivery.emails import one_line
 from worker.delivery.leased_delivery import Leased
 from worker.infra.db import none_of
+from worker.infra.driver_sql import run
 from worker.pure.message_log import bind_in_message
 from worker.observe.logs import mask_email
 
@@ -275,7 +276,7 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
     db = runtime.db
     emails = db.table("emails")
     with db.transaction() as conn:
-        row = conn.execute(_plain_claim(emails, db.table("erasures"), db.table("cases")),
+        row = run(conn, _plain_claim(emails, db.table("erasures"), db.table("cases")),
                            {"b_id": email_id, "b_now": now, "b_lease_until": utcnow() + LEASE}).mappings().first()
         if row is not None:  # the usual case, claimed in one statement
             bind_in_message(**{k: row[k] for k in ("case_id", "invoice_id", "customer_id") if row[k]})

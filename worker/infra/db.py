@@ -21,6 +21,7 @@ from sqlalchemy.pool import NullPool
 from config.settings import PROJECT_ROOT
 
 from worker.infra import advisory_locks
+from worker.infra.driver_sql import run
 from worker.pure.json_text import dumps, loads  # noqa: F401  (TEXT columns; long imported from here)
 
 SCHEMA_PATH = PROJECT_ROOT / "schema.sql"
@@ -164,7 +165,7 @@ class Database:
         if any(isinstance(value, ClauseElement) for value in values.values()):
             pk = [c for c in table.primary_key.columns][0]
             return conn.execute(self.insert_ignore(table, values, *keys).returning(pk)).first() is not None
-        return conn.execute(self._insert_new_statement(table, keys), self._known_columns(table, values)
+        return run(conn, self._insert_new_statement(table, keys), self._known_columns(table, values)
                             ).first() is not None
 
     def insert_new_row(self, conn: Connection, table: Table, values: dict[str, Any], *keys: str):
@@ -174,11 +175,11 @@ class Database:
             return self._dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys) or None
                                                                       ).returning(*table.c)
         stmt = self._built_once(table, ("insert_new_row", keys), build)
-        return conn.execute(stmt, self._known_columns(table, values)).mappings().first()
+        return run(conn, stmt, self._known_columns(table, values)).mappings().first()
 
     def insert(self, conn: Connection, table: Table, values: dict[str, Any]) -> None:
         """A plain INSERT of one row, its statement built once per table (the row is its parameters)."""
-        conn.execute(self._built_once(table, ("insert",), lambda table: table.insert()),
+        run(conn, self._built_once(table, ("insert",), lambda table: table.insert()),
                      self._known_columns(table, values))
 
     def update_by(self, conn: Connection, table: Table, values: dict[str, Any], *, returning: bool = False,
@@ -197,7 +198,7 @@ class Database:
         stmt = self._built_once(table, ("update_by", tuple(equal), returning), build)
         params = dict(self._known_columns(table, values))
         params.update((f"w_{name}", value) for name, value in equal.items())
-        return conn.execute(stmt, params)
+        return run(conn, stmt, params)
 
     def _insert_new_statement(self, table: Table, keys: tuple[str, ...]):
         """`insert_new`'s INSERT ... ON CONFLICT DO NOTHING RETURNING the key, built once per table and key."""
@@ -303,7 +304,12 @@ class Database:
                     .on_conflict_do_update(index_elements=[key], set_={untouched: table.c[untouched]})
                     .returning(*table.c))
         stmt = self._built_once(table, ("insert_or_lock", key, untouched), build)
-        return conn.execute(stmt, self._known_columns(table, values)).mappings().first()
+        return run(conn, stmt, self._known_columns(table, values)).mappings().first()
+
+    def run(self, conn: Connection, stmt, params: dict[str, Any]):
+        """A statement built once, run with `params` (worker/infra/driver_sql.py: on the driver's
+        cursor where it can, else `conn.execute`)."""
+        return run(conn, stmt, params)
 
     def lock(self, stmt):
         """SELECT ... FOR UPDATE on PostgreSQL; SQLite already holds the write lock (BEGIN IMMEDIATE)."""

@@ -38,6 +38,7 @@ from worker.intake.event_store import load_event
 from worker.observe.log_context import ids_from_event_object
 from worker.pure.message_log import bind_in_message
 from worker.infra.db import none_of
+from worker.infra.driver_sql import run
 from worker.infra.unit_of_work import unit_of_work
 
 COERCION_ERRORS = (ValueError, TypeError, AttributeError, UnicodeError)  # a payload value we cannot read
@@ -98,7 +99,7 @@ def process_event(runtime, event_id: str, customer_id: str | None = None) -> str
             known, prefetched = None, None
             if runtime.settings.stripe_api_key:  # checked first: without a key there is nothing to fetch
                 with db.engine.connect() as conn:
-                    known = conn.execute(_built(db.table("events")).read, {"b_id": event_id}).mappings().first()
+                    known = run(conn, _built(db.table("events")).read, {"b_id": event_id}).mappings().first()
                 if known is None:
                     raise EventNotFound(f"event {event_id} is not stored")
                 if known["status"] in DONE:
@@ -179,7 +180,7 @@ def _run_handler(runtime, event_id: str, known=None, prefetched: dict | None = N
         conn = ctx.conn
         row = known
         if row is None and hint is None:  # a plain read: which customer to hold before the event row is locked
-            row = conn.execute(built.read, {"b_id": event_id}).mappings().first()
+            row = run(conn, built.read, {"b_id": event_id}).mappings().first()
             if row is None:
                 raise EventNotFound(f"event {event_id} is not stored")
             if row["status"] in DONE:
@@ -188,10 +189,10 @@ def _run_handler(runtime, event_id: str, known=None, prefetched: dict | None = N
         if row is not None:
             hint = None if is_stripped(row["payload"]) else event_customer_id(load_event(row))
         customer = hold_customer(conn, db, hint)  # before any other lock: see worker/privacy/erasure.py
-        claimed = conn.execute(built.claim, {"b_id": event_id, "b_at": utcnow(), "b_customer": hint}
+        claimed = run(conn, built.claim, {"b_id": event_id, "b_at": utcnow(), "b_customer": hint}
                                ).mappings().first()
         if claimed is None:  # processed already (a duplicate whose transaction committed first), or not stored
-            stored = conn.execute(built.read, {"b_id": event_id}).mappings().first()
+            stored = run(conn, built.read, {"b_id": event_id}).mappings().first()
             if stored is None:
                 raise EventNotFound(f"event {event_id} is not stored")
             log.info("event.skipped", status=stored["status"])
@@ -199,7 +200,7 @@ def _run_handler(runtime, event_id: str, known=None, prefetched: dict | None = N
         if is_stripped(claimed["payload"]):  # erased or pruned before it was (re)processed: nothing to act on
             before = claimed["processed_at"]  # the claim left it as it was
             status = "processed" if before else "ignored"
-            conn.execute(built.status, {"b_id": event_id, "b_status": status, "b_processed_at": before,
+            run(conn, built.status, {"b_id": event_id, "b_status": status, "b_processed_at": before,
                                         "b_error": None if before else "payload removed"})
             log.info("event.payload_removed", status=status)
             return status
@@ -227,7 +228,7 @@ def _run_handler(runtime, event_id: str, known=None, prefetched: dict | None = N
         # An erased customer stays erased: scrub what the handler wrote and strip this payload (same transaction).
         after_handler(ctx, event, customer_id)
         if status != "processed":  # the claim wrote `processed`
-            conn.execute(built.status, {"b_id": event_id, "b_status": status, "b_error": None,
+            run(conn, built.status, {"b_id": event_id, "b_status": status, "b_error": None,
                                         "b_processed_at": claimed["processed_at"]})
     log.info("event.processed", status=status)
     return status

@@ -22,6 +22,7 @@ import structlog
 from sqlalchemy import Table, bindparam, select, update
 
 from handlers.context import HandlerContext
+from worker.infra.driver_sql import run
 from handlers.facts import erased_in, is_erased  # noqa: F401  (erased_in: the domain asks it too)
 from worker.privacy import customer_data as cd
 from worker.infra.unit_of_work import unit_of_work
@@ -160,7 +161,7 @@ def hold_customer(conn, db, customer_id: str | None):
     """
     if not customer_id or db.is_sqlite:
         return None
-    return conn.execute(_held_customer(db.tables["customers"]), {"b_id": customer_id}).mappings().first()
+    return run(conn, _held_customer(db.tables["customers"]), {"b_id": customer_id}).mappings().first()
 
 
 @functools.lru_cache(maxsize=16)
