@@ -72,8 +72,26 @@ def _scrub_value(value: Any) -> Any:
     return value
 
 
+_PLAIN = (bool, int, float, type(None))  # values the scrubber leaves as they are
+
+
 def scrub_processor(_logger, _name, event_dict: dict) -> dict:
-    return {k: _scrub_value(v) for k, v in event_dict.items()}
+    """Every value scrubbed. Most lines (ids, types, flags) need nothing: one scan of their text
+    values joined tells, and the dict is returned as it is (a secret or a hint that spans two
+    joined values only sends the line through the full scrub)."""
+    texts = []
+    for value in event_dict.values():
+        if type(value) is str:
+            texts.append(value)
+        elif not isinstance(value, _PLAIN):
+            return {k: _scrub_value(v) for k, v in event_dict.items()}
+    text = "\n".join(texts)
+    if _SCRUB_HINT.search(text):
+        return {k: _scrub_value(v) for k, v in event_dict.items()}
+    for secret in _SECRETS:
+        if secret in text:
+            return {k: _scrub_value(v) for k, v in event_dict.items()}
+    return event_dict
 
 
 class ScrubbingFormatter(logging.Formatter):

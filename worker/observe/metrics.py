@@ -167,12 +167,23 @@ def _webhook_objects():
         return _webhook_metrics
 
 
+_delivery_children: dict = {}  # (counter, event type, new) -> the counter's bound child
+
+
 def webhook_received(event_type: str, is_new: bool, seconds: float) -> None:
-    """Count a webhook delivery and observe its latency."""
+    """Count a webhook delivery and observe its latency.
+
+    Per delivery this is a dict lookup and two increments: the counter's child for each (type,
+    outcome) is bound once (labels() validates and locks on every call), and the metric objects
+    are made once (their lock is taken only until then)."""
     if not os.environ.get(ENV):
         return  # metrics not prepared in this process (a bare create_app in a unit test)
-    deliveries, duration = _webhook_objects()
-    deliveries.labels(event_type=event_type, outcome="new" if is_new else "duplicate").inc()
+    deliveries, duration = _webhook_metrics or _webhook_objects()
+    child = _delivery_children.get((deliveries, event_type, is_new))
+    if child is None:
+        child = _delivery_children[(deliveries, event_type, is_new)] = deliveries.labels(
+            event_type=event_type, outcome="new" if is_new else "duplicate")
+    child.inc()
     duration.observe(seconds)
 
 
