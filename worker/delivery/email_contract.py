@@ -16,6 +16,7 @@ declaration (an email-only step an operator adds) may read any key of the contex
 
 from __future__ import annotations
 
+import functools
 from typing import Any, TypedDict, get_type_hints, is_typeddict
 
 from jinja2 import Environment, meta, nodes
@@ -167,7 +168,7 @@ def _check_shape(shape: type | None, value: dict, where: str) -> None:
         if value:
             raise ContractError(f"{where} must be empty, got {sorted(value)}")
         return
-    hints = get_type_hints(shape)
+    hints = _hints(shape)
     unknown = sorted(set(value) - set(hints))
     if unknown:
         raise ContractError(f"{where}: unknown key {unknown[0]!r} (declared: {', '.join(hints)})")
@@ -177,6 +178,12 @@ def _check_shape(shape: type | None, value: dict, where: str) -> None:
     for key, hint in hints.items():
         if is_typeddict(hint) and isinstance(value.get(key), dict):
             _check_shape(hint, value[key], f"{where}.{key}")
+
+
+@functools.lru_cache(maxsize=64)
+def _hints(shape: type) -> dict[str, Any]:
+    """The declared keys of a TypedDict and their types, resolved once (checked for every email)."""
+    return get_type_hints(shape)
 
 
 def template_variables(env: Environment, template: str) -> frozenset[str]:

@@ -76,6 +76,9 @@ def environment(directory: Path = TEMPLATES_DIR, override: Path | None = None) -
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=False,
+        # Templates are read once per process (a change to EMAIL_TEMPLATES_DIR takes a restart, as
+        # the start-up check of the policy's templates does): no stat of every file on every render.
+        auto_reload=False,
         extensions=["jinja2.ext.i18n"],
     )
     env.policies["ext.i18n.trimmed"] = True  # a message's line breaks and indents are not part of it

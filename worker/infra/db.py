@@ -7,6 +7,7 @@ timeout waits for it, instead of failing late on a lock upgrade.
 
 from __future__ import annotations
 
+import functools
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -220,7 +221,7 @@ class Database:
     def _known_columns(table: Table, values: dict[str, Any]) -> dict[str, Any]:
         """`values`, refused as `.values(row)` would refuse them when a key is not a column of the
         table: passed as parameters of a statement built once, an unknown key is dropped silently."""
-        unknown = values.keys() - table.c.keys()
+        unknown = values.keys() - _column_names(table)
         if unknown:
             raise CompileError(f"Unconsumed column names: {', '.join(sorted(unknown))}")
         return values
@@ -317,6 +318,11 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@functools.lru_cache(maxsize=256)
+def _column_names(table: Table) -> frozenset[str]:
+    return frozenset(table.c.keys())
 
 
 def one_of(column, values):
