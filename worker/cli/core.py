@@ -60,7 +60,7 @@ def _queue_list(_ctx, _param, value: str | None) -> list[str]:
 @click.option("--queues", callback=_queue_list, default=None,
               help="comma-separated queues to consume (default: all: events,steps,emails,notices,stripe)")
 @click.option("--processes", type=int, default=None, help="default: $WORKER_PROCESSES (2)")
-@click.option("--threads", type=int, default=None, help="default: $WORKER_THREADS (8)")
+@click.option("--threads", type=int, default=None, help="default: $WORKER_THREADS (4)")
 @click.option("--supervise/--no-supervise", default=True,
               help="restart the pool when it dies (default); --no-supervise exits with it, for an orchestrator")
 @click.option("--metrics-port", type=int, envvar="METRICS_PORT", default=None,
@@ -78,12 +78,15 @@ def worker(queues: list[str], processes: int | None, threads: int | None, superv
                "--worker-shutdown-timeout", "30000", "worker.runtime:worker_setup"]
     if queues:
         command[1:1] = ["--queues", *queues]
+    # Dramatiq's consumers back off while a queue is idle, up to its worker timeout (1 s by default):
+    # a message arriving then waits that long, on each of the two hops an event takes to its email.
+    env = {**os.environ, "dramatiq_worker_timeout": str(settings.worker_idle_poll_ms)}
     if metrics_port:
         from worker.observe.metrics import current_dir
         from worker.observe.worker_metrics import serve
         from worker.queue.queue_state import broker_kind
         serve(metrics_port, current_dir(), os.environ.get("METRICS_HOST", "0.0.0.0"), broker_kind(runtime.broker))
-    sys.exit(run_pool(command, restart=supervise))
+    sys.exit(run_pool(command, restart=supervise, env=env))
 
 
 @main.command()

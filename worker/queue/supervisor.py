@@ -22,7 +22,7 @@ log = structlog.get_logger("worker.queue.supervisor")
 MAX_PAUSE_SECONDS = 30.0
 
 
-def supervise(command: list[str], *, restart: bool = True) -> int:
+def supervise(command: list[str], *, restart: bool = True, env: dict[str, str] | None = None) -> int:
     stopping = False
     child: subprocess.Popen | None = None
 
@@ -38,7 +38,7 @@ def supervise(command: list[str], *, restart: bool = True) -> int:
     pause = 1.0
     while True:
         started = time.monotonic()
-        child = subprocess.Popen(command)
+        child = subprocess.Popen(command, env=env)
         code = child.wait()
         if stopping or code == 0:
             return code
