@@ -18,13 +18,15 @@ let the reconciler re-enqueue it with a slow backoff for 3 days after Dramatiq's
 from __future__ import annotations
 
 import functools
+import random
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import structlog
 from sqlalchemy import Table, bindparam, case, exists, select, update
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DBAPIError
 
 from handlers.context import PermanentEventError
 from handlers.facts import remember
@@ -44,6 +46,8 @@ from worker.infra.unit_of_work import unit_of_work
 COERCION_ERRORS = (ValueError, TypeError, AttributeError, UnicodeError)  # a payload value we cannot read
 REDRIVE_BASE = timedelta(minutes=10)
 REDRIVE_CAP = timedelta(hours=2)
+CONFLICT_SQLSTATES = ("40P01", "40001")  # deadlock_detected, serialization_failure: the next try succeeds
+CONFLICT_RETRIES = 4
 DONE = ("processed", "ignored")  # an event in either status is never handled again (but by a replay)
 log = structlog.get_logger("worker.intake.processing")
 
@@ -109,7 +113,7 @@ def process_event(runtime, event_id: str, customer_id: str | None = None) -> str
                     read_event = load_event(known)
                     ensure_customer_known(runtime, read_event)  # Stripe I/O, outside the handler's transaction
                     prefetched = failed_payment(runtime, read_event)  # the card and the decline (issue 14)
-            return _run_handler(runtime, event_id, known, prefetched, customer_id)
+            return _run_handler_retrying_conflicts(runtime, event_id, known, prefetched, customer_id)
         except (DataError, OverflowError) as exc:  # the payload does not fit a column: the same every try
             reason = _one_line(getattr(exc, "orig", None) or exc)  # not the SQL and its parameters
             raise PermanentEventError(f"a value does not fit the schema: {reason}"[:1000]) from exc
@@ -123,6 +127,26 @@ def process_event(runtime, event_id: str, customer_id: str | None = None) -> str
     except Exception as exc:
         _record_failure(db, event_id, exc)
         raise
+
+
+def _run_handler_retrying_conflicts(runtime, event_id: str, known, prefetched, hint) -> str:
+    """`_run_handler`, run again at once when PostgreSQL chose its transaction as a deadlock's or a
+    serialization conflict's victim: that outcome is the database's, not the event's, and the next
+    try succeeds once the other transaction ends. Two events of one customer both hold its row FOR
+    SHARE, and both may then update it (customer.created and customer.updated together): one of them
+    is rolled back. Retried here rather than through the broker, whose retry may be lost while it is
+    down (the reconciler would find the event only after its re-drive pause). Nothing outside the
+    transaction has happened yet: effects run after commit, Stripe reads before."""
+    for attempt in range(1, CONFLICT_RETRIES + 1):
+        try:
+            return _run_handler(runtime, event_id, known, prefetched, hint)
+        except DBAPIError as exc:
+            sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+            if sqlstate not in CONFLICT_SQLSTATES or attempt == CONFLICT_RETRIES:
+                raise
+            log.info("event.retrying_conflict", sqlstate=sqlstate, attempt=attempt)
+            time.sleep(random.uniform(0.005, 0.05) * attempt)  # apart from the other transaction's retry
+    raise AssertionError("unreachable")
 
 
 def _record_failure(db, event_id: str, exc: Exception) -> None:
