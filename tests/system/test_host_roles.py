@@ -183,26 +183,17 @@ def test_a_pending_email_already_queued_is_not_swept_again_before_its_lease_laps
 def test_the_worker_pool_polls_an_idle_queue_as_often_as_worker_idle_poll_ms_says(tmp_path):
     """Dramatiq reads its idle backoff cap from `dramatiq_worker_timeout` at start: `dunning worker`
     hands WORKER_IDLE_POLL_MS to the pool it starts (README "Worker size")."""
-    from tests.support.processes import DUNNING
+    from tests.support.helpers import wait_until
+    from tests.support.processes import DUNNING, children_of
     env = {**os.environ, **base_env(tmp_path, REDIS_URL="redis://127.0.0.1:6379/0", WORKER_IDLE_POLL_MS="321")}
     env.pop("dramatiq_worker_timeout", None)
     worker = subprocess.Popen([DUNNING, "worker", "--processes", "1", "--threads", "1"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        children = f"/proc/{worker.pid}/task/{worker.pid}/children"
-        deadline = time.monotonic() + 60
-        pool = ""
-        while not pool and time.monotonic() < deadline and worker.poll() is None:
-            time.sleep(0.2)
-            with open(children) as f:
-                pool = (f.read().split() or [""])[0]
-        assert pool, "dunning worker started no pool"
+        pool = wait_until(lambda: children_of(worker.pid), timeout=60)[0]  # the Dramatiq pool it started
         with open(f"/proc/{pool}/environ", "rb") as f:
             variables = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
         assert variables[b"dramatiq_worker_timeout"] == b"321"
     finally:
         worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        worker.wait(20)

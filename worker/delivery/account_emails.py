@@ -103,7 +103,7 @@ def add_step_email(ctx, case: dict, index: int, template: str, *, delay_seconds:
 def _look(ctx, case: dict, key: str) -> tuple[str | None, int]:
     """(the email satisfying the step already, how many other open cases the customer has): one statement."""
     row = run(ctx.conn, _look_statement(ctx.table("email_steps"), ctx.table("emails"), ctx.table("cases")),
-                           {"b_key": key, "b_customer": case["customer_id"], "b_case": case["id"]}).mappings().one()
+              {"b_key": key, "b_customer": case["customer_id"], "b_case": case["id"]}).mappings().one()
     return row["claimed"] or row["own"], int(row["others"] or 0)
 
 
@@ -147,8 +147,8 @@ def _held_email(ctx, case: dict, template: str) -> dict | None:
     """The customer's unsent step email of this template about other invoices, locked (the sender
     waits for this transaction). A lone invoice's step email (emails.kind "step") qualifies."""
     row = run(ctx.conn, _held_statement(ctx.table("emails"), ctx.table("email_steps"), ctx.db.is_sqlite),
-                           {"b_customer": case["customer_id"], "b_template": template, "b_case": case["id"]}
-                           ).mappings().first()
+              {"b_customer": case["customer_id"], "b_template": template, "b_case": case["id"]}
+              ).mappings().first()
     return dict(row) if row else None
 
 
@@ -255,7 +255,7 @@ def _expected_steps(ctx, customer_id: str, template: str, *, covered: set[str]) 
     if not window:
         return []
     rows = run(ctx.conn, _expected_statement(ctx.table("cases")),
-                            {"b_customer": customer_id, "b_until": ctx.clock + window}).mappings().all()
+               {"b_customer": customer_id, "b_until": ctx.clock + window}).mappings().all()
     expected = []
     for row in rows:
         if row["id"] in covered:
@@ -289,7 +289,7 @@ def _listing(ctx, customer_id: str) -> dict:
     from worker.pure.locales import owner_locale
     locale = babel_locale(owner_locale(ctx.policy, outbox._load(ctx, "customers", customer_id)))
     rows = run(ctx.conn, _listing_statement(ctx.table("cases"), ctx.table("invoices")),
-                            {"b_customer": customer_id}).mappings().all()
+               {"b_customer": customer_id}).mappings().all()
     listed, sums = [], OrderedDict()
     for row in rows:
         if row["status"] in FINAL_INVOICE_STATUSES:

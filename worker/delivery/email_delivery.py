@@ -277,7 +277,7 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
     emails = db.table("emails")
     with db.transaction() as conn:
         row = run(conn, _plain_claim(emails, db.table("erasures"), db.table("cases")),
-                           {"b_id": email_id, "b_now": now, "b_lease_until": utcnow() + LEASE}).mappings().first()
+                  {"b_id": email_id, "b_now": now, "b_lease_until": utcnow() + LEASE}).mappings().first()
         if row is not None:  # the usual case, claimed in one statement
             bind_in_message(**{k: row[k] for k in ("case_id", "invoice_id", "customer_id") if row[k]})
             attempt, claimed = row["attempts"], True

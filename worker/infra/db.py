@@ -167,21 +167,21 @@ class Database:
             pk = [c for c in table.primary_key.columns][0]
             return conn.execute(self.insert_ignore(table, values, *keys).returning(pk)).first() is not None
         return run(conn, self._insert_new_statement(table, keys), self._known_columns(table, values)
-                            ).first() is not None
+                   ).first() is not None
 
     def insert_new_row(self, conn: Connection, table: Table, values: dict[str, Any], *keys: str):
         """`insert_new` RETURNING the whole row as stored (defaults included): the row, or None when
         one with the same key existed. Built once per table and key, like insert_new's."""
         def build(table: Table):
-            return self._dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys) or None
-                                                                      ).returning(*table.c)
+            return (self._dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys) or None)
+                    .returning(*table.c))
         stmt = self._built_once(table, ("insert_new_row", keys), build)
         return run(conn, stmt, self._known_columns(table, values)).mappings().first()
 
     def insert(self, conn: Connection, table: Table, values: dict[str, Any]) -> None:
         """A plain INSERT of one row, its statement built once per table (the row is its parameters)."""
         run(conn, self._built_once(table, ("insert",), lambda table: table.insert()),
-                     self._known_columns(table, values))
+            self._known_columns(table, values))
 
     def update_by(self, conn: Connection, table: Table, values: dict[str, Any], *, returning: bool = False,
                   **equal: Any):

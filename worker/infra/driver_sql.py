@@ -13,8 +13,9 @@ parameter processing of every bind, the result's metadata. What it keeps:
 
 Bind processors run as SQLAlchemy runs them (Boolean's strict check). A statement whose compiled
 form needs more than that (an expanding IN, escaped names, a result processor) runs through
-`Connection.execute` as before, and so does every statement on SQLite (its dates are processed). Results answer the few calls the callers use: `mappings()`
-(`first`, `all`, `one`), `first`, `one`, `scalar`, `rowcount`.
+`Connection.execute` as before, and so does every statement on SQLite (its dates are processed).
+Results answer the few calls the callers use: `mappings()` (`first`, `all`, `one`), `first`, `one`,
+`scalar`, `rowcount`.
 """
 
 from __future__ import annotations

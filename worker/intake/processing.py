@@ -214,7 +214,7 @@ def _run_handler(runtime, event_id: str, known=None, prefetched: dict | None = N
             hint = None if is_stripped(row["payload"]) else event_customer_id(load_event(row))
         customer = hold_customer(conn, db, hint)  # before any other lock: see worker/privacy/erasure.py
         claimed = run(conn, built.claim, {"b_id": event_id, "b_at": utcnow(), "b_customer": hint}
-                               ).mappings().first()
+                      ).mappings().first()
         if claimed is None:  # processed already (a duplicate whose transaction committed first), or not stored
             stored = run(conn, built.read, {"b_id": event_id}).mappings().first()
             if stored is None:
