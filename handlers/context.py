@@ -57,6 +57,7 @@ class HandlerContext:
     event: StripeEvent | None = None  # None when a timer (scheduler step) is the cause
     log: Any = None
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
+    _after_commit_slow: list[Callable[[], None]] = field(default_factory=list)
     as_of: datetime | None = None  # the scheduler's instant (`dunning tick --at`) when a timer is the cause
     prefetched: dict | None = None  # read from Stripe before the transaction (worker.intake.payment_prefetch)
     # What this transaction already knows, so it is not asked again: the customer whose row it holds
@@ -78,12 +79,17 @@ class HandlerContext:
     def table(self, name: str) -> Table:
         return self.db.table(name)
 
-    def after_commit(self, fn: Callable[[], None]) -> None:
-        """Run fn once this transaction has committed (never inside it)."""
-        self._after_commit.append(fn)
+    def after_commit(self, fn: Callable[[], None], *, slow: bool = False) -> None:
+        """Run fn once this transaction has committed (never inside it). `slow` work (a delivery
+        made in this thread) runs after the rest, so no enqueue waits on a provider's round trip."""
+        if slow:
+            self._after_commit_slow.append(fn)
+        else:
+            self._after_commit.append(fn)
 
     def run_after_commit(self) -> None:
-        callbacks, self._after_commit = self._after_commit, []
+        callbacks = self._after_commit + self._after_commit_slow
+        self._after_commit, self._after_commit_slow = [], []
         for fn in callbacks:
             try:
                 fn()

@@ -28,6 +28,7 @@ class Runtime:
     actors: Any = None
     effects: Any = None  # handlers.ports.Effects (worker.delivery.effects)
     erasures: Any = None  # handlers.ports.Erasures (worker.privacy.erasure)
+    consumption: Any = None  # worker.queue.consumption.Consumption: the queues this process's worker takes
     _policy: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _services: dict = field(default_factory=dict)
@@ -81,6 +82,8 @@ def setup(settings: Settings | None = None, broker: dramatiq.Broker | None = Non
     runtime = Runtime(settings=settings, db=database, broker=broker)
     runtime.policy  # checked at start: a bad policy file (e.g. a [retention] typo) stops start-up here
     runtime.actors = declare_actors(broker, current)
+    from worker.queue import consumption
+    runtime.consumption = consumption.install(broker)
     from worker.delivery.effects import OutboxEffects
     from worker.privacy.erasure import Erasures
     runtime.effects, runtime.erasures = OutboxEffects(runtime), Erasures()  # the domain's ports

@@ -25,6 +25,7 @@ from handlers.dedupe_keys import PAYMENT_RECEIVED, STEP, EmailKey
 from worker.infra import db as dbmod
 from worker.pure.clock import to_unix, utcnow
 from worker.pure.ids import new_id
+from worker.queue.consumption import run_here_or_send
 from worker.observe.logs import mask_email
 
 log = structlog.get_logger("worker.delivery.outbox")
@@ -164,13 +165,16 @@ def _add_email(ctx, template: str, key: EmailKey, extra: dict | None, *, case: d
 
 
 def enqueue_send(ctx, email_id: str, delay_seconds: int = 0) -> None:
-    """After commit, queue the sender for this email (delayed: held briefly, e.g. day 0)."""
+    """After commit, deliver this email: at once, in this thread when this process's worker takes
+    the emails queue anyway (worker.queue.consumption), else by its sender's message; or held
+    briefly by a delayed message (day 0: a payment arriving back to back cancels it at delivery)."""
     runtime = ctx.runtime
-    if delay_seconds:  # held briefly (day 0): a payment arriving back to back cancels it at delivery
+    if delay_seconds:
         ctx.after_commit(lambda: runtime.actors.send_email.send_with_options(
             args=(email_id,), delay=delay_seconds * 1000 + 200))
     else:
-        ctx.after_commit(lambda: runtime.actors.send_email.send(email_id))
+        ctx.after_commit(lambda: run_here_or_send(runtime.consumption, runtime.actors.send_email, email_id),
+                         slow=True)
 
 
 def _names_its_card(case: dict | None) -> bool:
