@@ -91,7 +91,7 @@ def capture(tag: str) -> dict:
     # The webhook's INSERT runs on the pooled driver connection (Database.insert_new_committed),
     # out of SQLAlchemy's sight: here it takes the Connection path, the same SQL in the same one
     # autocommit statement, so the trace (and the floor that replays it) counts it.
-    runtime.db._committed_insert = lambda *args: None
+    runtime.db.inserts_on_driver = False
     client = falcon.testing.TestClient(create_app(runtime))
     signer = Signer(WEBHOOK_SECRET)
     factory = EventFactory(f"c{tag}")

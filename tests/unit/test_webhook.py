@@ -97,16 +97,18 @@ def test_a_lost_database_connection_is_unavailable_once_then_the_pool_is_renewed
     """The webhook's INSERT runs on the pooled driver connection (Database.insert_new_committed):
     a connection the server dropped raises DatabaseUnavailable (the webhook's 503, Stripe retries),
     and the pool is renewed as SQLAlchemy renews it, so the next delivery is stored."""
-    from sqlalchemy import text
+    from sqlalchemy import event, text
 
     from worker.infra.db import Database, DatabaseUnavailable
     from worker.intake.event_store import parse_envelope, store_event
     runtime = make_runtime(db="postgres")
     db = Database(runtime.settings.database_url)  # a pool no other thread of the test process uses
     envelope = {e: parse_envelope(json.dumps(failed_invoice_event(e, invoice_id="in_" + e))) for e in ("evt_1", "evt_2")}
+    seen: list[str] = []  # what ran through SQLAlchemy's Connections
+    event.listen(db.engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: seen.append(sql))
     try:
         assert store_event(db, envelope["evt_1"], known_type=True) is True
-        assert any(db._committed_inserts.values())  # the driver-connection path ran
+        assert not any("INSERT INTO events" in sql for sql in seen)  # it ran on the driver connection
         held = [db.engine.raw_connection() for _ in range(3)]
         for pooled in held:
             pooled.close()  # three idle connections: all of them die below, one failure renews all

@@ -22,11 +22,10 @@ from sqlalchemy.pool import NullPool
 from config.settings import PROJECT_ROOT
 
 from worker.infra import advisory_locks
-from worker.infra.driver_sql import run
+from worker.infra.driver_sql import plan, reused_cursor, run
 from worker.pure.json_text import dumps, loads  # noqa: F401  (TEXT columns; long imported from here)
 
 SCHEMA_PATH = PROJECT_ROOT / "schema.sql"
-_INSERT_CURSOR = "dunning.insert_new_committed.cursor"  # key in a pooled connection's info
 
 
 class DatabaseUnavailable(Exception):
@@ -81,7 +80,7 @@ class Database:
         self._tables: dict[str, Table] | None = None
         self._dialect = sqlite if self.is_sqlite else postgresql  # its insert() has ON CONFLICT
         self._statements: dict[tuple, tuple[Table, Any]] = {}  # _built_once
-        self._committed_inserts: dict[tuple, tuple[Table, str, dict[str, Any]] | None] = {}
+        self.inserts_on_driver = True  # insert_new_committed runs on the driver connection (PostgreSQL)
 
     # -- schema ---------------------------------------------------------------------------
     def init_schema(self) -> None:
@@ -230,22 +229,23 @@ class Database:
         """`insert_new` as one statement committed on its own, before this returns (the webhook's
         hot path: the event is durable before the 2xx). True when this call inserted the row.
 
-        On PostgreSQL the statement SQLAlchemy compiled for this table and these columns runs on
-        the pooled driver connection in autocommit: one round trip, and none of the Connection's
+        On PostgreSQL `insert_new`'s statement runs as worker.infra.driver_sql plans it, on the
+        pooled driver connection in autocommit: one round trip, and none of the Connection's
         per-call work (execution options, isolation level set and reset, result wrapping), which
         cost about as much CPU as the driver's own execute. Errors are handled as a Connection
         would: a lost connection invalidates the pool (as SQLAlchemy does on a disconnect) and
-        raises DatabaseUnavailable. SQLite keeps its ordinary transaction (BEGIN IMMEDIATE).
+        raises DatabaseUnavailable. SQLite keeps its ordinary transaction (BEGIN IMMEDIATE), and
+        `inserts_on_driver = False` takes the Connection path too (the benchmark's trace sees it).
         """
-        plain = not self.is_sqlite and not any(isinstance(value, ClauseElement) for value in values.values())
-        prepared = self._committed_insert(table, keys, tuple(values)) if plain else None
-        if prepared is None:
+        found = None
+        if self.inserts_on_driver and not self.is_sqlite and \
+                not any(isinstance(value, ClauseElement) for value in values.values()):
+            found = plan(self._insert_new_statement(table, keys), self.engine.dialect,
+                         self._known_columns(table, values))
+        if found is None:
             with self.autocommit() as conn:
                 return self.insert_new(conn, table, values, *keys)
-        sql, processors = prepared
-        params = dict(values)
-        for name, process in processors.items():
-            params[name] = process(params[name])
+        params = found.bind(values)
         dbapi_error = self.engine.dialect.loaded_dbapi.Error
         try:
             pooled = self.engine.raw_connection()
@@ -253,14 +253,10 @@ class Database:
             raise DatabaseUnavailable(_first_line(exc)) from exc
         try:
             driver = pooled.driver_connection
-            # One cursor per driver connection (its info lives as long as it): a cursor keeps the
-            # dumpers it found for each parameter's type, a new one looks them all up again.
-            cursor = pooled.info.get(_INSERT_CURSOR)
-            if cursor is None or cursor.closed or cursor.connection is not driver:
-                cursor = pooled.info[_INSERT_CURSOR] = driver.cursor()
+            cursor = reused_cursor(pooled)
             driver.autocommit = True
             try:
-                return cursor.execute(sql, params).fetchone() is not None
+                return cursor.execute(found.sql, params).fetchone() is not None
             finally:
                 if not driver.closed:
                     driver.autocommit = False
@@ -271,30 +267,6 @@ class Database:
             raise
         finally:
             pooled.close()
-
-    def _committed_insert(self, table: Table, keys: tuple[str, ...], columns: tuple[str, ...]):
-        """(SQL, bind processors) of `insert_new`'s statement for these columns, compiled once;
-        None when a value needs more than a plain parameter (the Connection path then runs)."""
-        cache_key = (table.name, keys, columns)
-        cached = self._committed_inserts.get(cache_key, False)
-        if cached is not False and (cached is None or cached[0] is table):
-            return cached and cached[1:]
-        dialect = self.engine.dialect
-        compiled = self._insert_new_statement(table, keys).compile(dialect=dialect, column_keys=list(columns))
-        names = {bind.key: name for bind, name in compiled.bind_names.items()}
-        plain = (dialect.paramstyle == "pyformat" and not compiled.positional
-                 and not compiled.escaped_bind_names
-                 and sorted(names) == sorted(columns) and all(names[c] == c for c in columns))
-        if not plain:
-            self._committed_inserts[cache_key] = None
-            return None
-        processors = {}
-        for bind in compiled.bind_names:
-            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            if process is not None:
-                processors[bind.key] = process
-        self._committed_inserts[cache_key] = (table, str(compiled), processors)
-        return str(compiled), processors
 
     def insert_or_lock(self, conn: Connection, table: Table, values: dict[str, Any], key: str, untouched: str):
         """INSERT ... ON CONFLICT (key) DO UPDATE SET untouched = untouched RETURNING the row: the

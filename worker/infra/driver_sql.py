@@ -35,6 +35,14 @@ class _Plan:
     defaults: dict[str, Any]  # the compiled statement's own values (constants bound as parameters)
     processors: tuple[tuple[str, Any], ...]  # (name, bind processor): Boolean's strict check, say
 
+    def bind(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The driver's parameters: the statement's own values, then `params`, processed."""
+        values = dict(self.defaults)
+        values.update(params)
+        for name, process in self.processors:
+            values[name] = process(values[name])
+        return values
+
 
 class DriverResult:
     """The rows of one statement run on the cursor, as the callers read SQLAlchemy's results."""
@@ -71,19 +79,12 @@ def run(conn: Connection, stmt, params: dict[str, Any]):
     dialect = conn.dialect
     if dialect.name != "postgresql":
         return conn.execute(stmt, params)
-    plan = _plan(stmt, dialect, params)
-    if plan is None:
+    found = plan(stmt, dialect, params)
+    if found is None:
         return conn.execute(stmt, params)
-    values = dict(plan.defaults)
-    values.update(params)
-    for name, process in plan.processors:
-        values[name] = process(values[name])
-    fairy = conn.connection
-    driver = fairy.driver_connection
-    cursor = fairy.info.get(_CURSOR)
-    if cursor is None or cursor.closed or cursor.connection is not driver:
-        cursor = fairy.info[_CURSOR] = driver.cursor()
-    sql = plan.sql
+    values = found.bind(params)
+    cursor = reused_cursor(conn.connection)
+    sql = found.sql
     if conn._has_events or conn.engine._has_events:
         for listener in conn.dispatch.before_cursor_execute:
             sql, values = listener(conn, cursor, sql, values, None, False)
@@ -96,7 +97,19 @@ def run(conn: Connection, stmt, params: dict[str, Any]):
     return DriverResult([column.name for column in description] if description else [], rows, cursor.rowcount)
 
 
-def _plan(stmt, dialect, params: dict[str, Any]) -> _Plan | None:
+def reused_cursor(pooled):
+    """The cursor kept in a pooled connection's info, for as long as its driver connection lives:
+    a cursor keeps the dumpers it found for each parameter's type, a new one looks them all up again."""
+    driver = pooled.driver_connection
+    cursor = pooled.info.get(_CURSOR)
+    if cursor is None or cursor.closed or cursor.connection is not driver:
+        cursor = pooled.info[_CURSOR] = driver.cursor()
+    return cursor
+
+
+def plan(stmt, dialect, params: dict[str, Any]) -> _Plan | None:
+    """How `stmt` (built once) runs on the driver with parameters of these names: compiled on first
+    use and kept on the statement; None when it needs SQLAlchemy's per-execution work."""
     plans = stmt.__dict__.setdefault(_PLANS, {})
     key = (dialect.name, tuple(sorted(params)))
     if key not in plans:
