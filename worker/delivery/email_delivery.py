@@ -38,7 +38,7 @@ from worker.delivery.emails import one_line
 from worker.delivery.leased_delivery import Leased
 from worker.infra.db import none_of
 from worker.infra.driver_sql import run
-from worker.pure.message_log import bind_in_message
+from worker.pure.message_log import bind_ids_of
 from worker.observe.logs import mask_email
 
 log = structlog.get_logger("worker.delivery.email_delivery")
@@ -279,7 +279,7 @@ def deliver_email(runtime, email_id: str, now: datetime | None = None) -> str:
         row = run(conn, _plain_claim(emails, db.table("erasures"), db.table("cases")),
                   {"b_id": email_id, "b_now": now, "b_lease_until": utcnow() + LEASE}).mappings().first()
         if row is not None:  # the usual case, claimed in one statement
-            bind_in_message(**{k: row[k] for k in ("case_id", "invoice_id", "customer_id") if row[k]})
+            bind_ids_of(row)
             attempt, claimed = row["attempts"], True
         else:
             attempt, claimed, outcome, row = _claim_after_checks(runtime, conn, email_id, now)
@@ -327,7 +327,7 @@ def _claim_after_checks(runtime, conn, email_id: str, now: datetime):
         return 0, False, "missing", None
     # The rest of this message's lines name the email's case, invoice and customer (from this
     # row: no lookup of its own for log fields).
-    bind_in_message(**{k: row[k] for k in ("case_id", "invoice_id", "customer_id") if row[k]})
+    bind_ids_of(row)
     claimable = (row["status"] == "pending" and row["next_attempt_at"] <= now) or (
         row["status"] == "sending" and row["lease_until"] is not None and row["lease_until"] < now)
     if not claimable:

@@ -34,6 +34,7 @@ from sqlalchemy import and_, func, select
 
 from worker.pure import standard_webhooks
 from worker.pure.clock import utcnow
+from worker.pure.message_log import bind_ids_of
 from worker.delivery.leased_delivery import Leased
 from worker.intake.signatures import sign_all
 
@@ -146,6 +147,7 @@ def deliver_account_notices(runtime, account_id: str, now: datetime | None = Non
         head = _claim_head(runtime, account_id, now or utcnow())
         if head is None:
             break
+        bind_ids_of(head)  # its lines name the notice's case, invoice and customer (those it has)
         attempt = head["attempts"] + 1
         bound = log.bind(notice_id=head["id"], type=head["type"], account_id=account_id,
                          seq=head["seq"], attempt=attempt)

@@ -54,6 +54,7 @@ from handlers.registry import handler_for
 from handlers.stripe_objects import metadata_of
 from worker.observe.log_context import ids_from_event_object
 from worker.observe.logs import mask_email
+from worker.pure.message_log import outside_message
 from worker.stripe.gateway import StripeGateway, StripeRejected, StripeUnavailable
 from worker.infra.unit_of_work import unit_of_work
 
@@ -178,8 +179,9 @@ def _warn_once_without_key(runtime) -> None:
     if _warned_without_key.is_set() or not _policy_reads_metadata(runtime.policy):
         return
     _warned_without_key.set()
-    log.warning("customer_prefetch.disabled_without_api_key",
-                recipient_source=runtime.policy.recipient_source,
-                exclude_keys=sorted(runtime.policy.exclude_customer_metadata),
-                hint="a customer known only from its invoices has no metadata: the metadata-based recipient "
-                     "and exclusion need customer.* events or STRIPE_API_KEY")
+    with outside_message():  # about this process's settings, not the event that met it first
+        log.warning("customer_prefetch.disabled_without_api_key",
+                    recipient_source=runtime.policy.recipient_source,
+                    exclude_keys=sorted(runtime.policy.exclude_customer_metadata),
+                    hint="a customer known only from its invoices has no metadata: the metadata-based "
+                         "recipient and exclusion need customer.* events or STRIPE_API_KEY")

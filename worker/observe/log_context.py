@@ -1,9 +1,9 @@
 """The ids every log line of a case's life carries: invoice_id, customer_id and case_id.
 
 An actor knows one id (an event, a case, an email, an account, a payment link request, a card
-retry); this finds the case's three ids from it with a primary-key lookup or two, so the actor
-can bind them to structlog's context once and every line it logs (handlers, outbox, senders)
-carries them. `grep invoice_id=in_123` then tells the whole story.
+retry). Most name the case's three ids from the row they read anyway (worker.pure.message_log);
+`case_ids` looks them up for the one that cannot (a payment link request has no case of its own),
+so every line that actor logs carries them too. `grep invoice_id=in_123` then tells the whole story.
 
 It never fails an actor: if the lookup cannot run (database down), the actor's own work fails
 with the real error, and its lines still carry the id it was given.
@@ -11,7 +11,6 @@ with the real error, and its lines still carry the id it was given.
 
 from __future__ import annotations
 
-import json
 
 import structlog
 from sqlalchemy import select
@@ -57,36 +56,13 @@ def _lookup(db, given: dict) -> dict[str, str]:
     t = db.tables
     found: dict[str, str] = {}
     with db.engine.connect() as conn:
-        if given.get("event_id"):
-            payload = conn.execute(select(t["events"].c.payload)
-                                   .where(t["events"].c.id == given["event_id"])).scalar()
-            if payload:
-                obj = (json.loads(payload).get("data") or {}).get("object") or {}
-                if isinstance(obj, dict):
-                    found.update(ids_from_event_object(obj))
-        if given.get("case_id"):
-            c = t["cases"]
-            found.update(_first(conn, select(c.c.invoice_id, c.c.customer_id).where(c.c.id == given["case_id"])))
-        if given.get("email_id"):
-            e = t["emails"]
-            found.update(_first(conn, select(e.c.case_id, e.c.invoice_id, e.c.customer_id)
-                                .where(e.c.id == given["email_id"])))
-        if given.get("account_id"):
-            n = t["platform_notices"]
-            found.update(_first(conn, select(n.c.case_id, n.c.invoice_id, n.c.customer_id)
-                                .where(n.c.account_id == given["account_id"], n.c.status == "pending")
-                                .order_by(n.c.seq).limit(1)))
         if given.get("payment_link_request"):
             p = t["payment_links"]
             found.update(_first(conn, select(p.c.invoice_id, p.c.customer_id)
                                 .where(p.c.id == given["payment_link_request"])))
-        if given.get("card_retry"):
-            r = t["card_retries"]
-            found.update(_first(conn, select(r.c.case_id, r.c.invoice_id, r.c.customer_id)
-                                .where(r.c.id == given["card_retry"])))
-        if found.get("invoice_id") and not found.get("case_id"):
+        if found.get("invoice_id"):
             c = t["cases"]
             found.update(_first(conn, select(c.c.id.label("case_id"), c.c.customer_id)
                                 .where(c.c.invoice_id == found["invoice_id"])))
-    keep = ("invoice_id", "customer_id", "case_id", "subscription_id")
+    keep = ("invoice_id", "customer_id", "case_id")
     return {k: v for k, v in found.items() if k in keep and k not in given and isinstance(v, str)}

@@ -1,12 +1,18 @@
 """Ids named on the rest of the current actor message's log lines (structlog's context variables).
 
 No I/O and nothing else from the project: the domain names the case it works on (`bind_case`),
-worker/observe/log_context.py finds ids from what an actor was given.
+actors name the case, invoice and customer of the row they read anyway (`bind_ids_of`), and
+worker/observe/log_context.py looks them up only for an actor that has no such row.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import structlog
+
+CASE_IDS = ("case_id", "invoice_id", "customer_id")
 
 
 def bind_in_message(**ids: str) -> None:
@@ -17,6 +23,29 @@ def bind_in_message(**ids: str) -> None:
     """
     if "message_id" in structlog.contextvars.get_contextvars():
         structlog.contextvars.bind_contextvars(**ids)
+
+
+@contextmanager
+def outside_message() -> Iterator[None]:
+    """Log a line about the process, not the message at hand (a once-per-process warning met while
+    processing one event): without the message's ids, which would tie it to that event's case."""
+    saved = structlog.contextvars.get_contextvars()
+    structlog.contextvars.clear_contextvars()
+    try:
+        yield
+    finally:
+        structlog.contextvars.bind_contextvars(**saved)
+
+
+def bind_ids_of(row) -> None:
+    """Name the case, invoice and customer that a row (an email, a notice, a card retry) names on the
+    rest of the message's log lines, read from the row the actor loads anyway (no lookup for log
+    fields); an id it does not name is unbound, as a message may go from one row to the next."""
+    if "message_id" not in structlog.contextvars.get_contextvars():
+        return
+    present = {key: row[key] for key in CASE_IDS if row.get(key)}
+    structlog.contextvars.unbind_contextvars(*(key for key in CASE_IDS if key not in present))
+    structlog.contextvars.bind_contextvars(**present)
 
 
 def bind_case(case: dict) -> None:

@@ -20,14 +20,16 @@ log = structlog.get_logger("worker.queue.actors")
 
 QUEUES = ("events", "steps", "emails", "notices", "stripe")
 # actor -> the name its message's id is logged under, and whether the case's ids are looked up
-# from it (an event's are bound by processing once it loaded the event).
+# from it. Every actor but one names them from the row it reads anyway (worker.pure.message_log:
+# processing once it loaded the event, the others from their case, email, notice or retry); a
+# payment link request has no case of its own, and is rare: it is looked up.
 MESSAGE_IDS = {
     "process_event": ("event_id", False),
-    "run_case_steps": ("case_id", True),
-    "send_email": ("email_id", False),  # deliver_email names the case from the row it reads
-    "deliver_notices": ("account_id", True),
+    "run_case_steps": ("case_id", False),
+    "send_email": ("email_id", False),
+    "deliver_notices": ("account_id", False),
     "create_payment_link": ("payment_link_request", True),
-    "retry_invoice": ("card_retry", True),
+    "retry_invoice": ("card_retry", False),
 }
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import or_, select, update
 from handlers import dunning, verification
 from handlers.steps import is_due, run_next_step
 from worker.infra.unit_of_work import unit_of_work
+from worker.pure.message_log import bind_case
 from worker.stripe import case_facts
 
 log = structlog.get_logger("handlers.steps")
@@ -78,4 +79,7 @@ def _peek(runtime, case_id: str) -> dict | None:
     cases = runtime.db.table("cases")
     with runtime.db.engine.connect() as conn:
         row = conn.execute(select(cases).where(cases.c.id == case_id)).mappings().first()
-    return dict(row) if row else None
+    if row is None:
+        return None
+    bind_case(row)  # the message's lines name the case it runs (from this read: no lookup of its own)
+    return dict(row)

@@ -30,6 +30,7 @@ from handlers.context import HandlerContext
 from handlers.dunning import OPEN_STATES, lock_case
 from handlers.stripe_objects import card_details, dig, expandable_id, invoice_failure, invoice_payment_intent_id
 from worker.pure.clock import utcnow
+from worker.pure.message_log import bind_ids_of
 from worker.stripe.gateway import (
     CardDeclined,
     Decline,
@@ -58,6 +59,7 @@ def run_retry(runtime, retry_id: str) -> str:
     if retry is None:
         log.warning("card_retry.unknown", retry_id=retry_id)
         return "unknown"
+    bind_ids_of(retry)  # the rest of the message's lines name its case, invoice and customer
     if retry["status"] != "pending":
         return retry["status"]
     case = _load(runtime, "cases", retry["case_id"])
