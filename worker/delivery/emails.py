@@ -83,6 +83,10 @@ def environment(directory: Path = TEMPLATES_DIR, override: Path | None = None) -
     )
     env.policies["ext.i18n.trimmed"] = True  # a message's line breaks and indents are not part of it
     env.install_gettext_callables(_gettext, _ngettext, newstyle=True)
+    # `_` straight to the installed gettext: Jinja's `_` is an alias that looks `gettext` up in the
+    # context and calls it through Context.call once more, a third layer on each of the ~75 `_()`
+    # of an email (about a sixth of its render's CPU). The same function is called either way.
+    env.globals["_"] = env.globals["gettext"]
     env.filters["one_line"] = one_line
     return env
 
