@@ -39,6 +39,21 @@ def test_rows_are_those_connection_execute_returns(db):
         assert run(conn, one, {"b_id": "cus_none"}).first() is None
 
 
+def test_a_copy_of_a_statement_that_ran_gets_its_own_plan(db):
+    """SQLAlchemy's generative methods copy a statement's __dict__, where its plan is kept: the
+    copy (here locked FOR UPDATE) must run its own SQL, not the original's."""
+    _customer(db, "cus_a", "a@example.com")
+    customers = db.table("customers")
+    plain = select(customers.c.email).where(customers.c.id == bindparam("b_id"))
+    sent: list[str] = []
+    event.listen(db.engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: sent.append(sql))
+    with db.transaction() as conn:
+        assert run(conn, plain, {"b_id": "cus_a"}).scalar() == "a@example.com"
+        assert run(conn, plain.with_for_update(), {"b_id": "cus_a"}).scalar() == "a@example.com"
+        assert run(conn, plain, {"b_id": "cus_a"}).scalar() == "a@example.com"
+    assert ["FOR UPDATE" in sql for sql in sent[-3:]] == [False, True, False]
+
+
 def test_updates_count_their_rows_and_booleans_are_checked_as_sqlalchemy_checks_them(db):
     _customer(db, "cus_a", "a@example.com")
     customers = db.table("customers")

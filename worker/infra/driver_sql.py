@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-_PLANS = "_dunning_driver_plans"       # on the statement: {(dialect name, parameter names): _Plan | None}
+_PLANS = "_dunning_driver_plans"       # on the statement: (itself, {(dialect, parameter names): _Plan | None})
 _CURSOR = "dunning.driver_sql.cursor"  # in a pooled connection's info: its reused cursor
 
 
@@ -110,7 +110,10 @@ def reused_cursor(pooled):
 def plan(stmt, dialect, params: dict[str, Any]) -> _Plan | None:
     """How `stmt` (built once) runs on the driver with parameters of these names: compiled on first
     use and kept on the statement; None when it needs SQLAlchemy's per-execution work."""
-    plans = stmt.__dict__.setdefault(_PLANS, {})
+    owned = stmt.__dict__.get(_PLANS)
+    if owned is None or owned[0] is not stmt:  # a generative copy (`.with_for_update()`, `.where()`)
+        owned = stmt.__dict__[_PLANS] = (stmt, {})  # inherits its original's __dict__: not its plans
+    plans = owned[1]
     key = (dialect.name, tuple(sorted(params)))
     if key not in plans:
         plans[key] = _compile(stmt, dialect, params)
