@@ -125,7 +125,10 @@ def _lock_account_emails(ctx, customer_id: str) -> None:
     serializes every write transaction (BEGIN IMMEDIATE)."""
     if ctx.db.is_sqlite:
         return
-    ctx.conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"account-emails:{customer_id}"})
+    run(ctx.conn, _ACCOUNT_EMAILS_LOCK, {"key": f"account-emails:{customer_id}"})
+
+
+_ACCOUNT_EMAILS_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:key))")  # built once (worker.infra.driver_sql)
 
 
 def is_satisfied(ctx, key: str) -> bool:
