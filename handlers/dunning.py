@@ -117,7 +117,7 @@ def is_open(case: dict | None) -> bool:
 def lock_case(ctx: HandlerContext, *, case_id: str | None = None, invoice_id: str | None = None) -> dict | None:
     """Read one case row locked for this transaction (by id or by invoice)."""
     by = "id" if case_id else "invoice_id"
-    row = ctx.db.run(ctx.conn, _locked_case(ctx.table("cases"), by, ctx.db.is_sqlite),
+    row = ctx.db.run(ctx.conn, ctx.db.lock(_case_by(ctx.table("cases"), by)),
                            {"b_key": case_id or invoice_id}).mappings().first()
     if row:
         bind_case(row)  # every later line of this message names the case, its invoice and customer
@@ -125,10 +125,9 @@ def lock_case(ctx: HandlerContext, *, case_id: str | None = None, invoice_id: st
 
 
 @functools.lru_cache(maxsize=16)
-def _locked_case(cases: Table, by: str, is_sqlite: bool):
-    """The case by id or by invoice, FOR UPDATE (PostgreSQL), built once (a bound parameter)."""
-    stmt = select(cases).where(cases.c[by] == bindparam("b_key"))
-    return stmt if is_sqlite else stmt.with_for_update()
+def _case_by(cases: Table, by: str):
+    """The case by id or by invoice, built once (a bound parameter); the caller locks it."""
+    return select(cases).where(cases.c[by] == bindparam("b_key"))
 
 
 def open_case(ctx: HandlerContext, values: dict[str, Any], *, event_id: str | None) -> dict | None:

@@ -54,6 +54,17 @@ def test_a_copy_of_a_statement_that_ran_gets_its_own_plan(db):
     assert ["FOR UPDATE" in sql for sql in sent[-3:]] == [False, True, False]
 
 
+def test_a_statement_built_once_is_locked_once(db):
+    """Database.lock keeps the FOR UPDATE form with its statement (so its compiled plan is kept
+    too); a copy of the statement is locked on its own."""
+    customers = db.table("customers")
+    plain = select(customers.c.email).where(customers.c.id == bindparam("b_id"))
+    locked = db.lock(plain)
+    assert db.lock(plain) is locked and "FOR UPDATE" in str(locked.compile(db.engine))
+    narrower = plain.where(customers.c.deleted.is_(False))
+    assert db.lock(narrower) is not locked and "deleted" in str(db.lock(narrower).compile(db.engine))
+
+
 def test_updates_count_their_rows_and_booleans_are_checked_as_sqlalchemy_checks_them(db):
     _customer(db, "cus_a", "a@example.com")
     customers = db.table("customers")

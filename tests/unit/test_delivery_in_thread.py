@@ -103,3 +103,31 @@ def test_a_worker_without_the_emails_queue_leaves_the_email_to_its_message(runti
     assert recorder.actors.count("send_email") == 1
     drain_queues(runtime, ("emails",))  # the host that takes the emails queue sends it
     assert [e["status"] for e in emails(runtime)] == ["sent"]
+
+
+def test_what_a_run_here_binds_for_its_log_lines_is_undone_after_it():
+    """An email delivered in the event's thread names its own case, invoice and customer on its
+    lines; the event's later lines (event.processed) still name the event's."""
+    import structlog
+
+    from worker.pure.message_log import bind_ids_of
+    broker = StubBroker()
+    consumption = install(broker)
+    broker.declare_queue("emails")
+
+    @dramatiq.actor(broker=broker, queue_name="emails")
+    def deliver(email_id: str) -> None:
+        bind_ids_of({"case_id": None, "invoice_id": None, "customer_id": "cus_other"})
+        assert structlog.contextvars.get_contextvars()["customer_id"] == "cus_other"
+
+    worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=1)
+    worker.start()
+    structlog.contextvars.clear_contextvars()
+    try:
+        ids = {"message_id": "m1", "case_id": "dc_1", "invoice_id": "in_1", "customer_id": "cus_1"}
+        structlog.contextvars.bind_contextvars(**ids)
+        run_here_or_send(consumption, deliver, "em_1")
+        assert structlog.contextvars.get_contextvars() == ids
+    finally:
+        structlog.contextvars.clear_contextvars()
+        worker.stop()

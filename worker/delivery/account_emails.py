@@ -125,7 +125,10 @@ def _lock_account_emails(ctx, customer_id: str) -> None:
     serializes every write transaction (BEGIN IMMEDIATE)."""
     if ctx.db.is_sqlite:
         return
-    ctx.conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"account-emails:{customer_id}"})
+    run(ctx.conn, _ACCOUNT_EMAILS_LOCK, {"key": f"account-emails:{customer_id}"})
+
+
+_ACCOUNT_EMAILS_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:key))")  # built once (worker.infra.driver_sql)
 
 
 def is_satisfied(ctx, key: str) -> bool:
@@ -146,15 +149,15 @@ def covered_case_ids(conn, steps_table, email_id: str) -> list[str]:
 def _held_email(ctx, case: dict, template: str) -> dict | None:
     """The customer's unsent step email of this template about other invoices, locked (the sender
     waits for this transaction). A lone invoice's step email (emails.kind "step") qualifies."""
-    row = run(ctx.conn, _held_statement(ctx.table("emails"), ctx.table("email_steps"), ctx.db.is_sqlite),
+    row = run(ctx.conn, ctx.db.lock(_held_statement(ctx.table("emails"), ctx.table("email_steps"))),
               {"b_customer": case["customer_id"], "b_template": template, "b_case": case["id"]}
               ).mappings().first()
     return dict(row) if row else None
 
 
 @functools.lru_cache(maxsize=16)
-def _held_statement(emails, steps, is_sqlite: bool):
-    """`_held_email`'s statement, built once (bound parameters), FOR UPDATE on PostgreSQL."""
+def _held_statement(emails, steps):
+    """`_held_email`'s statement, built once (bound parameters); the caller locks it."""
     stmt = (select(emails).where(
         emails.c.customer_id == bindparam("b_customer"), emails.c.template == bindparam("b_template"),
         emails.c.status == "pending", emails.c.attempts == 0,
@@ -162,7 +165,7 @@ def _held_statement(emails, steps, is_sqlite: bool):
             and_(emails.c.kind == dedupe_keys.STEP, emails.c.case_id != bindparam("b_case"))),
         emails.c.id.not_in(select(steps.c.email_id).where(steps.c.case_id == bindparam("b_case"))))
         .order_by(emails.c.created_at, emails.c.id).limit(1))
-    return stmt if is_sqlite else stmt.with_for_update()
+    return stmt
 
 
 def _join(ctx, email: dict, case: dict, index: int, key: str) -> str | None:

@@ -285,11 +285,24 @@ class Database:
         return run(conn, stmt, params)
 
     def lock(self, stmt):
-        """SELECT ... FOR UPDATE on PostgreSQL; SQLite already holds the write lock (BEGIN IMMEDIATE)."""
-        return stmt if self.is_sqlite else stmt.with_for_update()
+        """SELECT ... FOR UPDATE on PostgreSQL; SQLite already holds the write lock (BEGIN IMMEDIATE).
+
+        The locked form is kept with `stmt`, so a statement built once is locked once too, and
+        keeps the compiled plan driver_sql attaches to it (a copy made per call would be compiled
+        again every time). Checked by owner, as driver_sql's plans are: a generative copy of
+        `stmt` inherits its __dict__, not its locked form."""
+        if self.is_sqlite:
+            return stmt
+        owned = stmt.__dict__.get(_LOCKED)
+        if owned is None or owned[0] is not stmt:
+            owned = stmt.__dict__[_LOCKED] = (stmt, stmt.with_for_update())
+        return owned[1]
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_LOCKED = "_dunning_locked"  # on a statement: (itself, its SELECT ... FOR UPDATE), Database.lock
 
 
 @functools.lru_cache(maxsize=256)

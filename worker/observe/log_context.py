@@ -11,7 +11,6 @@ with the real error, and its lines still carry the id it was given.
 
 from __future__ import annotations
 
-
 import structlog
 from sqlalchemy import select
 

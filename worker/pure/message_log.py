@@ -37,6 +37,18 @@ def outside_message() -> Iterator[None]:
         structlog.contextvars.bind_contextvars(**saved)
 
 
+@contextmanager
+def nested_in_message() -> Iterator[None]:
+    """Run another row's work inside this message (an email delivered in the thread that wrote it):
+    what that work binds is undone after it, so this message's later lines keep their own ids."""
+    saved = structlog.contextvars.get_contextvars()
+    try:
+        yield
+    finally:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(**saved)
+
+
 def bind_ids_of(row) -> None:
     """Name the case, invoice and customer that a row (an email, a notice, a card retry) names on the
     rest of the message's log lines, read from the row the actor loads anyway (no lookup for log

@@ -16,6 +16,8 @@ import dramatiq
 import structlog
 from dramatiq import Middleware
 
+from worker.pure.message_log import nested_in_message
+
 log = structlog.get_logger("worker.queue.consumption")
 
 
@@ -56,7 +58,8 @@ def run_here_or_send(consumption: Consumption | None, actor: dramatiq.Actor, *ar
     take over as they would have. A crash in between leaves the work's row for its sweeper."""
     if consumption is not None and consumption.consumes(actor.queue_name):
         try:
-            actor(*args)
+            with nested_in_message():  # the ids it names are its own, not the rest of this message's
+                actor(*args)
             return
         except Exception as exc:
             log.warning("queue.run_here_failed", actor=actor.actor_name,

@@ -1,0 +1,112 @@
+"""The worker's Python CPU per event, in one process: steadier than `make bench` on a noisy machine.
+
+`python -m bench.inprocess --pairs 4 OLD_CHECKOUT NEW_CHECKOUT` runs the measure below alternately in
+each checkout (each with its own `.venv`, started by `make venv` there) and prints every pair and
+the median ratio new/old. The checkouts are any two versions of this project: the measure is read
+from this file and run against the other checkout's code, so an older commit needs no copy of it.
+
+The measure (`python bench/inprocess.py CHECKOUT N`): a fresh PostgreSQL database
+(`BENCH_DATABASE_URL`), a stub broker, the web app called in process; N `invoice.payment_failed`
+(owners known) are POSTed (not timed), then a real dramatiq Worker with one thread drains every
+queue (timed: process CPU per event, the emails delivered by the file sender); then N `invoice.paid`
+of the same invoices, likewise. A first round of each warms the caches and is not counted.
+What it leaves out: Redis (the broker's round trips), gunicorn, SendGrid's HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def measure(checkout: Path, events: int) -> dict[str, float]:
+    """CPU ms per event of `checkout`'s code (run in that checkout's interpreter)."""
+    here = Path(__file__).resolve().parent  # bench/ as the script's folder: its modules must not shadow others
+    sys.path[:] = [str(checkout)] + [p for p in sys.path if Path(p or ".").resolve() != here]
+    os.chdir(checkout)
+    import tempfile
+
+    from sqlalchemy import create_engine, text
+    admin = create_engine(ADMIN_URL.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    name = "bench_inprocess_" + uuid.uuid4().hex[:10]
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        import falcon.testing
+
+        from config.settings import load_settings
+        from tests.support.dunning import DAY, T0, failed, know_owner, paid
+        from tests.support.helpers import drain, post_event
+        from tests.support.services import base_env
+        from worker.queue.broker import make_stub_broker
+        from worker.runtime import setup
+        from worker.web.app import create_app
+
+        env = base_env(Path(tempfile.mkdtemp()), DATABASE_URL=f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}",
+                       LOG_LEVEL="WARNING")
+        runtime = setup(load_settings(env), make_stub_broker())
+        runtime.db.init_schema()
+        client = falcon.testing.TestClient(create_app(runtime))
+
+        def timed(kind: str, tag: str) -> float:
+            for i in range(events):
+                ids = {"customer": f"cus_{tag}_{i}", "subscription": f"sub_{tag}_{i}"}
+                event = (failed(f"in_{tag}_{i}", **ids) if kind == "failed"
+                         else paid(f"in_{tag}_{i}", created=T0 + 9 * DAY, **ids))
+                know_owner(runtime, event)
+                assert post_event(client, event).status_code == 200
+            started = time.process_time()
+            drain(runtime, threads=1, timeout=600)
+            return (time.process_time() - started) / events * 1000
+
+        timed("failed", "warm"), timed("paid", "warm")
+        result = {"payment_failed": timed("failed", "run"), "paid": timed("paid", "run")}
+        runtime.db.dispose()
+        return result
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _run(checkout: Path, events: int) -> dict[str, float]:
+    python = checkout / ".venv" / "bin" / "python"
+    out = subprocess.run([str(python), __file__, str(checkout), str(events)], check=True,
+                         capture_output=True, text=True).stdout
+    return {key: float(value) for key, value in (part.split("=") for part in out.split()[-2:])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("old", type=Path)
+    parser.add_argument("new", type=Path)
+    parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--events", type=int, default=200)
+    args = parser.parse_args()
+    ratios: dict[str, list[float]] = {"payment_failed": [], "paid": []}
+    for pair in range(1, args.pairs + 1):
+        order = [("old", args.old), ("new", args.new)]
+        if pair % 2 == 0:
+            order.reverse()  # neither side always runs first
+        got = {side: _run(checkout.resolve(), args.events) for side, checkout in order}
+        for key in ratios:
+            ratios[key].append(got["new"][key] / got["old"][key])
+        print(f"pair {pair}: " + "; ".join(f"{key} old {got['old'][key]:.2f} / new {got['new'][key]:.2f} ms "
+                                           f"= {ratios[key][-1]:.2f}" for key in ratios), flush=True)
+    print("median new/old: " + ", ".join(f"{key} {statistics.median(r):.2f}" for key, r in ratios.items()))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and not sys.argv[1].startswith("-") and sys.argv[2].isdigit():
+        figures = measure(Path(sys.argv[1]).resolve(), int(sys.argv[2]))
+        print(" ".join(f"{key}={value:.3f}" for key, value in figures.items()))
+    else:
+        main()
