@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import socket
 import threading
 import uuid
 from collections import Counter, defaultdict, deque
 from contextlib import contextmanager
 
 from tests.support.http_fake import FakeHandler, FakeHTTPServer
+from tests.support.ports import free_port  # noqa: F401  (a receiver that is down, then brought back)
 
 
 class FakeSendGrid(FakeHTTPServer):
@@ -198,13 +198,6 @@ class ScriptedServer(FakeHTTPServer):
 
     def answered(self, status: int) -> list[dict]:
         return [r for r in self.requests if r.get("answered") == status]
-
-
-def free_port() -> int:
-    """A port nothing listens on (yet): for a receiver that is down, then brought back."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

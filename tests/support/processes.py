@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ import requests
 from sqlalchemy import create_engine, text
 
 from config.settings import PROJECT_ROOT
+from tests.support.ports import free_port  # noqa: F401  (the system tests import it from here)
 from tests.support.services import postgres_reachable, redis_reachable  # the same probes, the same URLs
 from tests.support.helpers import ADMIN_TOKEN, WEBHOOK_SECRET, signed_headers
 
@@ -52,12 +52,6 @@ _SERVICE_VARS = (
     # the test process's own metrics folder: each started service keeps its metrics under its var/
     "PROMETHEUS_MULTIPROC_DIR", "dramatiq_prom_db",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import stripe
 
 from tests.support.dunning import T0, case_of
 from tests.support.helpers import drain, make_event, post_event, rows
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -41,15 +41,9 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def localstripe_url(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HOME": str(tmp_path)}
     log = open(tmp_path / "localstripe.log", "wb")
     proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], cwd=tmp_path, env=env,
