@@ -411,7 +411,7 @@ def test_prune_at_420_days_deletes_a_closed_case_with_all_its_rows_and_keeps_an_
 
 def test_the_daily_prune_is_claimed_by_one_host_per_day_and_two_prunes_never_overlap(any_runtime):
     from worker.privacy.retention import PruneBusy, claim_day, prune_lock
-    now = utcnow()
+    now = utcnow().replace(hour=9, minute=0, second=0, microsecond=0)  # 3 h later is the same UTC day
     assert claim_day(any_runtime.db, now) is True
     assert claim_day(any_runtime.db, now + timedelta(hours=3)) is False  # another host, same day
     assert claim_day(any_runtime.db, now + timedelta(days=1)) is True
