@@ -12,7 +12,8 @@ import hmac
 import re
 import time
 
-import stripe
+from stripe import SignatureVerificationError, WebhookSignature  # bound once: stripe's lazy
+# attributes call import_module on every access
 
 TOLERANCE_SECONDS = 300
 # ASCII digits only, at most 12 of them: str.isdigit() accepts '²' and int() refuses 4,400 digits,
@@ -47,9 +48,9 @@ def verify_stripe_signature(payload: str, header: str | None, secrets: tuple[str
         raise SignatureError("Stripe-Signature timestamp is outside the tolerance zone")
     for secret in secrets:
         try:
-            stripe.WebhookSignature.verify_header(payload, header, secret, tolerance)
+            WebhookSignature.verify_header(payload, header, secret, tolerance)
             return
-        except (stripe.SignatureVerificationError, ValueError, TypeError, UnicodeError):
+        except (SignatureVerificationError, ValueError, TypeError, UnicodeError):
             continue  # a malformed header is a mismatch, never a 500
     raise SignatureError("no signature matches the payload for any configured secret")
 

@@ -25,23 +25,23 @@ def bind_in_message(**ids: str) -> None:
         structlog.contextvars.bind_contextvars(**ids)
 
 
-@contextmanager
-def outside_message() -> Iterator[None]:
+def outside_message():
     """Log a line about the process, not the message at hand (a once-per-process warning met while
     processing one event): without the message's ids, which would tie it to that event's case."""
-    saved = structlog.contextvars.get_contextvars()
-    structlog.contextvars.clear_contextvars()
-    try:
-        yield
-    finally:
-        structlog.contextvars.bind_contextvars(**saved)
+    return _restoring_ids(clear_first=True)
+
+
+def nested_in_message():
+    """Run another row's work inside this message (an email delivered in the thread that wrote it):
+    what that work binds is undone after it, so this message's later lines keep their own ids."""
+    return _restoring_ids(clear_first=False)
 
 
 @contextmanager
-def nested_in_message() -> Iterator[None]:
-    """Run another row's work inside this message (an email delivered in the thread that wrote it):
-    what that work binds is undone after it, so this message's later lines keep their own ids."""
+def _restoring_ids(clear_first: bool) -> Iterator[None]:
     saved = structlog.contextvars.get_contextvars()
+    if clear_first:
+        structlog.contextvars.clear_contextvars()
     try:
         yield
     finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import dramatiq
 import redis
@@ -45,6 +46,17 @@ def resolve_redis_url(settings: Settings) -> str:
     if url_file.is_file():
         return url_file.read_text().strip()
     raise ConfigError("REDIS_URL is required (or use `make run`, which starts an embedded server)")
+
+
+def middleware_once(broker: dramatiq.Broker, kind: type, make: Callable[[], dramatiq.Middleware]):
+    """The broker's middleware of `kind`, made by `make` and added only if it has none: a broker
+    reused by a second set-up (tests, a CLI command after the worker's) keeps the first one."""
+    for middleware in broker.middleware:
+        if isinstance(middleware, kind):
+            return middleware
+    middleware = make()
+    broker.add_middleware(middleware)
+    return middleware
 
 
 def _tune(broker: dramatiq.Broker) -> dramatiq.Broker:

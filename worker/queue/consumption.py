@@ -17,6 +17,7 @@ import structlog
 from dramatiq import Middleware
 
 from worker.pure.message_log import nested_in_message
+from worker.queue.broker import middleware_once
 
 log = structlog.get_logger("worker.queue.consumption")
 
@@ -44,12 +45,7 @@ class Consumption(Middleware):
 
 def install(broker: dramatiq.Broker) -> Consumption:
     """The broker's `Consumption` middleware, added once."""
-    for middleware in broker.middleware:
-        if isinstance(middleware, Consumption):
-            return middleware
-    middleware = Consumption()
-    broker.add_middleware(middleware)
-    return middleware
+    return middleware_once(broker, Consumption, Consumption)
 
 
 def run_here_or_send(consumption: Consumption | None, actor: dramatiq.Actor, *args) -> None:

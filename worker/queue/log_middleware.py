@@ -15,6 +15,8 @@ import dramatiq
 import structlog
 from dramatiq import Middleware
 
+from worker.queue.broker import middleware_once
+
 
 class LogContext(Middleware):
     """Binds the ids of a message of the actors in `ids` (actor -> (id name, look up the case))."""
@@ -42,9 +44,5 @@ class LogContext(Middleware):
 
 
 def install(broker: dramatiq.Broker, ids: Mapping[str, tuple[str, bool]], runtime: Callable[[], object]) -> None:
-    """Add the middleware to `broker` once (a broker reused by a second set-up keeps the first)."""
-    for middleware in broker.middleware:
-        if isinstance(middleware, LogContext):
-            middleware.ids.update(ids)
-            return
-    broker.add_middleware(LogContext(ids, runtime))
+    """Add the middleware to `broker` once; a second set-up's actors join the first one's ids."""
+    middleware_once(broker, LogContext, lambda: LogContext(ids, runtime)).ids.update(ids)
