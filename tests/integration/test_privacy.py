@@ -503,7 +503,7 @@ def test_the_scheduler_runs_the_prune_in_the_background_once_a_day_on_one_host(a
                                                 payload="{}", source="webhook", received_at=old,
                                                 status="processed", attempts=1, processed_at=old))
     old_event("evt_daily_1")
-    now = utcnow()
+    now = utcnow().replace(hour=9, minute=0, second=0, microsecond=0)  # 10 min later is the same UTC day
     host_a, host_b = DailyPrune(any_runtime, threading.Event()), DailyPrune(any_runtime, threading.Event())
     assert host_a.maybe_start(now)
     host_a.thread.join(60)
