@@ -159,7 +159,7 @@ def tick(runtime, moment: datetime | int) -> int:
     cases = runtime.db.table("cases")
     enqueued = 0
     for _ in range(200):
-        with runtime.db.engine.connect() as conn:
+        with runtime.db.reading() as conn:
             due = conn.execute(select(func.min(cases.c.next_step_at)).where(
                 cases.c.next_step_at <= moment)).scalar()
         if due is None:

@@ -84,7 +84,7 @@ def rows(runtime, table: str, **where) -> list[dict]:
     stmt = select(t)
     for key, value in where.items():
         stmt = stmt.where(t.c[key] == value)
-    with runtime.db.engine.connect() as conn:
+    with runtime.db.reading() as conn:  # no ROLLBACK: the code's prepared statements stay prepared
         return [dict(r) for r in conn.execute(stmt).mappings()]
 
 

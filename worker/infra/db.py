@@ -101,7 +101,8 @@ class Database:
         if self._tables is None:
             metadata = MetaData()
             try:
-                metadata.reflect(self.engine)
+                with self.reading() as conn:
+                    metadata.reflect(conn)
             except (OperationalError, DBAPIError) as exc:
                 raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
             self._tables = dict(metadata.tables)
@@ -141,9 +142,30 @@ class Database:
                 raise DatabaseUnavailable(_first_line(exc)) from exc
             raise
 
+    @contextmanager
+    def reading(self, *, snapshot: bool = False) -> Iterator[Connection]:
+        """A connection to read with that leaves no transaction for the pool to roll back.
+
+        psycopg answers any ROLLBACK by discarding every statement prepared on the connection, and
+        the pool ends a plain `engine.connect()` read with one: one read per event or step kept
+        the hot path's statements from ever staying prepared, so PostgreSQL parsed and planned
+        about half of them anew (issue 17). Here each statement is its own snapshot (autocommit:
+        one round trip, nothing to end); `snapshot=True` reads in one transaction ended by
+        COMMIT. SQLite: a plain connection, as before (its BEGIN would take the write lock).
+        """
+        if self.is_sqlite:
+            with self.engine.connect() as conn:
+                yield conn
+        elif snapshot:
+            with self.engine.begin() as conn:
+                yield conn
+        else:
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                yield conn
+
     def ping(self) -> None:
         try:
-            with self.engine.connect() as conn:
+            with self.reading() as conn:
                 conn.execute(text("SELECT 1"))
         except (OperationalError, DBAPIError) as exc:
             raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc

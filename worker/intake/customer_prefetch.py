@@ -137,7 +137,7 @@ def _is_known(runtime, customer_id: str) -> bool:
     from handlers.facts import is_erased
 
     customers = runtime.db.table("customers")
-    with runtime.db.engine.connect() as conn:
+    with runtime.db.reading() as conn:
         source_created = conn.execute(select(customers.c.source_created)
                                       .where(customers.c.id == customer_id)).scalar()
         # An erased customer is never fetched again: that would bring its email and metadata back.
@@ -150,7 +150,7 @@ def _opens_case(runtime, event: StripeEvent) -> bool:
         return False
     invoice_id = (event.payload.get("data") or {}).get("object", {}).get("id")
     cases = runtime.db.table("cases")
-    with runtime.db.engine.connect() as conn:
+    with runtime.db.reading() as conn:
         return conn.execute(select(cases.c.id).where(cases.c.invoice_id == invoice_id)).first() is None
 
 

@@ -163,7 +163,7 @@ def stale_event_ids(db: Database, now: datetime, received_grace: timedelta, limi
              or_(table.c.enqueued_at.is_(None), table.c.enqueued_at <= cutoff)),
         and_(table.c.status == "processing", table.c.lease_until <= now),
     )).order_by(table.c.received_at).limit(limit))
-    with db.engine.connect() as conn:
+    with db.reading() as conn:
         return list(conn.execute(stmt).scalars())
 
 

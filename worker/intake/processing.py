@@ -102,7 +102,7 @@ def process_event(runtime, event_id: str, customer_id: str | None = None) -> str
         try:
             known, prefetched = None, None
             if runtime.settings.stripe_api_key:  # checked first: without a key there is nothing to fetch
-                with db.engine.connect() as conn:
+                with db.reading() as conn:
                     known = run(conn, _built(db.table("events")).read, {"b_id": event_id}).mappings().first()
                 if known is None:
                     raise EventNotFound(f"event {event_id} is not stored")

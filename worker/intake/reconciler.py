@@ -74,7 +74,7 @@ def redrive_failed(runtime, now: datetime) -> int:
     """Re-enqueue failed events whose transient failure may be over; return how many."""
     db = runtime.db
     events = db.table("events")
-    with db.engine.connect() as conn:
+    with db.reading() as conn:
         ids = list(conn.execute(select(events.c.id).where(redrivable(events, now))
                                 .order_by(events.c.redrive_at).limit(REDRIVE_BATCH)).scalars())
     sent = 0

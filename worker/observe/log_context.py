@@ -54,7 +54,7 @@ def _first(conn, stmt) -> dict:
 def _lookup(db, given: dict) -> dict[str, str]:
     t = db.tables
     found: dict[str, str] = {}
-    with db.engine.connect() as conn:
+    with db.reading() as conn:
         if given.get("payment_link_request"):
             p = t["payment_links"]
             found.update(_first(conn, select(p.c.invoice_id, p.c.customer_id)

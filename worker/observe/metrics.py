@@ -219,7 +219,7 @@ class DomainCollector:
         from worker.intake.reconciler import exhausted_count
         now = utcnow()
         outboxes = (("emails", self.db.table("emails")), ("notices", self.db.table("platform_notices")))
-        with self.db.engine.connect() as conn:  # (tables reflected first: SQLite's BEGIN takes the lock)
+        with self.db.reading(snapshot=True) as conn:  # (tables reflected first: SQLite's BEGIN takes the lock)
             counts = metric_counts.read(conn, now - RECOVERY_WINDOW)
             exhausted = exhausted_count(conn, self.db, now)
             oldest = {name: _oldest_pending(conn, table) for name, table in outboxes}

@@ -204,7 +204,7 @@ def strip_if_erased(db, envelope):
     customer_id = ids_from_event_object(obj).get("customer_id") if isinstance(obj, dict) else None
     if not customer_id:
         return envelope
-    with db.engine.connect() as conn:
+    with db.reading() as conn:
         if not is_erased(conn, db.tables, customer_id):
             return envelope
     return dataclasses.replace(envelope, raw=cd.stripped_payload(envelope.raw, "erasure"))

@@ -39,7 +39,7 @@ def scan_expiring_cards(runtime, now: datetime) -> int:
     db = runtime.db
     cards, customers = db.table("cards"), db.table("customers")
     month = f"{now.year:04d}-{now.month:02d}"
-    with db.engine.connect() as conn:
+    with db.reading(snapshot=True) as conn:
         cursor = cursors.read(conn, db, CURSOR) or {}
         same_month = cursor.get("month") == month
         since = parse_instant(cursor["seen_until"]) if same_month and cursor.get("seen_until") else None

@@ -77,7 +77,7 @@ def run_due_steps(runtime, case_id: str, as_of: datetime) -> int:
 
 def _peek(runtime, case_id: str) -> dict | None:
     cases = runtime.db.table("cases")
-    with runtime.db.engine.connect() as conn:
+    with runtime.db.reading() as conn:
         row = conn.execute(select(cases).where(cases.c.id == case_id)).mappings().first()
     if row is None:
         return None

@@ -189,7 +189,7 @@ def _declined(runtime, retry, case, decline: Decline) -> str:
 
 def _card_for_email(runtime, retry) -> dict[str, Any]:
     """Brand and last four of the new card: what we recorded, else asked of Stripe (never stored whole)."""
-    with runtime.db.engine.connect() as conn:
+    with runtime.db.reading() as conn:
         ctx = context_in(runtime, conn)
         details = known_details(ctx, retry["customer_id"], retry["payment_method_id"])
     if not details:
@@ -216,7 +216,7 @@ def _load(runtime, table_name: str, row_id: str | None) -> dict | None:
     if not row_id:
         return None
     table = runtime.db.table(table_name)
-    with runtime.db.engine.connect() as conn:
+    with runtime.db.reading() as conn:
         row = conn.execute(select(table).where(table.c.id == row_id)).mappings().first()
     return dict(row) if row else None
 

@@ -53,7 +53,7 @@ def verify_siblings(runtime, case: dict | None) -> None:
     if not case:
         return
     cases = runtime.db.table("cases")
-    with runtime.db.engine.connect() as conn:
+    with runtime.db.reading() as conn:
         siblings = [dict(r) for r in conn.execute(select(cases).where(
             cases.c.customer_id == case["customer_id"], cases.c.id != case["id"],
             cases.c.state.in_(dunning.OPEN_STATES))).mappings()]

@@ -239,7 +239,7 @@ def create_link(runtime, request_id: str) -> str:
     Returns the row's final status; raises StripeUnavailable (transient) so the actor retries.
     """
     links = runtime.db.table("payment_links")
-    with runtime.db.engine.connect() as conn:
+    with runtime.db.reading() as conn:
         row = conn.execute(select(links).where(links.c.id == request_id)).mappings().first()
     if row is None:
         log.warning("payment_link.unknown", request_id=request_id)
@@ -247,7 +247,7 @@ def create_link(runtime, request_id: str) -> str:
     if row["status"] != "requested":
         return row["status"]
     from handlers.facts import is_erased
-    with runtime.db.engine.connect() as conn:
+    with runtime.db.reading() as conn:
         if is_erased(conn, runtime.db.tables, row["customer_id"]):
             return _fail(runtime, request_id, "the customer was erased: no link is made")
 

@@ -88,7 +88,7 @@ def _summary(row) -> dict:
 def account(db, account_id: str) -> dict:
     """One account: its status, dates, open invoices (amount, currency, case state), last seq."""
     accounts, cases = db.table("accounts"), db.table("cases")
-    with db.engine.connect() as conn:
+    with db.reading(snapshot=True) as conn:
         row = conn.execute(select(accounts).where(accounts.c.id == account_id)).mappings().first()
         if row is None:
             raise NotFound(f"no account {account_id}")
@@ -112,7 +112,7 @@ def list_accounts(db, status: str | None, cursor: str | None, limit: int) -> dic
         stmt = stmt.where(accounts.c.status == status)
     if after is not None:
         stmt = stmt.where(accounts.c.id > after)
-    with db.engine.connect() as conn:
+    with db.reading() as conn:
         rows = conn.execute(stmt).mappings().all()
     page, more = rows[:limit], len(rows) > limit
     return {"data": [_summary(r) for r in page], "has_more": more,
@@ -122,7 +122,7 @@ def list_accounts(db, status: str | None, cursor: str | None, limit: int) -> dic
 def notice_feed(db, account_id: str, after: int, limit: int) -> dict:
     """The account's notices with seq > after, in seq order: the exact bodies pushed (or not)."""
     accounts, notices = db.table("accounts"), db.table("platform_notices")
-    with db.engine.connect() as conn:
+    with db.reading(snapshot=True) as conn:
         if conn.execute(select(accounts.c.id).where(accounts.c.id == account_id)).first() is None:
             raise NotFound(f"no account {account_id}")
         rows = conn.execute(
