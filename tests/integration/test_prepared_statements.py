@@ -6,7 +6,8 @@ DEALLOCATE ALL); it prepares a statement again only after five more runs on that
 in a plain `engine.connect()` block ends with the pool's ROLLBACK, so one such read per event or
 step (the event's SELECT when a Stripe key is set, a card retry's loads, a due case's peek) kept
 the hot path's statements from ever staying prepared: in the e2e benchmark about half of the
-statements were parsed and planned anew (issue 17). Reads go through `Database.reading()`.
+statements were parsed and planned anew (issue 17). Reads go through `Database.reading()`, the
+web's too (/readyz, /metrics, the platform API, even its 404s, the console).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from psycopg.pq import TransactionStatus
 from tests.support import card_events as fc
 from tests.support.dunning import DAY, T0, case_of, deliver, open_case, paid, tick
 from tests.support.fake_stripe import API_KEY
-from tests.support.helpers import admin_client, drain, post_event
+from tests.support.helpers import admin_client, bearer, drain, post_event
 
 
 def _watch_rollbacks(engine) -> list[str]:
@@ -45,8 +46,12 @@ def _watch_rollbacks(engine) -> list[str]:
     return seen
 
 
+PLATFORM_TOKEN = "platform-api-token-for-prepared-statements-0123"
+
+
 def test_events_steps_card_retries_and_reads_never_roll_back_a_connection(make_runtime, fake_stripe):
-    runtime = make_runtime(db="postgres", STRIPE_API_KEY=API_KEY, STRIPE_API_BASE=fake_stripe.base_url)
+    runtime = make_runtime(db="postgres", STRIPE_API_KEY=API_KEY, STRIPE_API_BASE=fake_stripe.base_url,
+                           PLATFORM_API_TOKEN=PLATFORM_TOKEN)
     fake_stripe.add_subscription("sub_owner", "cus_owner", default_payment_method="pm_old")
     fake_stripe.add_card("pm_old", "cus_owner", last4="0341", declines=True)
     fake_stripe.add_card("pm_new", "cus_owner", brand="mastercard", last4="5555", exp_month=8, exp_year=2031,
@@ -66,6 +71,12 @@ def test_events_steps_card_retries_and_reads_never_roll_back_a_connection(make_r
     drain(runtime)
     assert client.simulate_get("/metrics").status_code == 200
     assert client.simulate_get("/readyz").status_code == 200
+    platform = {"Authorization": f"Bearer {PLATFORM_TOKEN}"}
+    for path, status in (("/platform/accounts", 200), ("/platform/accounts/sub_owner", 200),
+                         ("/platform/accounts/sub_owner/notices", 200), ("/platform/accounts/sub_nobody", 404)):
+        assert client.simulate_get(path, headers=platform).status_code == status, path
+    for path in ("/console/cases", "/console/cases?q=in_dun", "/console/cases/in_dun"):
+        assert client.simulate_get(path, headers=bearer()).status_code == 200, path
     fake_stripe.invoices["in_dun"]["status"] = "paid"
     assert deliver(runtime, paid("in_dun", customer="cus_owner", amount=12000, created=T0 + 4 * DAY)) == "processed"
     drain(runtime)

@@ -54,7 +54,7 @@ def record(runtime, *, actor: str, action: str, invoice_id: str, case_id: str | 
 
 def _case_id(runtime, invoice_id: str) -> str | None:
     cases = runtime.db.table("cases")
-    with runtime.db.engine.connect() as conn:
+    with runtime.db.reading() as conn:
         return conn.execute(select(cases.c.id).where(cases.c.invoice_id == invoice_id)).scalar()
 
 
@@ -112,7 +112,7 @@ def retry_outbox(runtime, invoice_id: str, row_id: str, *, actor: str, reason: s
     db = runtime.db
     case_id = _case_id(runtime, invoice_id)
     emails, notices = db.table("emails"), db.table("platform_notices")
-    with db.engine.connect() as conn:
+    with db.reading() as conn:
         found = None
         for kind, table in (("email", emails), ("notice", notices)):
             mine = about_case(table, invoice_id, case_id)

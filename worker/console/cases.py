@@ -105,7 +105,7 @@ def list_cases(runtime, flt: CaseFilter, *, now: datetime | None = None, page_si
     sort = flt.sort if flt.sort in SORTS else "opened"
     column_name, descending, label = SORTS[sort]
     key = cases.c[column_name]
-    with db.engine.connect() as conn:
+    with db.reading(snapshot=True) as conn:
         where = []
         q = flt.q.strip()[:MAX_QUERY]
         if q:
@@ -157,7 +157,7 @@ def case_story(runtime, invoice_id: str) -> dict | None:
     db = runtime.db
     t = db.tables
     cases, invoices = t["cases"], t["invoices"]
-    with db.engine.connect() as conn:
+    with db.reading(snapshot=True) as conn:
         case = conn.execute(select(cases).where(cases.c.invoice_id == invoice_id)).mappings().first()
         invoice = conn.execute(select(invoices).where(invoices.c.id == invoice_id)).mappings().first()
         if case is None and invoice is None:

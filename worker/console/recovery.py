@@ -76,7 +76,7 @@ def compute(runtime, now: datetime | None = None) -> dict:
         FROM emails e LEFT JOIN cases c ON c.id = e.case_id
         WHERE e.status = 'sent' AND e.sent_at >= :since
         GROUP BY e.template, {sent_ago}""")
-    with db.engine.connect() as conn:
+    with db.reading(snapshot=True) as conn:
         cohort = [{**r, "w": _window(int(r["d"])), "wk": int(r["d"]) // 7}
                   for r in conn.execute(cohort_sql, params).mappings()]
         recovered = [{**r, "w": _window(int(r["d"]))} for r in conn.execute(recovered_sql, params).mappings()]
@@ -173,7 +173,7 @@ def snapshot(runtime, *, refresh: bool = False, now: datetime | None = None, bac
     table = db.table("console_snapshots")
     now = now or utcnow()
     if not refresh:
-        with db.engine.connect() as conn:
+        with db.reading() as conn:
             row = conn.execute(select(table.c.computed_at, table.c.body).where(table.c.name == SNAPSHOT_NAME)).first()
         if row is not None and now - row.computed_at < SNAPSHOT_TTL:
             return json.loads(row.body)

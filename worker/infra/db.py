@@ -117,13 +117,8 @@ class Database:
         """One transaction; commits on success, rolls back on error."""
         if self.is_sqlite and self._tables is None:
             self.tables  # reflect first: reflecting inside BEGIN IMMEDIATE would wait on our own lock
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except OperationalError as exc:
-            if _is_connection_error(exc):
-                raise DatabaseUnavailable(_first_line(exc)) from exc
-            raise
+        with _unavailable_when_lost(), self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def autocommit(self) -> Iterator[Connection]:
@@ -134,13 +129,8 @@ class Database:
             with self.transaction() as conn:
                 yield conn
             return
-        try:
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                yield conn
-        except OperationalError as exc:
-            if _is_connection_error(exc):
-                raise DatabaseUnavailable(_first_line(exc)) from exc
-            raise
+        with _unavailable_when_lost(), self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            yield conn
 
     @contextmanager
     def reading(self, *, snapshot: bool = False) -> Iterator[Connection]:
@@ -151,14 +141,24 @@ class Database:
         the hot path's statements from ever staying prepared, so PostgreSQL parsed and planned
         about half of them anew (issue 17). Here each statement is its own snapshot (autocommit:
         one round trip, nothing to end); `snapshot=True` reads in one transaction ended by
-        COMMIT. SQLite: a plain connection, as before (its BEGIN would take the write lock).
+        COMMIT, also when the block raises an error of its own (a 404), as it wrote nothing; after
+        a database error the pool rolls back. SQLite: a plain connection, as before (its BEGIN
+        would take the write lock).
         """
         if self.is_sqlite:
             with self.engine.connect() as conn:
                 yield conn
         elif snapshot:
-            with self.engine.begin() as conn:
-                yield conn
+            with self.engine.connect() as conn:
+                try:
+                    yield conn
+                except DBAPIError:
+                    raise
+                except BaseException:
+                    if conn.in_transaction() and not conn.invalidated:
+                        conn.commit()
+                    raise
+                conn.commit()
         else:
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 yield conn
@@ -341,6 +341,17 @@ def one_of(column, values):
 def none_of(column, values):
     """`column NOT IN (...)` over a fixed set of values (see one_of)."""
     return column.not_in([literal(value, column.type) for value in values])
+
+
+@contextmanager
+def _unavailable_when_lost() -> Iterator[None]:
+    """A lost or refused connection raised as DatabaseUnavailable (callers answer 503 or retry)."""
+    try:
+        yield
+    except OperationalError as exc:
+        if _is_connection_error(exc):
+            raise DatabaseUnavailable(_first_line(exc)) from exc
+        raise
 
 
 def _first_line(exc: Exception) -> str:
