@@ -12,11 +12,13 @@ web's too (/readyz, /metrics, the platform API, even its 404s, the console).
 
 from __future__ import annotations
 
+import re
 import traceback
 
 from sqlalchemy import event
 from psycopg.pq import TransactionStatus
 
+from config.settings import PROJECT_ROOT
 from tests.support import card_events as fc
 from tests.support.dunning import DAY, T0, case_of, deliver, open_case, paid, tick
 from tests.support.fake_stripe import API_KEY
@@ -83,3 +85,14 @@ def test_events_steps_card_retries_and_reads_never_roll_back_a_connection(make_r
 
     assert case_of(runtime, "in_dun")["state"] == "recovered"
     assert rollbacks == [], "\n".join(rollbacks)
+
+
+def test_reads_go_through_database_reading_not_a_plain_connect():
+    """A plain `engine.connect()` block ends in the pool's ROLLBACK; only Database itself (which
+    builds `reading()`) and the explicit autocommit sessions of the advisory locks may open one."""
+    plain = re.compile(r"engine\.connect\(\)(?!\.execution_options\(isolation_level=\"AUTOCOMMIT\"\))")
+    found = [f"{path.relative_to(PROJECT_ROOT)}:{number}"
+             for folder in ("worker", "handlers") for path in sorted((PROJECT_ROOT / folder).rglob("*.py"))
+             if path != PROJECT_ROOT / "worker" / "infra" / "db.py"
+             for number, line in enumerate(path.read_text().splitlines(), 1) if plain.search(line)]
+    assert found == [], "read with Database.reading() instead:\n" + "\n".join(found)

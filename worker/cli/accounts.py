@@ -19,7 +19,7 @@ def accounts_show(customer_id: str, as_json: bool) -> None:
     """active, disruption_scheduled (with the date) or disrupted, overall and per subscription."""
     from handlers.accounts import status_of_customer
     runtime = get_runtime(broker=False)
-    with runtime.db.engine.connect() as conn:
+    with runtime.db.reading(snapshot=True) as conn:
         data = status_of_customer(conn, runtime.db, customer_id)
 
     def render(d):

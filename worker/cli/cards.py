@@ -20,7 +20,7 @@ def card_summary(runtime, customer_id: str) -> dict | None:
     """The customer's cards (latest row per card, newest first), their history and card retries."""
     db = runtime.db
     customers, cards_t, retries = db.table("customers"), db.table("cards"), db.table("card_retries")
-    with db.engine.connect() as conn:
+    with db.reading(snapshot=True) as conn:
         customer = conn.execute(select(customers).where(customers.c.id == customer_id)).mappings().first()
         history = [dict(r) for r in conn.execute(
             select(cards_t).where(cards_t.c.customer_id == customer_id)

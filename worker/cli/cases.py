@@ -40,7 +40,7 @@ def list_cases(db, *, state: str | None = None, customer: str | None = None, lim
         stmt = stmt.where(cases.c.owner_unreachable == 1, cases.c.state.in_(OPEN_STATES))
     if customer:
         stmt = stmt.where(cases.c.customer_id == customer)
-    with db.engine.connect() as conn:
+    with db.reading() as conn:
         return [_iso(dict(r)) for r in conn.execute(stmt).mappings()]
 
 
@@ -49,7 +49,7 @@ def case_detail(runtime, key: str) -> dict | None:
     db = runtime.db
     t = db.tables
     cases, events = t["cases"], t["events"]
-    with db.engine.connect() as conn:
+    with db.reading(snapshot=True) as conn:
         case = conn.execute(select(cases).where(or_(cases.c.invoice_id == key, cases.c.id == key))
                             ).mappings().first()
         invoice_id = case["invoice_id"] if case else key

@@ -189,7 +189,7 @@ def events_list(status, event_type, limit, as_json) -> None:
         stmt = stmt.where(t.c.status == status)
     if event_type:
         stmt = stmt.where(t.c.type == event_type)
-    with runtime.db.engine.connect() as conn:
+    with runtime.db.reading() as conn:
         rows = [dict(r) for r in conn.execute(stmt).mappings()]
 
     def render(items):
@@ -207,7 +207,7 @@ def events_show(event_id, as_json) -> None:
     import json as _json
     runtime = get_runtime(broker=False)
     t = runtime.db.table("events")
-    with runtime.db.engine.connect() as conn:
+    with runtime.db.reading() as conn:
         row = conn.execute(select(t).where(t.c.id == event_id)).mappings().first()
     if row is None:
         click.echo(f"no event {event_id}", err=True)

@@ -25,7 +25,7 @@ def list_outbox(db, *, pending: bool = True, failed: bool = True) -> list[dict]:
     emails, notices = db.table("emails"), db.table("platform_notices")
     email_states = (UNDELIVERED["email"] if pending else ()) + (FAILED if failed else ())
     notice_states = (UNDELIVERED["notice"] if pending else ()) + (FAILED if failed else ())
-    with db.engine.connect() as conn:
+    with db.reading(snapshot=True) as conn:
         items = [{"kind": "email", **dict(r)} for r in conn.execute(
             select(emails.c.id, emails.c.template.label("name"), emails.c.recipient, emails.c.status,
                    emails.c.attempts, emails.c.last_error, emails.c.next_attempt_at, emails.c.created_at,

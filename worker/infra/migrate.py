@@ -64,7 +64,7 @@ def downgrade(db: Database, revision: str) -> None:
 
 def current_revision(db: Database) -> str | None:
     """The revision recorded in the database (None: empty, or made by the old `db init`)."""
-    with db.engine.connect() as conn:
+    with db.reading(snapshot=True) as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 

@@ -74,7 +74,7 @@ def backfill(runtime, since: datetime, *, stripe: StripeGateway | None = None,
     now_unix = to_unix(utcnow())
     for group in type_groups(known):
         name = _cursor_name(since_unix, group)
-        with db.engine.connect() as conn:
+        with db.reading() as conn:
             cursor = cursors.read(conn, db, name)
         starting_after, frontier = None, now_unix
         if cursor and not cursor.get("completed"):
@@ -120,7 +120,7 @@ def backfill(runtime, since: datetime, *, stripe: StripeGateway | None = None,
 def enqueue_unprocessed(runtime, since_unix: int) -> int:
     """Enqueue, oldest first, the backfilled events still `received` (this run's and an interrupted one's)."""
     events = runtime.db.table("events")
-    with runtime.db.engine.connect() as conn:
+    with runtime.db.reading() as conn:
         ids = list(conn.execute(
             select(events.c.id).where(events.c.source == "backfill", events.c.status == "received",
                                       events.c.created >= since_unix)

@@ -14,7 +14,7 @@ def _count_by(conn, table, column) -> dict[str, int]:
 
 def collect_stats(db) -> dict:
     t = db.tables
-    with db.engine.connect() as conn:
+    with db.reading(snapshot=True) as conn:
         notices = t["platform_notices"]
         pending = conn.execute(
             select(notices.c.id, notices.c.type, notices.c.account_id, notices.c.attempts,

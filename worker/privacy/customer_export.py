@@ -34,7 +34,7 @@ def _rows(conn, table, where, order) -> list[dict]:
 def export_customer(db, customer_id: str) -> dict:
     """The document; raises UnknownCustomer when no customer row (nor erasure record) exists."""
     tables = db.tables
-    with db.engine.connect() as conn:
+    with db.reading(snapshot=True) as conn:
         customers, erasures = tables["customers"], tables["erasures"]
         customer = conn.execute(select(customers).where(customers.c.id == customer_id)).mappings().first()
         erased = conn.execute(select(erasures).where(erasures.c.customer_id == customer_id)).mappings().first()

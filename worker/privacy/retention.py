@@ -135,7 +135,7 @@ class Pruner:
         table = self.t[name]
         pk = list(table.primary_key.columns)[0]
         if self.dry_run:
-            with self.db.engine.connect() as conn:
+            with self.db.reading() as conn:
                 self._add(name, conn.execute(select(func.count()).select_from(table).where(where)).scalar())
             return
         while not self.should_stop():
@@ -164,7 +164,7 @@ class Pruner:
             if cursor:
                 stmt = stmt.where(or_(cases.c.closed_at > cursor[0],
                                       and_(cases.c.closed_at == cursor[0], cases.c.id > cursor[1])))
-            with self.db.engine.connect() as conn:
+            with self.db.reading() as conn:
                 page = conn.execute(stmt).all()
             if not page:
                 return
@@ -206,7 +206,7 @@ class Pruner:
                 if cursor:
                     stmt = stmt.where(events.c.received_at >= cursor[0],
                                       or_(events.c.received_at > cursor[0], events.c.id > cursor[1]))
-                with self.db.engine.connect() as conn:
+                with self.db.reading() as conn:
                     page = conn.execute(stmt).all()
                 if not page:
                     break
@@ -249,7 +249,7 @@ class Pruner:
         where = and_(emails.c.status.in_(FINISHED_EMAIL),
                      func.coalesce(emails.c.sent_at, emails.c.created_at) < cutoff, held)
         if self.dry_run:
-            with self.db.engine.connect() as conn:
+            with self.db.reading() as conn:
                 self._add("emails.content", conn.execute(select(func.count()).select_from(emails).where(where)).scalar())
             return
         while not self.should_stop():
@@ -269,7 +269,7 @@ class Pruner:
         from worker.privacy.erasure import scrub
         erasures = self.t["erasures"]
         self.counts.setdefault("erasures.rescrubbed", 0)
-        with self.db.engine.connect() as conn:
+        with self.db.reading() as conn:
             ids = list(conn.execute(select(erasures.c.customer_id).where(erasures.c.erased_at >= since)).scalars())
         for customer_id in ids:
             if self.dry_run or self.should_stop():
