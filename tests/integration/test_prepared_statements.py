@@ -88,9 +88,9 @@ def test_events_steps_card_retries_and_reads_never_roll_back_a_connection(make_r
 
 
 def test_reads_go_through_database_reading_not_a_plain_connect():
-    """A plain `engine.connect()` block ends in the pool's ROLLBACK; only Database itself (which
-    builds `reading()`) and the explicit autocommit sessions of the advisory locks may open one."""
-    plain = re.compile(r"engine\.connect\(\)(?!\.execution_options\(isolation_level=\"AUTOCOMMIT\"\))")
+    """A plain `engine.connect()` block ends in the pool's ROLLBACK: only Database itself opens
+    connections (`reading()`, `transaction()`, `autocommit_connection()` for the advisory locks)."""
+    plain = re.compile(r"engine\.connect\(")
     found = [f"{path.relative_to(PROJECT_ROOT)}:{number}"
              for folder in ("worker", "handlers") for path in sorted((PROJECT_ROOT / folder).rglob("*.py"))
              if path != PROJECT_ROOT / "worker" / "infra" / "db.py"

@@ -129,7 +129,7 @@ class Database:
             with self.transaction() as conn:
                 yield conn
             return
-        with _unavailable_when_lost(), self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        with _unavailable_when_lost(), self.autocommit_connection() as conn:
             yield conn
 
     @contextmanager
@@ -160,8 +160,13 @@ class Database:
                     raise
                 conn.commit()
         else:
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            with self.autocommit_connection() as conn:
                 yield conn
+
+    def autocommit_connection(self) -> Connection:
+        """A pooled connection in autocommit: each statement commits on its own and nothing is left
+        for the pool to roll back (the advisory locks hold theirs for a whole session)."""
+        return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
     def ping(self) -> None:
         try:

@@ -61,7 +61,7 @@ def prune_lock(db) -> Iterator[None]:
     if db.is_sqlite:
         yield
         return
-    conn = db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    conn = db.autocommit_connection()
     try:
         if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar():
             raise PruneBusy("another prune is running (advisory lock held)")

@@ -34,7 +34,7 @@ class Leadership:
             if self._conn is not None:
                 self._conn.execute(text("SELECT 1"))  # still connected, so still holding the lock
                 return True
-            conn = self.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            conn = self.db.autocommit_connection()
             if conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar():
                 self._conn = conn
                 log.info("scheduler.leading")
