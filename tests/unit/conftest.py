@@ -32,6 +32,6 @@ def embedded_redis_url():
 
 @pytest.fixture(autouse=True)
 def _no_child_process(monkeypatch):
-    def refuse(*args, **kwargs):
+    def refuse(popen, *args, **kwargs):  # `popen` is not initialized: its repr would fail
         _belongs_elsewhere(f"a child process ({args[0] if args else kwargs.get('args')!r})")
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
