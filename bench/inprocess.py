@@ -8,9 +8,12 @@ from this file and run against the other checkout's code, so an older commit nee
 The measure (`python bench/inprocess.py CHECKOUT N`): a fresh PostgreSQL database
 (`BENCH_DATABASE_URL`), a stub broker, the web app called in process; N `invoice.payment_failed`
 (owners known) are POSTed (not timed), then a real dramatiq Worker with one thread drains every
-queue (timed: process CPU per event, the emails delivered by the file sender); then N `invoice.paid`
-of the same invoices, likewise. A first round of each warms the caches and is not counted.
-What it leaves out: Redis (the broker's round trips), gunicorn, SendGrid's HTTP.
+queue (timed: process CPU per event, the emails sent as in production, over HTTP to the SendGrid
+fake of bench/sendgrid_fake.py run in a child process so its CPU is not counted); then N
+`invoice.paid` of the same invoices, likewise. A first round of each warms the caches and is not
+counted. What it leaves out: Redis (the broker's round trips), gunicorn. (It used the file outbox
+until issue 17's sixth pass: building the MIME file there cost a quarter of the measure, a cost
+production, which sends through SendGrid's API, does not have.)
 """
 
 from __future__ import annotations
@@ -25,6 +28,15 @@ import uuid
 from pathlib import Path
 
 ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PROJECT = Path(__file__).resolve().parent.parent  # this checkout: its SendGrid fake serves either side
+_FAKE = ("import sys, time; sys.path.insert(0, sys.argv[1]); from bench.sendgrid_fake import SendGridFake; "
+         "print(SendGridFake().start().url, flush=True); time.sleep(10 ** 6)")
+
+
+def sendgrid_fake() -> tuple[subprocess.Popen, str]:
+    """The SendGrid fake in a child process (its CPU is not the measure's) and its URL."""
+    child = subprocess.Popen([sys.executable, "-c", _FAKE, str(PROJECT)], stdout=subprocess.PIPE, text=True)
+    return child, child.stdout.readline().strip()
 
 
 def measure(checkout: Path, events: int) -> dict[str, float]:
@@ -39,6 +51,7 @@ def measure(checkout: Path, events: int) -> dict[str, float]:
     name = "bench_inprocess_" + uuid.uuid4().hex[:10]
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
+    fake, fake_url = sendgrid_fake()
     try:
         import falcon.testing
 
@@ -51,7 +64,8 @@ def measure(checkout: Path, events: int) -> dict[str, float]:
         from worker.web.app import create_app
 
         env = base_env(Path(tempfile.mkdtemp()), DATABASE_URL=f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}",
-                       LOG_LEVEL="WARNING")
+                       LOG_LEVEL="WARNING", SENDGRID_API_KEY="SG.bench-not-a-real-key",
+                       SENDGRID_API_HOST=fake_url, EMAIL_FROM="Billing <billing@example.com>")
         runtime = setup(load_settings(env), make_stub_broker())
         runtime.db.init_schema()
         client = falcon.testing.TestClient(create_app(runtime))
@@ -69,9 +83,14 @@ def measure(checkout: Path, events: int) -> dict[str, float]:
 
         timed("failed", "warm"), timed("paid", "warm")
         result = {"payment_failed": timed("failed", "run"), "paid": timed("paid", "run")}
+        with runtime.db.engine.connect() as conn:  # every email went out through the fake
+            statuses = dict(conn.execute(text("SELECT status, count(*) FROM emails GROUP BY status")).all())
+        if set(statuses) != {"sent"}:
+            raise SystemExit(f"not every email was sent: {statuses}")
         runtime.db.dispose()
         return result
     finally:
+        fake.kill()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

@@ -126,3 +126,25 @@ def test_a_statement_that_needs_sqlalchemys_work_still_runs(db):
         result = run(conn, expanding, {"b_ids": ["cus_a", "cus_none"]})
         assert not isinstance(result, DriverResult)  # Connection.execute ran it
         assert [row[0] for row in result] == ["cus_a"]
+
+
+def test_a_results_column_names_are_read_once_and_again_when_its_shape_changes(db):
+    """The names of a statement's result columns are kept with its plan (psycopg's description
+    builds a Column, type lookups included, for every column of every result); a result with
+    another number of columns, a `SELECT *` after a column was added, is named anew."""
+    with db.transaction() as conn:
+        conn.execute(text("CREATE TABLE shape_probe (id text PRIMARY KEY, a text)"))
+        conn.execute(text("INSERT INTO shape_probe VALUES ('x', 'one'), ('y', 'uno')"))
+    star = text("SELECT * FROM shape_probe WHERE id = :b_id")
+    with db.transaction() as conn:
+        first = run(conn, star, {"b_id": "x"})
+        assert isinstance(first, DriverResult)  # the driver path ran, not a fallback
+        assert first.mappings().all() == [{"id": "x", "a": "one"}]
+        assert run(conn, star, {"b_id": "y"}).mappings().all() == [{"id": "y", "a": "uno"}]
+        assert run(conn, star, {"b_id": "none"}).mappings().all() == []
+    with db.transaction() as conn:
+        conn.execute(text("ALTER TABLE shape_probe ADD COLUMN b text DEFAULT 'two'"))
+    with db.transaction() as conn:
+        assert run(conn, star, {"b_id": "x"}).mappings().all() == [{"id": "x", "a": "one", "b": "two"}]
+        no_rows = run(conn, text("UPDATE shape_probe SET a = 'eins' WHERE id = :b_id"), {"b_id": "x"})
+        assert (no_rows.all(), no_rows.rowcount) == ([], 1)

@@ -110,10 +110,13 @@ class EmailSender(Protocol):
 
 
 # -- message building ---------------------------------------------------------------------
+_CONTROL_TO_SPACE = {code: " " for code in (*range(32), 127)}
+
+
 def header_value(value: str) -> str:
-    """A header value on one line: CR, LF and other control characters cannot smuggle headers."""
-    cleaned = "".join(" " if (ord(ch) < 32 or ord(ch) == 127) else ch for ch in str(value))
-    return one_line(cleaned)[:500]
+    """A header value on one line: CR, LF and other control characters cannot smuggle headers.
+    (`str.translate`: a character-by-character join cost about 6 µs a value, ten values an email.)"""
+    return one_line(str(value).translate(_CONTROL_TO_SPACE))[:500]
 
 
 def sender_address(email_from: str) -> Address:

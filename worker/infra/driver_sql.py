@@ -20,7 +20,7 @@ Results answer the few calls the callers use: `mappings()` (`first`, `all`, `one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection
@@ -34,6 +34,17 @@ class _Plan:
     sql: str
     defaults: dict[str, Any]  # the compiled statement's own values (constants bound as parameters)
     processors: tuple[tuple[str, Any], ...]  # (name, bind processor): Boolean's strict check, say
+    _names: list[list[str]] = field(default_factory=list)  # the result's column names, once read
+
+    def column_names(self, result) -> list[str]:
+        """The names of the result's columns, read from the first result only: psycopg's
+        `cursor.description` builds a `Column` (type lookups included) for every column of every
+        result, a tenth of the worker's CPU on wide rows. Read again if the count ever differs."""
+        known = self._names[0] if self._names else None
+        if known is None or len(known) != result.nfields:
+            known = [result.fname(i).decode() for i in range(result.nfields)]
+            self._names[:] = [known]
+        return known
 
     def bind(self, params: dict[str, Any]) -> dict[str, Any]:
         """The driver's parameters: the statement's own values, then `params`, processed."""
@@ -90,11 +101,12 @@ def run(conn: Connection, stmt, params: dict[str, Any]):
             sql, values = listener(conn, cursor, sql, values, None, False)
     try:
         cursor.execute(sql, values)
-        description = cursor.description
-        rows = cursor.fetchall() if description else []
+        result = cursor.pgresult
+        names = found.column_names(result) if result is not None and result.nfields else []
+        rows = cursor.fetchall() if names else []
     except dialect.loaded_dbapi.Error as exc:
         conn._handle_dbapi_exception(exc, sql, values, cursor, None)
-    return DriverResult([column.name for column in description] if description else [], rows, cursor.rowcount)
+    return DriverResult(names, rows, cursor.rowcount)
 
 
 def reused_cursor(pooled):
