@@ -19,7 +19,8 @@ HTTP server base for Stripe, SendGrid and the platform receivers); tests/fixture
 `make test` and `make test-all` run on two pytest-xdist workers (`--dist loadgroup`): the tests that
 start the service's processes (tests/system/ and every `slow` test) form one group, run one at a
 time on one worker, so their timings and kills never compete with each other; everything else is
-spread over both workers.
+spread over both workers. Nothing fails if the grouping stops working (pytest 9.2 broke it, hence
+the pin in requirements-dev.in): tests/integration/test_suite_grouping.py checks it.
 """
 
 from pathlib import Path

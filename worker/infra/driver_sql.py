@@ -34,12 +34,13 @@ class _Plan:
     sql: str
     defaults: dict[str, Any]  # the compiled statement's own values (constants bound as parameters)
     processors: tuple[tuple[str, Any], ...]  # (name, bind processor): Boolean's strict check, say
-    _names: list[list[str]] = field(default_factory=list)  # the result's column names, once read
+    _names: list[list[str]] = field(default_factory=list, compare=False, repr=False)  # see column_names
 
     def column_names(self, result) -> list[str]:
         """The names of the result's columns, read from the first result only: psycopg's
-        `cursor.description` builds a `Column` (type lookups included) for every column of every
-        result, a tenth of the worker's CPU on wide rows. Read again if the count ever differs."""
+        `cursor.description` builds a `Column` (its type looked up) for every column of every
+        result, 34 µs for a 31-column row. Read again if the count ever differs (a `SELECT *`
+        after a column was added)."""
         known = self._names[0] if self._names else None
         if known is None or len(known) != result.nfields:
             known = [result.fname(i).decode() for i in range(result.nfields)]
