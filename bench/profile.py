@@ -30,7 +30,9 @@ class Profiler:
         self.output = out_dir / f"profile-{self.name}.txt"
         out_dir.mkdir(parents=True, exist_ok=True)
         # --gil samples only the thread holding the GIL: Python CPU. Without it: busy threads'
-        # wall clock, time blocked on PostgreSQL or Redis included.
+        # wall clock, time blocked on PostgreSQL or Redis included. Read --gil with care: a thread
+        # taking the GIL back after a query is sampled at its next line, so a cheap line right
+        # after I/O can look hot (issue 17's sixth pass; bench/results/floor-paired.md).
         self.proc = subprocess.Popen([py_spy(), "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
                                       "--rate", str(rate), "--format", "raw", "--output", str(self.output),
                                       *(["--gil"] if gil else [])],
