@@ -17,6 +17,7 @@ import sys
 SUITE = '''
 import pytest
 
+@pytest.mark.xdist_group("marked")
 @pytest.mark.parametrize("i", range(6))
 def test_marked(i):
     pass
@@ -44,8 +45,7 @@ def pytest_collection_modifyitems(config, items):
 def test_each_xdist_group_runs_on_a_single_worker(tmp_path):
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     (tmp_path / "conftest.py").write_text(CONFTEST)
-    (tmp_path / "test_grouped.py").write_text(SUITE.replace(
-        "def test_marked", '@pytest.mark.xdist_group("marked")\ndef test_marked'))
+    (tmp_path / "test_grouped.py").write_text(SUITE)
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2",
                            "--dist", "loadgroup", "-v", str(tmp_path)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)

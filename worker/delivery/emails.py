@@ -97,19 +97,19 @@ def environment(directory: Path = TEMPLATES_DIR, override: Path | None = None) -
 def _gettext(context, message: str, /, **variables: Any) -> str:
     """The message in the catalogue of the email's `locale` (English when it has none), with its
     variables put in, escaped in HTML: what jinja2.ext's new-style gettext does, in one call."""
-    text = email_locale.translations(context.get("locale")).gettext(message)
-    if context.eval_ctx.autoescape:
-        text = Markup(text)
-    return text % variables
+    return _put_in(context, email_locale.translations(context.get("locale")).gettext(message), variables)
 
 
 @pass_context
 def _ngettext(context, singular: str, plural: str, n: int, /, **variables: Any) -> str:
     variables.setdefault("num", n)
-    text = email_locale.translations(context.get("locale")).ngettext(singular, plural, n)
-    if context.eval_ctx.autoescape:
-        text = Markup(text)
-    return text % variables
+    return _put_in(context, email_locale.translations(context.get("locale")).ngettext(singular, plural, n),
+                   variables)
+
+
+def _put_in(context, message: str, variables: dict[str, Any]) -> str:
+    """The translated message as a format string: escaped in HTML (its variables then are too)."""
+    return (Markup(message) if context.eval_ctx.autoescape else message) % variables
 
 
 @lru_cache(maxsize=1)

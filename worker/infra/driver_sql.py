@@ -29,23 +29,21 @@ _PLANS = "_dunning_driver_plans"       # on the statement: (itself, {(dialect, p
 _CURSOR = "dunning.driver_sql.cursor"  # in a pooled connection's info: its reused cursor
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Plan:
     sql: str
     defaults: dict[str, Any]  # the compiled statement's own values (constants bound as parameters)
     processors: tuple[tuple[str, Any], ...]  # (name, bind processor): Boolean's strict check, say
-    _names: list[list[str]] = field(default_factory=list, compare=False, repr=False)  # see column_names
+    names: list[str] | None = field(default=None, compare=False, repr=False)  # of its result, once read
 
     def column_names(self, result) -> list[str]:
         """The names of the result's columns, read from the first result only: psycopg's
         `cursor.description` builds a `Column` (its type looked up) for every column of every
         result, 34 µs for a 31-column row. Read again if the count ever differs (a `SELECT *`
-        after a column was added)."""
-        known = self._names[0] if self._names else None
-        if known is None or len(known) != result.nfields:
-            known = [result.fname(i).decode() for i in range(result.nfields)]
-            self._names[:] = [known]
-        return known
+        after a column was added); a new list, so a result already holding the old one keeps it."""
+        if self.names is None or len(self.names) != result.nfields:
+            self.names = [result.fname(i).decode() for i in range(result.nfields)]
+        return self.names
 
     def bind(self, params: dict[str, Any]) -> dict[str, Any]:
         """The driver's parameters: the statement's own values, then `params`, processed."""
