@@ -51,8 +51,9 @@ def measure(checkout: Path, events: int) -> dict[str, float]:
     name = "bench_inprocess_" + uuid.uuid4().hex[:10]
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    fake, fake_url = sendgrid_fake()
+    fake = None
     try:
+        fake, fake_url = sendgrid_fake()  # inside the try: a fake that fails to start leaves no database behind
         import falcon.testing
 
         from config.settings import load_settings
@@ -90,7 +91,8 @@ def measure(checkout: Path, events: int) -> dict[str, float]:
         runtime.db.dispose()
         return result
     finally:
-        fake.kill()
+        if fake is not None:
+            fake.kill()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

@@ -3,7 +3,9 @@
 `capture(engine)` is bench/sql_trace.py's recorder (SQLAlchemy's begin/commit/rollback and
 before_cursor_execute events on this thread: the one the floor benchmark replays), read as the
 statement texts per transaction. A transaction that ran nothing is not counted (SQLAlchemy's
-autobegin with nothing run sends nothing); one still open when the block ends is.
+autobegin with nothing run sends nothing); one still open when the block ends is. A statement run
+in autocommit (`Database.autocommit()`, or outside any begin) commits on its own: it is counted as
+`loose`, not as a transaction (it costs no BEGIN and COMMIT round trips).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from bench.sql_trace import tracing
 @dataclass
 class Captured:
     transactions: list[list[str]] = field(default_factory=list)  # statements, per transaction
-    loose: list[str] = field(default_factory=list)  # statements outside any begin (autocommit)
+    loose: list[str] = field(default_factory=list)  # statements committed on their own (autocommit)
 
     @property
     def statements(self) -> list[str]:
@@ -43,7 +45,7 @@ def capture(engine):
         finally:
             for tx in trace.take():
                 texts = [sql for sql, _parameters, _many in tx.statements]
-                if tx.begun:
+                if tx.begun and not tx.autocommit:
                     got.transactions.append(texts)
                 else:
                     got.loose += texts

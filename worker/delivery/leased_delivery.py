@@ -62,8 +62,9 @@ class Leased:
             id=row["id"], status=row["status"], attempts=row["attempts"]).rowcount)
 
     def finish(self, db, row_id: str, attempt: int, **values) -> None:
-        """Record the outcome, only if the row is still ours (same claim: status sending, same attempt)."""
-        with db.transaction() as conn:
+        """Record the outcome, only if the row is still ours (same claim: status sending, same attempt).
+        One statement, committed on its own (autocommit: no round trips for BEGIN and COMMIT)."""
+        with db.autocommit() as conn:
             db.update_by(conn, db.table(self.table), values, id=row_id, status="sending", attempts=attempt)
 
     def retry_later(self, db, row_id: str, attempt: int, created_at: datetime, error: str, bound,
