@@ -24,14 +24,16 @@ retries once more. At most `max_immediate_retries_per_day` (policy, default 3) p
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, desc, func, select, update
+from sqlalchemy import Table, bindparam, desc, func, select, update
 
 from handlers import dedupe_keys
 from handlers.context import HandlerContext, StripeEvent
 from handlers.dunning import OPEN_STATES
+from worker.pure.sql_terms import one_of
 from handlers.stripe_objects import card_details, dig, expandable_id
 from worker.pure.ids import new_id
 
@@ -131,19 +133,26 @@ def record_card(ctx: HandlerContext, event: StripeEvent, customer_id: str, payme
 
 def known_details(ctx: HandlerContext, customer_id: str, payment_method_id: str) -> dict[str, Any] | None:
     """The card details of the latest row that knew them (an event naming only the id gets them)."""
-    cards = ctx.table("cards")
-    row = ctx.conn.execute(
-        select(cards).where(cards.c.customer_id == customer_id,
-                            cards.c.payment_method_id == payment_method_id,
-                            cards.c.last4.is_not(None))
-        .order_by(desc(cards.c.recorded_at), desc(cards.c.id)).limit(1)).mappings().first()
+    row = ctx.db.run(ctx.conn, _latest_known_card(ctx.table("cards")),
+                     {"b_customer": customer_id, "b_payment_method": payment_method_id}).mappings().first()
     return {key: row[key] for key in CARD_FIELDS} if row else None
 
 
+@functools.lru_cache(maxsize=16)
+def _latest_known_card(cards: Table):
+    return (select(*(cards.c[key] for key in CARD_FIELDS))
+            .where(cards.c.customer_id == bindparam("b_customer"),
+                   cards.c.payment_method_id == bindparam("b_payment_method"), cards.c.last4.is_not(None))
+            .order_by(desc(cards.c.recorded_at), desc(cards.c.id)).limit(1))
+
+
 def default_payment_method(ctx: HandlerContext, customer_id: str) -> str | None:
-    customers = ctx.table("customers")
-    return ctx.conn.execute(select(customers.c.default_payment_method)
-                            .where(customers.c.id == customer_id)).scalar()
+    return ctx.db.run(ctx.conn, _default_payment_method(ctx.table("customers")), {"b_customer": customer_id}).scalar()
+
+
+@functools.lru_cache(maxsize=16)
+def _default_payment_method(customers: Table):
+    return select(customers.c.default_payment_method).where(customers.c.id == bindparam("b_customer"))
 
 
 def _card_changed(previous: dict) -> bool:
@@ -162,26 +171,20 @@ def retry_if_default(ctx: HandlerContext, customer_id: str, payment_method_id: s
 def schedule_retries(ctx: HandlerContext, customer_id: str, payment_method_id: str, *,
                      renewed: bool = False) -> list[str]:
     """One card_retries row per unpaid invoice in dunning (one per card version), enqueued after commit."""
-    cases, invoices = ctx.table("cases"), ctx.table("invoices")
-    found = ctx.conn.execute(
-        select(cases.c.id, cases.c.invoice_id)
-        .select_from(cases.join(invoices, invoices.c.id == cases.c.invoice_id))
-        .where(and_(cases.c.customer_id == customer_id, cases.c.state.in_(OPEN_STATES),
-                    invoices.c.status == "open"))
-        .order_by(cases.c.opened_at)).all()
+    cases, retries = ctx.table("cases"), ctx.table("card_retries")
+    found = ctx.db.run(ctx.conn, _unpaid_cases(cases, ctx.table("invoices")), {"b_customer": customer_id}).all()
     scheduled = []
-    retries = ctx.table("card_retries")
     expiry = card_expiry(known_details(ctx, customer_id, payment_method_id))
     for case_id, invoice_id in found:
         # the case row lock serializes two card events of one customer (PostgreSQL): the version
         # check below then sees the other's retry (a unique key alone cannot, versions differ)
-        ctx.conn.execute(ctx.db.lock(select(ctx.table("cases").c.id).where(ctx.table("cases").c.id == case_id)))
-        tried = ctx.conn.execute(select(retries.c.card_expiry).where(
-            retries.c.invoice_id == invoice_id, retries.c.payment_method_id == payment_method_id)).scalars()
-        if any(_same_version(tried_expiry, expiry, renewed) for tried_expiry in tried):
+        ctx.db.run(ctx.conn, ctx.db.lock(_case_id(cases)), {"b_case": case_id})
+        tried = ctx.db.run(ctx.conn, _tried_expiries(retries),
+                           {"b_invoice": invoice_id, "b_payment_method": payment_method_id}).all()
+        if any(_same_version(tried_expiry, expiry, renewed) for (tried_expiry,) in tried):
             continue  # this card version was tried on this invoice already
-        recent = ctx.conn.execute(select(func.count()).select_from(retries).where(
-            retries.c.invoice_id == invoice_id, retries.c.created_at > ctx.now - timedelta(hours=24))).scalar()
+        recent = ctx.db.run(ctx.conn, _retries_since(retries),
+                            {"b_invoice": invoice_id, "b_since": ctx.now - timedelta(hours=24)}).scalar()
         if recent >= ctx.policy.max_immediate_retries_per_day:
             if ctx.log is not None:
                 ctx.log.warning("card_retry.daily_limit", case_id=case_id, invoice_id=invoice_id,
@@ -198,15 +201,47 @@ def schedule_retries(ctx: HandlerContext, customer_id: str, payment_method_id: s
             continue
         # The decline on the case was about the card before this version: emails must not keep
         # saying "expired" about a card that was just renewed (a new decline sets it again).
-        cases_t = ctx.table("cases")
-        ctx.conn.execute(update(cases_t).where(cases_t.c.id == case_id).values(
-            last_failure_code=None, last_failure_message=None, version=cases_t.c.version + 1, updated_at=ctx.now))
+        ctx.db.run(ctx.conn, _forget_decline(cases), {"b_case": case_id, "b_now": ctx.now})
         scheduled.append(retry_id)
         ctx.effects.retry_invoice(ctx, retry_id)  # the Stripe job, queued once this transaction commits
         if ctx.log is not None:
             ctx.log.info("card_retry.scheduled", case_id=case_id, invoice_id=invoice_id,
                          payment_method_id=payment_method_id, retry_id=retry_id)
     return scheduled
+
+
+@functools.lru_cache(maxsize=16)
+def _unpaid_cases(cases: Table, invoices: Table):
+    """(case id, invoice id) of the customer's open cases whose invoice is still open, oldest first."""
+    return (select(cases.c.id, cases.c.invoice_id)
+            .select_from(cases.join(invoices, invoices.c.id == cases.c.invoice_id))
+            .where(cases.c.customer_id == bindparam("b_customer"), one_of(cases.c.state, OPEN_STATES),
+                   invoices.c.status == "open")
+            .order_by(cases.c.opened_at, cases.c.id))
+
+
+@functools.lru_cache(maxsize=16)
+def _case_id(cases: Table):
+    return select(cases.c.id).where(cases.c.id == bindparam("b_case"))
+
+
+@functools.lru_cache(maxsize=16)
+def _tried_expiries(retries: Table):
+    return select(retries.c.card_expiry).where(retries.c.invoice_id == bindparam("b_invoice"),
+                                               retries.c.payment_method_id == bindparam("b_payment_method"))
+
+
+@functools.lru_cache(maxsize=16)
+def _retries_since(retries: Table):
+    return select(func.count()).select_from(retries).where(retries.c.invoice_id == bindparam("b_invoice"),
+                                                           retries.c.created_at > bindparam("b_since"))
+
+
+@functools.lru_cache(maxsize=16)
+def _forget_decline(cases: Table):
+    return update(cases).where(cases.c.id == bindparam("b_case")).values(
+        last_failure_code=None, last_failure_message=None, version=cases.c.version + 1,
+        updated_at=bindparam("b_now"))
 
 
 def _same_version(tried: str | None, new: str, renewed: bool) -> bool:
@@ -241,8 +276,7 @@ def send_card_expiring(ctx: HandlerContext, customer_id: str, card: dict[str, An
 
     if not card.get("exp_month") or not card.get("exp_year"):
         return None
-    customers = ctx.table("customers")
-    customer = ctx.conn.execute(select(customers).where(customers.c.id == customer_id)).mappings().first()
+    customer = ctx.db.row_by(ctx.conn, ctx.table("customers"), id=customer_id)
     if customer is None or customer["deleted"] or not has_active_subscription(ctx, customer_id):
         return None
     from worker.pure.json_text import loads

@@ -23,6 +23,7 @@ from handlers.context import HandlerContext
 from worker.pure.clock import utcnow
 from worker.pure.ids import new_id
 from worker.pure.message_log import bind_case
+from worker.pure.sql_terms import one_of
 
 log = structlog.get_logger("handlers.dunning")
 
@@ -191,12 +192,22 @@ def _record(ctx: HandlerContext, case_id: str, from_state: str | None, to_state:
         "event_id": event_id, "step": step, "at": utcnow()})  # the real instant: orders two transitions of one transaction
 
 
+@functools.lru_cache(maxsize=16)
+def open_cases_of_customer(cases: Table):
+    """The ids of the customer's open cases (oldest first), built once: run with `b_customer`."""
+    return (select(cases.c.id).where(cases.c.customer_id == bindparam("b_customer"), one_of(cases.c.state, OPEN_STATES))
+            .order_by(cases.c.opened_at, cases.c.id))
+
+
 def open_cases_of_account(ctx: HandlerContext, account_id: str, *, exclude: str | None = None) -> list[dict]:
-    cases = ctx.table("cases")
-    stmt = select(cases).where(cases.c.account_id == account_id, cases.c.state.in_(OPEN_STATES))
-    if exclude:
-        stmt = stmt.where(cases.c.id != exclude)
-    return [dict(r) for r in ctx.conn.execute(stmt.order_by(cases.c.id)).mappings()]
+    rows = ctx.db.run(ctx.conn, _open_cases_of_account(ctx.table("cases")), {"b_account": account_id}).mappings()
+    return [dict(r) for r in rows.all() if r["id"] != exclude]
+
+
+@functools.lru_cache(maxsize=16)
+def _open_cases_of_account(cases: Table):
+    return (select(cases).where(cases.c.account_id == bindparam("b_account"), one_of(cases.c.state, OPEN_STATES))
+            .order_by(cases.c.id))
 
 
 def step_due_at(first_failed_at: datetime, day: int) -> datetime:

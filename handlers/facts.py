@@ -7,9 +7,10 @@ stick whatever arrives later: an invoice that was paid cannot fail again.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 
 from handlers.context import HandlerContext
 from handlers.stripe_objects import (
@@ -56,9 +57,15 @@ def _upsert(ctx: HandlerContext, table_name: str, row_id: str, values: dict[str,
     values = {**values, "source_created": created, "updated_at": ctx.now}
     inserted = ctx.db.insert_new(ctx.conn, table, {"id": row_id, **values}, "id")
     if not inserted:
-        ctx.conn.execute(update(table).where(table.c.id == row_id, table.c.source_created <= created)
-                         .values(**values))
+        ctx.db.run(ctx.conn, _update_unless_newer(table), {**values, "w_id": row_id, "w_created": created})
     forget(ctx, table_name, row_id)
+
+
+@functools.lru_cache(maxsize=16)
+def _update_unless_newer(table: Table):
+    """UPDATE of the row by id unless it holds a newer fact; built once (the SET columns are the
+    parameters' names: SQLAlchemy compiles each set once)."""
+    return update(table).where(table.c.id == bindparam("w_id"), table.c.source_created <= bindparam("w_created"))
 
 
 def upsert_customer(ctx: HandlerContext, customer: dict, created: int) -> None:
@@ -96,11 +103,10 @@ def ensure_customer(ctx: HandlerContext, customer_id: str, name: str | None, cre
     """
     if customer_id == ctx.held_customer:  # its row exists, held by this transaction (processing)
         return
-    table = ctx.table("customers")
-    ctx.conn.execute(ctx.db.insert_ignore(table, {
+    ctx.db.insert_new(ctx.conn, ctx.table("customers"), {
         "id": customer_id, "email": None, "name": name, "metadata": "{}",
         "deleted": False, "source_created": 0, "updated_at": ctx.now,
-    }, "id"))
+    }, "id")
 
 
 def ensure_subscription(ctx: HandlerContext, subscription_id: str, customer_id: str,
@@ -116,7 +122,7 @@ def ensure_subscription(ctx: HandlerContext, subscription_id: str, customer_id: 
     row = {"id": subscription_id, "customer_id": customer_id, "status": None, "metadata": dumps(metadata),
            "source_created": 0, "updated_at": ctx.now}
     if not hold:
-        ctx.conn.execute(ctx.db.insert_ignore(table, row, "id"))
+        ctx.db.insert_new(ctx.conn, table, row, "id")
         return
     remember(ctx, "subscriptions", ctx.db.insert_or_lock(ctx.conn, table, row, "id", "updated_at"))
 
@@ -189,19 +195,22 @@ def load(ctx: HandlerContext, table_name: str, row_id: str | None) -> dict | Non
         return None
     if table_name in KEPT_TABLES and (kept := remembered(ctx, table_name, row_id)) is not None:
         return kept
-    table = ctx.table(table_name)
-    row = ctx.conn.execute(select(table).where(table.c.id == row_id)).mappings().first()
+    row = ctx.db.row_by(ctx.conn, ctx.table(table_name), id=row_id)
     if row is not None and table_name in KEPT_TABLES:
         return remember(ctx, table_name, row)
-    return dict(row) if row else None
+    return row
 
 
 def is_erased(conn, tables, customer_id: str | None) -> bool:
     """True once the customer was erased (an `erasures` row): what Stripe still holds never comes back."""
     if not customer_id:
         return False
-    erasures = tables["erasures"]
-    return conn.execute(select(erasures.c.customer_id).where(erasures.c.customer_id == customer_id)).first() is not None
+    return conn.execute(_erasure_of(tables["erasures"]), {"b_customer": customer_id}).first() is not None
+
+
+@functools.lru_cache(maxsize=16)
+def _erasure_of(erasures: Table):
+    return select(erasures.c.customer_id).where(erasures.c.customer_id == bindparam("b_customer"))
 
 
 def erased_in(ctx: HandlerContext, customer_id: str | None) -> bool:
@@ -212,7 +221,8 @@ def erased_in(ctx: HandlerContext, customer_id: str | None) -> bool:
     commit), or any customer on SQLite (one writer at a time)."""
     if customer_id in ctx.erased:
         return ctx.erased[customer_id]
-    erased = is_erased(ctx.conn, ctx.db.tables, customer_id)
+    erased = bool(customer_id) and ctx.db.run(ctx.conn, _erasure_of(ctx.table("erasures")),
+                                              {"b_customer": customer_id}).first() is not None
     if customer_id and (customer_id == ctx.held_customer or ctx.db.is_sqlite):
         ctx.erased[customer_id] = erased
     return erased

@@ -54,6 +54,9 @@ class Store(Protocol):
                   **equal: Any) -> Any:
         """UPDATE ... SET values WHERE each `equal` column equals its value (RETURNING the rows)."""
 
+    def row_by(self, conn: Connection, table: Table, **equal: Any) -> dict[str, Any] | None:
+        """The row WHERE each `equal` column equals its value, as a dict; None when there is none."""
+
 
 class Effects(Protocol):
     """Effects of a decision: rows written in the handler's transaction, their work queued after commit.

@@ -18,10 +18,11 @@ the owner the messages in-app), and `dunning stats`, /metrics and `dunning cases
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import or_, select
+from sqlalchemy import Table, bindparam, or_, select
 
 from handlers import dunning
 from handlers import dedupe_keys
@@ -40,17 +41,19 @@ class ReleaseError(Exception):
 
 def owner_address(ctx: HandlerContext, customer_id: str) -> str | None:
     """The owner of record's address per the policy, or None when there is no deliverable one."""
-    customers = ctx.table("customers")
-    row = ctx.conn.execute(select(customers).where(customers.c.id == customer_id)).mappings().first()
-    return ctx.effects.recipient(ctx.policy, dict(row) if row else None)
+    return ctx.effects.recipient(ctx.policy, ctx.db.row_by(ctx.conn, ctx.table("customers"), id=customer_id))
 
 
 def _rejected(ctx: HandlerContext, case: dict, address: str) -> bool:
     """True when the provider refused mail of this case to this very address (permanently, or for 3 days)."""
-    emails = ctx.table("emails")
-    return ctx.conn.execute(select(emails.c.id).where(
-        emails.c.case_id == case["id"], emails.c.recipient == address, emails.c.status == "failed")
-        .limit(1)).first() is not None
+    return ctx.db.run(ctx.conn, _failed_email_to(ctx.table("emails")),
+                      {"b_case": case["id"], "b_address": address}).first() is not None
+
+
+@functools.lru_cache(maxsize=16)
+def _failed_email_to(emails: Table):
+    return (select(emails.c.id).where(emails.c.case_id == bindparam("b_case"), emails.c.recipient == bindparam("b_address"),
+                                      emails.c.status == "failed").limit(1))
 
 
 def refresh(ctx: HandlerContext, case: dict, *, reason_if_unreachable: str = "no deliverable owner address") -> dict:
@@ -74,10 +77,9 @@ def owner_known(ctx: HandlerContext, customer_id: str) -> None:
     """
     if owner_address(ctx, customer_id) is None:
         return
-    cases = ctx.table("cases")
-    for row in ctx.conn.execute(select(cases.c.id).where(cases.c.customer_id == customer_id,
-                                                         cases.c.state.in_(dunning.OPEN_STATES))).all():
-        case = dunning.lock_case(ctx, case_id=row.id)
+    for (case_id,) in ctx.db.run(ctx.conn, dunning.open_cases_of_customer(ctx.table("cases")),
+                                 {"b_customer": customer_id}).all():
+        case = dunning.lock_case(ctx, case_id=case_id)
         if case["owner_unreachable"]:
             case = refresh(ctx, case)
         first = ctx.policy.schedule_named(case["schedule"]).step(0)

@@ -28,10 +28,11 @@ Times are the scheduler's (`as_of`, what `dunning tick --at` sets), not the work
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 
 from handlers import accounts, dunning, reachability
 from handlers import dedupe_keys
@@ -221,12 +222,15 @@ def _step_email(ctx: HandlerContext, case: dict, index: int) -> dict | None:
 
 def step_email(ctx, case_id: str, index: int) -> dict | None:
     """The email row that satisfied the case's step, whichever invoice's email it was."""
-    steps, emails = ctx.table("email_steps"), ctx.table("emails")
     key = dedupe_keys.email_step(case_id, index)
-    email_id = ctx.conn.execute(select(steps.c.email_id).where(steps.c.dedupe_key == key)).scalar()
-    where = emails.c.id == email_id if email_id else emails.c.dedupe_key == key
-    row = ctx.conn.execute(select(emails).where(where)).mappings().first()
-    return dict(row) if row else None
+    email_id = ctx.db.run(ctx.conn, _step_email_id(ctx.table("email_steps")), {"b_key": key}).scalar()
+    emails = ctx.table("emails")
+    return ctx.db.row_by(ctx.conn, emails, id=email_id) if email_id else ctx.db.row_by(ctx.conn, emails, dedupe_key=key)
+
+
+@functools.lru_cache(maxsize=16)
+def _step_email_id(steps: Table):
+    return select(steps.c.email_id).where(steps.c.dedupe_key == bindparam("b_key"))
 
 
 def move_disruption(ctx: HandlerContext, case: dict, new_date: datetime) -> dict:

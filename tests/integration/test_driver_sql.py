@@ -7,7 +7,8 @@ import pytest
 from sqlalchemy import bindparam, event, select, text
 from sqlalchemy.exc import DataError, OperationalError
 
-from worker.infra.db import DatabaseUnavailable, one_of
+from worker.infra.db import DatabaseUnavailable
+from worker.pure.sql_terms import one_of
 from worker.infra.driver_sql import DriverResult, run
 from worker.pure.clock import utcnow
 

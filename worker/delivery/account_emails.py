@@ -39,7 +39,7 @@ from babel.numbers import format_decimal
 from sqlalchemy import and_, bindparam, func, or_, select, text, update
 
 from handlers import dedupe_keys
-from worker.infra.db import one_of
+from worker.pure.sql_terms import one_of
 from worker.infra.driver_sql import run
 from worker.pure.clock import utcnow
 from worker.pure.money import DEFAULT_LOCALE, exponent, format_amount_with_code, to_major

@@ -36,7 +36,7 @@ from handlers import dedupe_keys
 from worker.pure.clock import utcnow
 from worker.delivery.emails import one_line
 from worker.delivery.leased_delivery import Leased
-from worker.infra.db import none_of
+from worker.pure.sql_terms import none_of
 from worker.infra.driver_sql import run
 from worker.pure.message_log import bind_ids_of
 from worker.observe.logs import mask_email

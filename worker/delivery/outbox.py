@@ -12,13 +12,14 @@ to an address taken from anywhere else.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from handlers.dunning import DISRUPTED, DISRUPTION_SCHEDULED
 from handlers.dedupe_keys import PAYMENT_RECEIVED, STEP, EmailKey
@@ -271,11 +272,7 @@ def _next_seq(ctx, account_id: str, customer_id: str, subscription_id: str | Non
         "id": account_id, "customer_id": customer_id, "subscription_id": subscription_id,
         "status": "active", "notice_seq": 0, "updated_at": utcnow(),
     }, "id")
-    seq = int(ctx.conn.execute(
-        update(accounts).where(accounts.c.id == account_id)
-        .values(notice_seq=accounts.c.notice_seq + 1)
-        .returning(accounts.c.notice_seq)
-    ).scalar_one())
+    seq = int(ctx.db.run(ctx.conn, _next_notice_seq(accounts), {"b_account": account_id}).one()[0])
     kept = ctx.rows.get(("accounts", account_id))
     if kept is not None:  # the copy handlers.accounts.lock_account keeps
         kept["notice_seq"] = seq
@@ -306,9 +303,19 @@ def _check_template(ctx, template: str, extra: dict | None) -> None:
     check_extra(template, extra)
 
 
+@functools.lru_cache(maxsize=16)
+def _next_notice_seq(accounts):
+    return (update(accounts).where(accounts.c.id == bindparam("b_account"))
+            .values(notice_seq=accounts.c.notice_seq + 1).returning(accounts.c.notice_seq))
+
+
 def _exists(ctx, table_name: str, dedupe_key: str) -> bool:
-    table = ctx.table(table_name)
-    return ctx.conn.execute(select(table.c.id).where(table.c.dedupe_key == dedupe_key)).first() is not None
+    return ctx.db.run(ctx.conn, _id_by_dedupe_key(ctx.table(table_name)), {"b_key": dedupe_key}).first() is not None
+
+
+@functools.lru_cache(maxsize=16)
+def _id_by_dedupe_key(table):
+    return select(table.c.id).where(table.c.dedupe_key == bindparam("b_key"))
 
 
 def _load(ctx, table_name: str, row_id: str | None) -> dict | None:
@@ -319,9 +326,7 @@ def _load(ctx, table_name: str, row_id: str | None) -> dict | None:
     kept = remembered(ctx, table_name, row_id)
     if kept is not None:
         return kept
-    table = ctx.table(table_name)
-    row = ctx.conn.execute(select(table).where(table.c.id == row_id)).mappings().first()
-    return dict(row) if row else None
+    return ctx.db.row_by(ctx.conn, ctx.table(table_name), id=row_id)
 
 
 def _as_dict(value: Any) -> dict:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import Connection, Engine, MetaData, Table, bindparam, create_engine, event, literal, text, update
+from sqlalchemy import Connection, Engine, MetaData, Table, bindparam, create_engine, event, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import CompileError, DBAPIError, OperationalError
 from sqlalchemy.sql import ClauseElement
@@ -227,6 +227,15 @@ class Database:
         params.update((f"w_{name}", value) for name, value in equal.items())
         return run(conn, stmt, params)
 
+    def row_by(self, conn: Connection, table: Table, **equal: Any) -> dict[str, Any] | None:
+        """The row WHERE each `equal` column = its value (the first, when several match), as a dict;
+        None when there is none. The SELECT is built once per table and WHERE columns."""
+        def build(table: Table):
+            return select(table).where(*(table.c[name] == bindparam(f"w_{name}") for name in equal))
+        stmt = self._built_once(table, ("row_by", tuple(equal)), build)
+        row = run(conn, stmt, {f"w_{name}": value for name, value in equal.items()}).mappings().first()
+        return dict(row) if row is not None else None
+
     def _insert_new_statement(self, table: Table, keys: tuple[str, ...]):
         """`insert_new`'s INSERT ... ON CONFLICT DO NOTHING RETURNING the key, built once per table and key."""
         def build(table: Table):
@@ -337,17 +346,6 @@ def _column_names(table: Table) -> frozenset[str]:
     return frozenset(table.c.keys())
 
 
-def one_of(column, values):
-    """`column IN (...)` over a fixed set of values, each its own bound parameter: SQLAlchemy's
-    default (an "expanding" IN) re-renders the statement's SQL on every execution."""
-    return column.in_([literal(value, column.type) for value in values])
-
-
-def none_of(column, values):
-    """`column NOT IN (...)` over a fixed set of values (see one_of)."""
-    return column.not_in([literal(value, column.type) for value in values])
-
-
 @contextmanager
 def _unavailable_when_lost() -> Iterator[None]:
     """A lost or refused connection raised as DatabaseUnavailable (callers answer 503 or retry)."""
@@ -383,7 +381,7 @@ def about_case(table: Table, invoice_id: str, case_id: str | None):
     """WHERE clause for a case's rows of an outbox-like table (emails, platform notices): those
     naming its invoice, or its case when there is one (account-level rows carry only the case),
     and the account emails that covered one of its steps (email_steps, issue 14)."""
-    from sqlalchemy import or_, select
+    from sqlalchemy import or_
     clause = table.c.invoice_id == invoice_id
     if not case_id:
         return clause

@@ -39,7 +39,7 @@ from worker.privacy.erasure import after_handler, hold_customer
 from worker.intake.event_store import load_event
 from worker.observe.log_context import ids_from_event_object
 from worker.pure.message_log import bind_in_message
-from worker.infra.db import none_of
+from worker.pure.sql_terms import none_of
 from worker.infra.driver_sql import run
 from worker.infra.unit_of_work import unit_of_work
 

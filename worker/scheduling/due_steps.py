@@ -63,8 +63,8 @@ def run_due_steps(runtime, case_id: str, as_of: datetime) -> int:
         with unit_of_work(runtime, log=log, as_of=as_of) as ctx:
             case = dunning.lock_case(ctx, case_id=case_id)
             if ran == 0 and case is not None and case.get("steps_enqueued_at") is not None:
-                cases = runtime.db.table("cases")  # this message ran: the scheduler may queue the next
-                ctx.conn.execute(update(cases).where(cases.c.id == case_id).values(steps_enqueued_at=None))
+                # this message ran: the scheduler may queue the next
+                runtime.db.update_by(ctx.conn, runtime.db.table("cases"), {"steps_enqueued_at": None}, id=case_id)
             if not is_due(case, as_of):
                 break
             if facts is not None:
@@ -76,10 +76,9 @@ def run_due_steps(runtime, case_id: str, as_of: datetime) -> int:
 
 
 def _peek(runtime, case_id: str) -> dict | None:
-    cases = runtime.db.table("cases")
     with runtime.db.reading() as conn:
-        row = conn.execute(select(cases).where(cases.c.id == case_id)).mappings().first()
+        row = runtime.db.row_by(conn, runtime.db.table("cases"), id=case_id)
     if row is None:
         return None
     bind_case(row)  # the message's lines name the case it runs (from this read: no lookup of its own)
-    return dict(row)
+    return row

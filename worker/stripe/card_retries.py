@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from handlers import dedupe_keys
 from handlers.cards import known_details
@@ -215,8 +215,6 @@ def _finish(runtime, retry, status: str, *, last_error: str | None = None) -> st
 def _load(runtime, table_name: str, row_id: str | None) -> dict | None:
     if not row_id:
         return None
-    table = runtime.db.table(table_name)
     with runtime.db.reading() as conn:
-        row = conn.execute(select(table).where(table.c.id == row_id)).mappings().first()
-    return dict(row) if row else None
+        return runtime.db.row_by(conn, runtime.db.table(table_name), id=row_id)
 
