@@ -223,7 +223,7 @@ def measure_e2e(run, fake) -> dict:
     try:
         # Warm-up (not timed): the customers, and failures the batch's paid events will settle.
         customers = [factory.new_customer_id() for _ in range(max(5, min(200, cfg.e2e_events // 4)))]
-        settle_count = int(cfg.e2e_events * 0.25) + 6
+        settle_count = int(cfg.e2e_events * 0.25) + 2 * cfg.worker_processes + 4  # the kinds warm-up pays some
         warm_failures = [factory.payment_failed(customers[i % len(customers)]) for i in range(settle_count)]
         warm = Batch([factory.customer_created(c) for c in customers] + warm_failures)
         run.load("e2e-warmup", port=port, mode="closed", duration=600, concurrency=cfg.concurrency,
@@ -234,14 +234,16 @@ def measure_e2e(run, fake) -> dict:
         if warm_out["payment_failed_emails"] == 0:
             result.update(status=NA, reason=_why_no_emails(warm_out, fake))
             return result
-        # Every other event type once too, so first-use imports and caches are not timed.
-        last = warm_failures[-1]
-        kinds = Batch([factory.paid(last.customer_id, last.invoice_id), factory.customer_updated(customers[0]),
-                       factory.card_attached(customers[1 % len(customers)])])
+        # Every other event type too, so first-use imports and caches are not timed: twice per worker
+        # process (which process takes a message is the broker's choice), each with its own customers.
+        rounds = 2 * cfg.worker_processes
+        kinds = Batch([event for i, last in enumerate(warm_failures[-rounds:]) for event in (
+            factory.paid(last.customer_id, last.invoice_id), factory.customer_updated(customers[i % len(customers)]),
+            factory.card_attached(customers[(i + 1) % len(customers)]))])
         run.load("e2e-warmup-kinds", port=port, mode="closed", duration=600, concurrency=cfg.concurrency,
                  bodies_file=kinds.write(run.dir / "warmup-kinds.jsonl"))
         wait_batch(db, stored_only(db, kinds), fake, checks, 120, 0)
-        settle = [(p.customer_id, p.invoice_id) for p in warm_failures[:-1]]
+        settle = [(p.customer_id, p.invoice_id) for p in warm_failures[:-rounds]]
 
         # Peak: the whole batch as fast as the connections allow.
         peak_batch = Batch(factory.mix(cfg.e2e_events, customers, settle))

@@ -9,9 +9,10 @@ The measure (`python bench/inprocess.py CHECKOUT N`): a fresh PostgreSQL databas
 (`BENCH_DATABASE_URL`), a stub broker, the web app called in process; N `invoice.payment_failed`
 (owners known) are POSTed (not timed), then a real dramatiq Worker with one thread drains every
 queue (timed: process CPU per event, the emails sent as in production, over HTTP to the SendGrid
-fake of bench/sendgrid_fake.py run in a child process so its CPU is not counted); then N
-`invoice.paid` of the same invoices, likewise. A first round of each warms the caches and is not
-counted. What it leaves out: Redis (the broker's round trips), gunicorn. (It used the file outbox
+fake of bench/sendgrid_fake.py run in a child process so its CPU is not counted); then N card
+changes of the same customers (a `payment_method.attached`, then a `customer.updated` making that
+card the default: the open invoice is retried; per event), then N `invoice.paid` of the same
+invoices, likewise. A first round of each warms the caches and is not counted. What it leaves out: Redis (the broker's round trips), gunicorn. (It used the file outbox
 until issue 17's sixth pass: building the MIME file there cost a quarter of the measure, a cost
 production, which sends through SendGrid's API, does not have.)
 """
@@ -31,6 +32,11 @@ ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.
 PROJECT = Path(__file__).resolve().parent.parent  # this checkout: its SendGrid fake serves either side
 _FAKE = ("import sys, time; sys.path.insert(0, sys.argv[1]); from bench.sendgrid_fake import SendGridFake; "
          "print(SendGridFake().start().url, flush=True); time.sleep(10 ** 6)")
+
+
+# What is measured, in this order: failures open the cases the card changes retry and the
+# payments close (name in the results -> kind of events).
+KINDS = {"payment_failed": "failed", "card_change": "card", "paid": "paid"}
 
 
 def sendgrid_fake() -> tuple[subprocess.Popen, str]:
@@ -57,6 +63,7 @@ def measure(checkout: Path, events: int) -> dict[str, float]:
         import falcon.testing
 
         from config.settings import load_settings
+        from tests.support import card_events as fc
         from tests.support.dunning import DAY, T0, failed, know_owner, paid
         from tests.support.helpers import drain, post_event
         from tests.support.services import base_env
@@ -71,19 +78,31 @@ def measure(checkout: Path, events: int) -> dict[str, float]:
         runtime.db.init_schema()
         client = falcon.testing.TestClient(create_app(runtime))
 
+        def of_kind(kind: str, tag: str, i: int) -> list[dict]:
+            ids = {"customer": f"cus_{tag}_{i}", "subscription": f"sub_{tag}_{i}"}
+            if kind == "failed":
+                return [failed(f"in_{tag}_{i}", **ids)]
+            if kind == "card":  # a new card, then it becomes the default: the open case's invoice is retried
+                return [fc.pm_attached(f"pm_{tag}_{i}", ids["customer"], created=T0 + DAY),
+                        fc.customer_updated(ids["customer"], default_pm=f"pm_{tag}_{i}", previous_default=None,
+                                            created=T0 + DAY + 1)]
+            return [paid(f"in_{tag}_{i}", created=T0 + 9 * DAY, **ids)]
+
         def timed(kind: str, tag: str) -> float:
+            """Process CPU per event of this kind (a card change is two events)."""
+            posted = 0
             for i in range(events):
-                ids = {"customer": f"cus_{tag}_{i}", "subscription": f"sub_{tag}_{i}"}
-                event = (failed(f"in_{tag}_{i}", **ids) if kind == "failed"
-                         else paid(f"in_{tag}_{i}", created=T0 + 9 * DAY, **ids))
-                know_owner(runtime, event)
-                assert post_event(client, event).status_code == 200
+                for event in of_kind(kind, tag, i):
+                    know_owner(runtime, event)
+                    assert post_event(client, event).status_code == 200
+                    posted += 1
             started = time.process_time()
             drain(runtime, threads=1, timeout=600)
-            return (time.process_time() - started) / events * 1000
+            return (time.process_time() - started) / posted * 1000
 
-        timed("failed", "warm"), timed("paid", "warm")
-        result = {"payment_failed": timed("failed", "run"), "paid": timed("paid", "run")}
+        for kind in KINDS.values():
+            timed(kind, "warm")
+        result = {name: timed(kind, "run") for name, kind in KINDS.items()}
         with runtime.db.engine.connect() as conn:  # every email went out through the fake
             statuses = dict(conn.execute(text("SELECT status, count(*) FROM emails GROUP BY status")).all())
         if set(statuses) != {"sent"}:
@@ -102,7 +121,7 @@ def _run(checkout: Path, events: int) -> dict[str, float]:
     python = checkout / ".venv" / "bin" / "python"
     out = subprocess.run([str(python), __file__, str(checkout), str(events)], check=True,
                          capture_output=True, text=True).stdout
-    return {key: float(value) for key, value in (part.split("=") for part in out.split()[-2:])}
+    return {key: float(value) for key, value in (part.split("=") for part in out.split() if "=" in part)}
 
 
 def main() -> None:
@@ -112,7 +131,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--events", type=int, default=200)
     args = parser.parse_args()
-    ratios: dict[str, list[float]] = {"payment_failed": [], "paid": []}
+    ratios: dict[str, list[float]] = {name: [] for name in KINDS}
     for pair in range(1, args.pairs + 1):
         order = [("old", args.old), ("new", args.new)]
         if pair % 2 == 0:

@@ -104,5 +104,9 @@ def web_app():
 
 
 def worker_setup() -> None:
-    """Entry for the dramatiq CLI: `dramatiq worker.runtime:worker_setup worker.runtime`."""
-    setup()
+    """Entry for the dramatiq CLI: `dramatiq worker.runtime:worker_setup worker.runtime`.
+
+    The email templates are compiled here, in each worker process, before it takes a message."""
+    runtime = setup()
+    from worker.delivery.emails import compile_all
+    compile_all(runtime.settings.email_templates_dir)

@@ -77,3 +77,21 @@ def test_dunning_run_exits_with_one_line_naming_the_misspelt_step_email(tmp_path
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("configuration error: ") and "names email 'remider'" in lines[0]
     assert "known: action-required," in lines[0]
+
+
+def test_a_template_that_does_not_compile_stops_start_up_naming_its_file_and_line(tmp_path):
+    """An EMAIL_TEMPLATES_DIR file Jinja2 cannot compile stops `dunning run` and `dunning worker`
+    at start-up, with one line naming the file and line, rather than failing every email that uses
+    it (the worker processes compile every template as they start: issue 17)."""
+    override = tmp_path / "templates"
+    (override / "reminder").mkdir(parents=True)
+    (override / "reminder" / "subject.txt").write_text("Reminder\n{% if %}unpaid{% endif %}\n")
+    (override / "NOTES.md").write_text("not a template: {% if %}\n")  # only .txt and .html are templates
+    environ = {**base_env(tmp_path), "EMAIL_TEMPLATES_DIR": str(override), "REDIS_URL": "redis://127.0.0.1:6379/0"}
+    for command in (["run"], ["worker", "--processes", "1", "--threads", "1"]):
+        done = subprocess.run([DUNNING, *command], env=environ, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr[-2000:]
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, done.stderr
+        assert lines[0].startswith("configuration error: "), lines[0]
+        assert f"{override / 'reminder' / 'subject.txt'}, line 2: " in lines[0], lines[0]

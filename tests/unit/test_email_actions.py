@@ -333,3 +333,21 @@ def test_the_warning_states_the_disruption_in_the_customers_metadata_zone(make_r
     warning = [e for e in email_rows(runtime) if e["template"] == "disruption-warning"]
     assert warning and re.search(r"disrupted\.?\s", warning[0]["body_text"])
     assert re.search(r"\d{4} at \d\d:\d\d JST", warning[0]["body_text"]) and " UTC" not in warning[0]["body_text"]
+
+
+def test_compile_all_compiles_every_template_file_and_names_the_one_that_does_not(tmp_path):
+    from worker.delivery.emails import PARTS, TEMPLATES, TEMPLATES_DIR, TemplateNotCompiled, compile_all, environment
+
+    built_in = compile_all()
+    # every email's three parts, plus the files they share (_base, _macros, _invoices)
+    assert built_in >= 3 * len(TEMPLATES) + 2
+    override = tmp_path / "override"
+    (override / "reminder").mkdir(parents=True)
+    (override / "reminder" / "body.txt").write_text("{{ greeting }\n")
+    (override / "README.md").write_text("{% not a template %}\n")
+    with pytest.raises(TemplateNotCompiled, match=r"reminder/body\.txt, line 1: "):
+        compile_all(override)
+    (override / "reminder" / "body.txt").write_text("Hello\n")
+    assert compile_all(override) == built_in  # the same names: the override replaces one file
+    cached = {name for _loader, name in environment(TEMPLATES_DIR, override).cache.keys()}
+    assert {f"{email}/{part}" for email in TEMPLATES for part in PARTS} <= cached  # the first email compiles nothing

@@ -19,9 +19,11 @@ def run() -> None:
     try:
         settings = load_settings()
         from handlers.policy import load_policy
-        from worker.delivery.emails import template_names
-        # a bad policy (a misspelt email too) stops start-up here, before any process starts
+        from worker.delivery.emails import compile_all, template_names
+        # a bad policy (a misspelt email too) or a template that does not compile stops start-up
+        # here, before any process starts
         load_policy(settings.dunning_policy, template_names(settings.email_templates_dir))
+        compile_all(settings.email_templates_dir)
     except Exception as exc:
         click.echo(f"configuration error: {exc}", err=True)
         sys.exit(2)
@@ -71,6 +73,12 @@ def worker(queues: list[str], processes: int | None, threads: int | None, superv
     from worker.queue.supervisor import supervise as run_pool
     runtime = get_runtime(needs_secrets=True)  # its processes build the full runtime: fail here first
     settings = runtime.settings
+    from worker.delivery.emails import TemplateNotCompiled, compile_all
+    try:
+        compile_all(settings.email_templates_dir)  # a template that does not compile fails here, not in the pool
+    except TemplateNotCompiled as exc:
+        click.echo(f"configuration error: an email template does not compile: {exc}", err=True)
+        sys.exit(2)
     # --skip-logging: our own structlog/stdlib set-up (worker.runtime) is the only one, scrubbed.
     command = [os.path.join(os.path.dirname(sys.executable), "dramatiq"), "--skip-logging",
                "--processes", str(processes or settings.worker_processes),
