@@ -20,7 +20,8 @@ from sqlalchemy.sql import elements
 
 from tests.support import card_events as fc
 from tests.support.dunning import DAY, T0, at, drain_queues, failed, paid, tick
-from tests.support.helpers import rows
+from tests.support.fake_stripe import API_KEY
+from tests.support.helpers import drain, rows
 from worker.scheduling.due_steps import enqueue_due_steps
 
 
@@ -118,3 +119,51 @@ def test_the_second_case_through_each_step_builds_no_statement(make_runtime, bui
     assert states == {"cus_step1": "recovered", "cus_step2": "recovered"}
     restored = [n for n in rows(runtime, "platform_notices") if n["type"] == "service.restored"]
     assert len(restored) == 2
+
+
+def test_with_a_stripe_key_the_second_case_builds_no_statement(make_runtime, built, fake_stripe):
+    """As production runs, with STRIPE_API_KEY: the event's own read, the customer and payment
+    prefetches, the facts each step verifies at Stripe, the card retry's charge: the first case
+    warms each, the second case, through the same phases, builds none."""
+    runtime = make_runtime(db="postgres", STRIPE_API_KEY=API_KEY, STRIPE_API_BASE=fake_stripe.base_url)
+    for n in (1, 2):
+        fake_stripe.add_subscription(f"sub_key{n}", f"cus_key{n}", default_payment_method=f"pm_old{n}")
+        fake_stripe.add_card(f"pm_old{n}", f"cus_key{n}", declines=True)
+        fake_stripe.add_card(f"pm_new{n}", f"cus_key{n}", last4="5555", exp_month=8, exp_year=2031, declines=True)
+        fake_stripe.add_customer(f"cus_key{n}", default_payment_method=f"pm_new{n}")
+        fake_stripe.add_invoice(f"in_key{n}", f"cus_key{n}", 12000, subscription=f"sub_key{n}")
+
+    def phases(n: int):
+        customer, invoice, subscription = f"cus_key{n}", f"in_key{n}", f"sub_key{n}"
+        created = T0 + (n - 1) * 60
+        yield "customer.created", lambda: _handle(runtime, fc.customer_created(customer, created=created - 2000))
+        yield "invoice.payment_failed", lambda: _handle(runtime, failed(
+            invoice, customer=customer, subscription=subscription, amount=12000, created=created))
+        yield "card change and its retry", lambda: (
+            _handle(runtime, fc.pm_attached(f"pm_new{n}", customer, last4="5555", exp=(8, 2031),
+                                            created=created + DAY)),
+            _handle(runtime, fc.customer_updated(customer, default_pm=f"pm_new{n}", previous_default=f"pm_old{n}",
+                                                 created=created + DAY + 1)),
+            drain(runtime))
+        yield "day 3 step", lambda: (enqueue_due_steps(runtime, at(created + 3 * DAY)),
+                                     built.clear(),  # the scheduler's pass is a batch, not a case's work
+                                     drain(runtime))
+
+        def pay():
+            fake_stripe.invoices[invoice]["status"] = "paid"
+            _handle(runtime, paid(invoice, customer=customer, subscription=subscription, amount=12000,
+                                  created=created + 4 * DAY))
+        yield "invoice.paid", pay
+
+    offenders = {}
+    for (name, first), (_, second) in zip(phases(1), phases(2)):
+        first()
+        built.clear()
+        second()
+        if built:
+            offenders[name] = dict(built)
+    assert not offenders, "statements built on the hot path (phase: where, count):\n" + json.dumps(offenders, indent=1)
+    assert {c["customer_id"]: c["state"] for c in rows(runtime, "cases")} == {"cus_key1": "recovered",
+                                                                             "cus_key2": "recovered"}
+    assert len(rows(runtime, "card_retries")) == 2
+    assert {e["template"] for e in rows(runtime, "emails") if e["customer_id"] == "cus_key2"} >= {"payment-failed", "reminder"}

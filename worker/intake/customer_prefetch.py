@@ -43,10 +43,11 @@ without a customer.* event reaching us); the step runner reads it before every s
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 
 from handlers.context import StripeEvent
 from handlers.facts import upsert_customer
@@ -136,10 +137,9 @@ def _is_known(runtime, customer_id: str) -> bool:
     """True when a customer event or an earlier fetch wrote the row (not just an invoice)."""
     from handlers.facts import is_erased
 
-    customers = runtime.db.table("customers")
     with runtime.db.reading() as conn:
-        source_created = conn.execute(select(customers.c.source_created)
-                                      .where(customers.c.id == customer_id)).scalar()
+        source_created = runtime.db.run(conn, _source_created(runtime.db.table("customers")),
+                                        {"b_customer": customer_id}).scalar()
         # An erased customer is never fetched again: that would bring its email and metadata back.
         return bool(source_created) or is_erased(conn, runtime.db.tables, customer_id)
 
@@ -149,9 +149,18 @@ def _opens_case(runtime, event: StripeEvent) -> bool:
     if event.type != "invoice.payment_failed" or not runtime.settings.stripe_api_key:
         return False
     invoice_id = (event.payload.get("data") or {}).get("object", {}).get("id")
-    cases = runtime.db.table("cases")
     with runtime.db.reading() as conn:
-        return conn.execute(select(cases.c.id).where(cases.c.invoice_id == invoice_id)).first() is None
+        return runtime.db.run(conn, _case_of_invoice(runtime.db.table("cases")), {"b_invoice": invoice_id}).first() is None
+
+
+@functools.lru_cache(maxsize=16)
+def _source_created(customers: Table):
+    return select(customers.c.source_created).where(customers.c.id == bindparam("b_customer"))
+
+
+@functools.lru_cache(maxsize=16)
+def _case_of_invoice(cases: Table):
+    return select(cases.c.id).where(cases.c.invoice_id == bindparam("b_invoice"))
 
 
 def _key_livemode(key: str) -> bool | None:

@@ -19,14 +19,14 @@ minimal, which is also what servers without the `payment_method` parameter suppo
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import structlog
-from sqlalchemy import update
+from sqlalchemy import Table, bindparam, update
 
 from handlers import dedupe_keys
 from handlers.cards import known_details
-from handlers.context import HandlerContext
 from handlers.dunning import OPEN_STATES, lock_case
 from handlers.stripe_objects import card_details, dig, expandable_id, invoice_failure, invoice_payment_intent_id
 from worker.pure.clock import utcnow
@@ -160,9 +160,9 @@ def _declined(runtime, retry, case, decline: Decline) -> str:
     with unit_of_work(runtime, log=log) as ctx:
         conn = ctx.conn
         retries, cases = db.table("card_retries"), db.table("cases")
-        claimed = conn.execute(update(retries).where(retries.c.id == retry["id"], retries.c.status == "pending")
-                               .values(status="declined", decline_code=decline.decline_code or decline.code,
-                                       last_error=message, finished_at=ctx.now)).rowcount
+        claimed = db.run(conn, _pending_retry(retries), {
+            "w_id": retry["id"], "status": "declined", "decline_code": decline.decline_code or decline.code,
+            "last_error": message, "finished_at": ctx.now}).rowcount
         if not claimed:
             return "declined"
         # The case may have ended while the charge was at Stripe (paid, voided, subscription
@@ -172,9 +172,8 @@ def _declined(runtime, retry, case, decline: Decline) -> str:
             log.info("card_retry.declined_after_case_ended", retry_id=retry["id"], case_id=case["id"],
                      state=current["state"] if current else None)
             return "declined"
-        conn.execute(update(cases).where(cases.c.id == case["id"]).values(
-            last_failure_code=decline.decline_code or decline.code, last_failure_message=message,
-            version=cases.c.version + 1, updated_at=ctx.now))
+        db.run(conn, _case_declined(cases), {"w_id": case["id"], "last_failure_code": decline.decline_code or decline.code,
+                                             "last_failure_message": message, "updated_at": ctx.now})
         email_id = None
         if not needs_action:
             email_id = ctx.effects.case_email(
@@ -202,14 +201,26 @@ def _card_for_email(runtime, retry) -> dict[str, Any]:
 
 
 def _finish(runtime, retry, status: str, *, last_error: str | None = None) -> str:
-    retries = runtime.db.table("card_retries")
     with runtime.db.transaction() as conn:
-        conn.execute(update(retries).where(retries.c.id == retry["id"], retries.c.status == "pending")
-                     .values(status=status, last_error=last_error[:1000] if last_error else None,
-                             finished_at=utcnow()))
+        runtime.db.run(conn, _pending_retry(runtime.db.table("card_retries")), {
+            "w_id": retry["id"], "status": status, "last_error": last_error[:1000] if last_error else None,
+            "finished_at": utcnow()})
     log.info("card_retry.finished", retry_id=retry["id"], invoice_id=retry["invoice_id"], status=status,
              reason=last_error)
     return status
+
+
+@functools.lru_cache(maxsize=16)
+def _pending_retry(retries: Table):
+    """The UPDATE that finishes a retry still pending (by `w_id`), built once; the SET columns are the
+    parameters' names (SQLAlchemy compiles each set once)."""
+    return update(retries).where(retries.c.id == bindparam("w_id"), retries.c.status == "pending")
+
+
+@functools.lru_cache(maxsize=16)
+def _case_declined(cases: Table):
+    """The UPDATE that records a decline on the case (by `w_id`), its version bumped; built once."""
+    return update(cases).where(cases.c.id == bindparam("w_id")).values(version=cases.c.version + 1)
 
 
 def _load(runtime, table_name: str, row_id: str | None) -> dict | None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import structlog
+import functools
 
-from sqlalchemy import select
+import structlog
+from sqlalchemy import Table, bindparam, select
 
 from handlers import dunning, verification
 from handlers.stripe_objects import invoice_subscription_id
 from handlers.verification import StripeFacts
 from worker.infra.unit_of_work import unit_of_work
+from worker.pure.sql_terms import one_of
 from worker.stripe.gateway import StripeGatewayError, StripeRejected, StripeUnavailable, gateway
 
 log = structlog.get_logger("handlers.verification")
@@ -45,6 +47,13 @@ def read(runtime, case: dict) -> StripeFacts:
     return StripeFacts(invoice=invoice, subscription_status=status, customer=customer)
 
 
+@functools.lru_cache(maxsize=16)
+def _open_siblings(cases: Table):
+    """The customer's other open cases (`b_customer`, not `b_case`), built once."""
+    return select(cases).where(cases.c.customer_id == bindparam("b_customer"), cases.c.id != bindparam("b_case"),
+                               one_of(cases.c.state, dunning.OPEN_STATES)).order_by(cases.c.opened_at, cases.c.id)
+
+
 def verify_siblings(runtime, case: dict | None) -> None:
     """Read the customer's other open invoices at Stripe and end those found paid, void or written off
     (one unit of work each, as a step would): an account email lists only invoices still unpaid.
@@ -52,11 +61,9 @@ def verify_siblings(runtime, case: dict | None) -> None:
     Network I/O: call outside a transaction. Unreachable Stripe leaves them listed (as a step would)."""
     if not case:
         return
-    cases = runtime.db.table("cases")
     with runtime.db.reading() as conn:
-        siblings = [dict(r) for r in conn.execute(select(cases).where(
-            cases.c.customer_id == case["customer_id"], cases.c.id != case["id"],
-            cases.c.state.in_(dunning.OPEN_STATES))).mappings()]
+        siblings = [dict(r) for r in runtime.db.run(conn, _open_siblings(runtime.db.table("cases")), {
+            "b_customer": case["customer_id"], "b_case": case["id"]}).mappings().all()]
     for sibling in siblings:
         facts = read(runtime, sibling)
         if facts.unavailable or (verification._ENDS.get((facts.invoice or {}).get("status")) is None
