@@ -12,7 +12,12 @@ queue (timed: process CPU per event, the emails sent as in production, over HTTP
 fake of bench/sendgrid_fake.py run in a child process so its CPU is not counted); then N card
 changes of the same customers (a `payment_method.attached`, then a `customer.updated` making that
 card the default: the open invoice is retried; per event), then N `invoice.paid` of the same
-invoices, likewise. A first round of each warms the caches and is not counted. What it leaves out: Redis (the broker's round trips), gunicorn. (It used the file outbox
+invoices, likewise. A first round of each warms the caches and is not counted. What it leaves out: Redis (the broker's round trips), gunicorn.
+
+`--calls` counts instead the Python function calls per event of the worker thread (one run per
+checkout): the same code on the same events makes the same calls whatever else loads the machine,
+so it shows a change of 1 % that the CPU pairs cannot resolve (it weighs every call alike, and a
+call into C not at all: it reads how much Python work a change removed, not its seconds). (It used the file outbox
 until issue 17's sixth pass: building the MIME file there cost a quarter of the measure, a cost
 production, which sends through SendGrid's API, does not have.)
 """
@@ -24,6 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -45,8 +51,9 @@ def sendgrid_fake() -> tuple[subprocess.Popen, str]:
     return child, child.stdout.readline().strip()
 
 
-def measure(checkout: Path, events: int) -> dict[str, float]:
-    """CPU ms per event of `checkout`'s code (run in that checkout's interpreter)."""
+def measure(checkout: Path, events: int, count_calls: bool = False) -> dict[str, float]:
+    """CPU ms per event of `checkout`'s code (run in that checkout's interpreter); with `count_calls`,
+    the Python function calls per event its worker thread made instead (see `_counting`)."""
     here = Path(__file__).resolve().parent  # bench/ as the script's folder: its modules must not shadow others
     sys.path[:] = [str(checkout)] + [p for p in sys.path if Path(p or ".").resolve() != here]
     os.chdir(checkout)
@@ -96,8 +103,13 @@ def measure(checkout: Path, events: int) -> dict[str, float]:
                     know_owner(runtime, event)
                     assert post_event(client, event).status_code == 200
                     posted += 1
-            started = time.process_time()
-            drain(runtime, threads=1, timeout=600)
+            started, calls = time.process_time(), _counting() if count_calls else None
+            try:
+                drain(runtime, threads=1, timeout=600)
+            finally:
+                threading.setprofile(None)
+            if calls is not None:
+                return calls[0] / posted
             return (time.process_time() - started) / posted * 1000
 
         for kind in KINDS.values():
@@ -117,10 +129,28 @@ def measure(checkout: Path, events: int) -> dict[str, float]:
         admin.dispose()
 
 
-def _run(checkout: Path, events: int) -> dict[str, float]:
+def _counting() -> list[int]:
+    """Count the Python function calls of the dramatiq worker threads started from now on (a
+    one-item list, read after they stop). Unlike CPU time, the count does not move with the other
+    tenants of the machine: the same code on the same events makes the same calls, so a change of
+    1 % shows. It weighs every call alike (a call into C is not counted, nor its time), so it
+    reads how much Python work a change removed, not its seconds. The consumer threads, whose
+    polling depends on timing, are not counted."""
+    from dramatiq.worker import WorkerThread
+    calls = [0]
+
+    def count(_frame, event, _arg):
+        if event == "call" and isinstance(threading.current_thread(), WorkerThread):
+            calls[0] += 1
+
+    threading.setprofile(count)
+    return calls
+
+
+def _run(checkout: Path, events: int, count_calls: bool = False) -> dict[str, float]:
     python = checkout / ".venv" / "bin" / "python"
-    out = subprocess.run([str(python), __file__, str(checkout), str(events)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run([str(python), __file__, str(checkout), str(events), *(["calls"] if count_calls else [])],
+                         check=True, capture_output=True, text=True).stdout
     return {key: float(value) for key, value in (part.split("=") for part in out.split() if "=" in part)}
 
 
@@ -130,7 +160,16 @@ def main() -> None:
     parser.add_argument("new", type=Path)
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--calls", action="store_true",
+                        help="Python function calls per event instead of CPU time: one run per checkout")
     args = parser.parse_args()
+    if args.calls:
+        got = {side: _run(checkout.resolve(), args.events, count_calls=True)
+               for side, checkout in (("old", args.old), ("new", args.new))}
+        for key in KINDS:
+            print(f"{key}: old {got['old'][key]:,.0f} / new {got['new'][key]:,.0f} Python calls per event "
+                  f"= {got['new'][key] / got['old'][key]:.3f}")
+        return
     ratios: dict[str, list[float]] = {name: [] for name in KINDS}
     for pair in range(1, args.pairs + 1):
         order = [("old", args.old), ("new", args.new)]
@@ -145,8 +184,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and not sys.argv[1].startswith("-") and sys.argv[2].isdigit():
-        figures = measure(Path(sys.argv[1]).resolve(), int(sys.argv[2]))
+    if len(sys.argv) in (3, 4) and not sys.argv[1].startswith("-") and sys.argv[2].isdigit():
+        figures = measure(Path(sys.argv[1]).resolve(), int(sys.argv[2]), count_calls=sys.argv[3:] == ["calls"])
         print(" ".join(f"{key}={value:.3f}" for key, value in figures.items()))
     else:
         main()
