@@ -33,9 +33,9 @@ from sqlalchemy import Table, bindparam, desc, func, select, update
 from handlers import dedupe_keys
 from handlers.context import HandlerContext, StripeEvent
 from handlers.dunning import OPEN_STATES
-from worker.pure.sql_terms import one_of
 from handlers.stripe_objects import card_details, dig, expandable_id
 from worker.pure.ids import new_id
+from worker.pure.sql_terms import one_of
 
 ACTIVE_SUBSCRIPTION_STATUSES = ("active", "trialing")
 CARD_FIELDS = ("brand", "last4", "exp_month", "exp_year", "funding", "fingerprint")

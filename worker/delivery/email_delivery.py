@@ -119,8 +119,10 @@ def header_value(value: str) -> str:
     return one_line(str(value).translate(_CONTROL_TO_SPACE))[:500]
 
 
+@functools.lru_cache(maxsize=8)
 def sender_address(email_from: str) -> Address:
-    """EMAIL_FROM ('Billing <billing@example.com>') as a validated Address (name on one line)."""
+    """EMAIL_FROM ('Billing <billing@example.com>') as a validated Address (name on one line).
+    Parsed once per value (the standard library's parser makes some 60 calls a parse)."""
     name, addr = parseaddr(email_from or "")
     if not addr or "@" not in addr:
         raise PermanentSendError(f"EMAIL_FROM is not an address: {email_from!r}")
