@@ -255,3 +255,17 @@ def test_a_customer_payload_without_preferred_locales_keeps_the_language_known(r
     assert rows(runtime, "customers", id="cus_test_1")[0]["locale"] == "es"
     deliver(runtime, _customer_event("customer.updated", locales=(), created=T0 - 500))
     assert rows(runtime, "customers", id="cus_test_1")[0]["locale"] is None
+
+
+
+def test_a_message_is_formatted_only_when_there_is_something_to_put_in():
+    """_() returns a message with no variable and no `%` as it is, as markup in HTML (a translator's
+    `&` is not escaped), and still formats one that has either: `%%` is a percent sign, variables
+    are put in, and escaped in HTML."""
+    from worker.delivery.emails import environment
+
+    source = "{{ _('Terms & conditions') }} / {{ _('100%% safe: %(who)s', who=who) }} / {{ _('%%') }}"
+    plain = environment().from_string(source)
+    assert plain.render(who="<b>Ada</b>") == "Terms & conditions / 100% safe: <b>Ada</b> / %"
+    html = environment().overlay(autoescape=True).from_string(source)
+    assert html.render(who="<b>Ada</b>") == "Terms & conditions / 100% safe: &lt;b&gt;Ada&lt;/b&gt; / %"
