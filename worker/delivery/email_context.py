@@ -22,6 +22,7 @@ gettext catalogue, and the money and date formats from Babel (CLDR) for that loc
 from __future__ import annotations
 
 import functools
+import re
 from datetime import date, datetime
 from email.utils import parseaddr
 from typing import Any
@@ -342,13 +343,16 @@ def format_moment(value: datetime | None, locale: str = DEFAULT_LOCALE) -> str |
                                                   locale=babel_locale(lang)), lang)
 
 
+_WHITESPACE = re.compile(r"\s")  # in a str pattern: what str.isspace() calls whitespace, Unicode's too
+
+
 def safe_url(value: Any, settings: Any = None) -> str | None:
     """Only https links to Stripe's own hosts (STRIPE_LINK_HOSTS) or under BILLING_PAGE_URL, without
     whitespace or credentials, reach a template; anything else is dropped and logged."""
     if not isinstance(value, str) or not value.strip():
         return None
     value = value.strip()
-    if any(ch.isspace() for ch in value) or len(value) > 2000 or not _allowed_link(value, settings):
+    if _WHITESPACE.search(value) or len(value) > 2000 or not _allowed_link(value, settings):
         try:
             log.warning("email.link_dropped", host=_host_of(value))
         except (ValueError, OSError):  # a closed log stream must never stop an email

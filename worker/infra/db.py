@@ -189,7 +189,7 @@ class Database:
         walk per column, every call); SQLAlchemy compiles the cached statement once per set of
         column names. Values that are SQL expressions are inlined as before.
         """
-        if any(isinstance(value, ClauseElement) for value in values.values()):
+        if _has_expression(values):
             pk = [c for c in table.primary_key.columns][0]
             return conn.execute(self.insert_ignore(table, values, *keys).returning(pk)).first() is not None
         return run(conn, self._insert_new_statement(table, keys), self._known_columns(table, values)
@@ -215,7 +215,7 @@ class Database:
         `returning`: the whole row as updated). The statement is built once per table, WHERE columns
         and RETURNING; the SET columns are the parameters' (SQLAlchemy compiles each set once).
         Values that are SQL expressions build the statement anew, as `.values()` would."""
-        if any(isinstance(value, ClauseElement) for value in values.values()):
+        if _has_expression(values):
             stmt = update(table).where(*(table.c[name] == value for name, value in equal.items())).values(**values)
             return conn.execute(stmt.returning(*table.c) if returning else stmt)
 
@@ -275,7 +275,7 @@ class Database:
         """
         found = None
         if self.inserts_on_driver and not self.is_sqlite and \
-                not any(isinstance(value, ClauseElement) for value in values.values()):
+                not _has_expression(values):
             found = plan(self._insert_new_statement(table, keys), self.engine.dialect,
                          self._known_columns(table, values))
         if found is None:
@@ -339,6 +339,14 @@ class Database:
 
 
 _LOCKED = "_dunning_locked"  # on a statement: (itself, its SELECT ... FOR UPDATE), Database.lock
+
+
+def _has_expression(values: dict[str, Any]) -> bool:
+    """Whether a value is an SQL expression (`version + 1`): such a statement is built anew."""
+    for value in values.values():
+        if isinstance(value, ClauseElement):
+            return True
+    return False
 
 
 @functools.lru_cache(maxsize=256)
