@@ -27,7 +27,7 @@ from sqlalchemy import Table, bindparam, update
 
 from handlers import dedupe_keys
 from handlers.cards import known_details
-from handlers.dunning import OPEN_STATES, lock_case
+from handlers.dunning import OPEN_STATES, lock_case, update_case
 from handlers.stripe_objects import card_details, dig, expandable_id, invoice_failure, invoice_payment_intent_id
 from worker.pure.clock import utcnow
 from worker.pure.message_log import bind_ids_of
@@ -159,7 +159,7 @@ def _declined(runtime, retry, case, decline: Decline) -> str:
     db = runtime.db
     with unit_of_work(runtime, log=log) as ctx:
         conn = ctx.conn
-        retries, cases = db.table("card_retries"), db.table("cases")
+        retries = db.table("card_retries")
         claimed = db.run(conn, _pending_retry(retries), {
             "w_id": retry["id"], "status": "declined", "decline_code": decline.decline_code or decline.code,
             "last_error": message, "finished_at": ctx.now}).rowcount
@@ -172,8 +172,8 @@ def _declined(runtime, retry, case, decline: Decline) -> str:
             log.info("card_retry.declined_after_case_ended", retry_id=retry["id"], case_id=case["id"],
                      state=current["state"] if current else None)
             return "declined"
-        db.run(conn, _case_declined(cases), {"w_id": case["id"], "last_failure_code": decline.decline_code or decline.code,
-                                             "last_failure_message": message, "updated_at": ctx.now})
+        update_case(ctx, current, {"last_failure_code": decline.decline_code or decline.code,
+                                   "last_failure_message": message})
         email_id = None
         if not needs_action:
             email_id = ctx.effects.case_email(
@@ -215,12 +215,6 @@ def _pending_retry(retries: Table):
     """The UPDATE that finishes a retry still pending (by `w_id`), built once; the SET columns are the
     parameters' names (SQLAlchemy compiles each set once)."""
     return update(retries).where(retries.c.id == bindparam("w_id"), retries.c.status == "pending")
-
-
-@functools.lru_cache(maxsize=16)
-def _case_declined(cases: Table):
-    """The UPDATE that records a decline on the case (by `w_id`), its version bumped; built once."""
-    return update(cases).where(cases.c.id == bindparam("w_id")).values(version=cases.c.version + 1)
 
 
 def _load(runtime, table_name: str, row_id: str | None) -> dict | None:
