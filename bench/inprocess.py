@@ -9,7 +9,8 @@ The measure (`python bench/inprocess.py CHECKOUT N`): a fresh PostgreSQL databas
 (`BENCH_DATABASE_URL`), a stub broker, the web app called in process; N `invoice.payment_failed`
 (owners known) are POSTed (not timed), then a real dramatiq Worker with one thread drains every
 queue (timed: process CPU per event, the emails sent as in production, over HTTP to the SendGrid
-fake of bench/sendgrid_fake.py run in a child process so its CPU is not counted); then N card
+fake of bench/sendgrid_fake.py run in a child process so its CPU is not counted; `<kind>_pg`: the
+CPU of its PostgreSQL backends, from /proc); then N card
 changes of the same customers (a `payment_method.attached`, then a `customer.updated` making that
 card the default: the open invoice is retried; per event), then N `invoice.paid` of the same
 invoices, likewise. A first round of each warms the caches and is not counted. What it leaves out: Redis (the broker's round trips), gunicorn.
@@ -79,6 +80,8 @@ def measure(checkout: Path, events: int, count_calls: bool = False) -> dict[str,
         from worker.runtime import setup
         from worker.web.app import create_app
 
+        from bench.services import BackendCpu
+
         env = base_env(Path(tempfile.mkdtemp()), DATABASE_URL=f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}",
                        LOG_LEVEL="WARNING", SENDGRID_API_KEY="SG.bench-not-a-real-key",
                        SENDGRID_API_HOST=fake_url, EMAIL_FROM="Billing <billing@example.com>")
@@ -96,26 +99,34 @@ def measure(checkout: Path, events: int, count_calls: bool = False) -> dict[str,
                                             created=T0 + DAY + 1)]
             return [paid(f"in_{tag}_{i}", created=T0 + 9 * DAY, **ids)]
 
-        def timed(kind: str, tag: str) -> float:
-            """Process CPU per event of this kind (a card change is two events)."""
+        def timed(kind: str, tag: str) -> tuple[float, float | None]:
+            """Process CPU per event of this kind (a card change is two events), and its PostgreSQL
+            backends' (None when counting calls, or when /proc does not show the server's)."""
             posted = 0
             for i in range(events):
                 for event in of_kind(kind, tag, i):
                     know_owner(runtime, event)
                     assert post_event(client, event).status_code == 200
                     posted += 1
+            backends = None if count_calls else BackendCpu(ADMIN_URL, name).start()
             started, calls = time.process_time(), _counting() if count_calls else None
             try:
                 drain(runtime, threads=1, timeout=600)
             finally:
                 threading.setprofile(None)
             if calls is not None:
-                return calls[0] / posted
-            return (time.process_time() - started) / posted * 1000
+                return calls[0] / posted, None
+            spent = time.process_time() - started
+            database = backends.stop()["seconds"]
+            return spent / posted * 1000, None if database is None else database / posted * 1000
 
         for kind in KINDS.values():
             timed(kind, "warm")
-        result = {name: timed(kind, "run") for name, kind in KINDS.items()}
+        result = {}
+        for key, kind in KINDS.items():
+            result[key], database = timed(kind, "run")
+            if database is not None:
+                result[f"{key}_pg"] = database
         with runtime.db.engine.connect() as conn:  # every email went out through the fake
             statuses = dict(conn.execute(text("SELECT status, count(*) FROM emails GROUP BY status")).all())
         if set(statuses) != {"sent"}:
@@ -179,16 +190,17 @@ def main() -> None:
             print(f"{key}: old {got['old'][key]:,.0f} / new {got['new'][key]:,.0f} Python calls per event "
                   f"= {got['new'][key] / got['old'][key]:.3f}")
         return
-    ratios: dict[str, list[float]] = {name: [] for name in KINDS}
+    ratios: dict[str, list[float]] = {}
     for pair in range(1, args.pairs + 1):
         order = [("old", args.old), ("new", args.new)]
         if pair % 2 == 0:
             order.reverse()  # neither side always runs first
         got = {side: _run(checkout.resolve(), args.events) for side, checkout in order}
-        for key in ratios:
-            ratios[key].append(got["new"][key] / got["old"][key])
+        shown = [key for key in got["new"] if key in got["old"]]  # "<kind>_pg": its PostgreSQL backends'
+        for key in shown:
+            ratios.setdefault(key, []).append(got["new"][key] / got["old"][key])
         print(f"pair {pair}: " + "; ".join(f"{key} old {got['old'][key]:.2f} / new {got['new'][key]:.2f} ms "
-                                           f"= {ratios[key][-1]:.2f}" for key in ratios), flush=True)
+                                           f"= {ratios[key][-1]:.2f}" for key in shown), flush=True)
     print("median new/old: " + ", ".join(f"{key} {statistics.median(r):.2f}" for key, r in ratios.items()))
 
 

@@ -9,7 +9,7 @@ from sqlalchemy.exc import DataError, OperationalError
 
 from worker.infra.db import DatabaseUnavailable
 from worker.pure.sql_terms import one_of
-from worker.infra.driver_sql import DriverResult, run
+from worker.infra.driver_sql import DriverResult, plan, run
 from worker.pure.clock import utcnow
 
 
@@ -149,3 +149,18 @@ def test_a_results_column_names_are_read_once_and_again_when_its_shape_changes(d
         assert run(conn, star, {"b_id": "x"}).mappings().all() == [{"id": "x", "a": "one", "b": "two"}]
         no_rows = run(conn, text("UPDATE shape_probe SET a = 'eins' WHERE id = :b_id"), {"b_id": "x"})
         assert (no_rows.all(), no_rows.rowcount) == ([], 1)
+
+
+def test_a_statement_is_prepared_on_the_server_at_its_first_run(db):
+    """The SQL of a statement built once never changes: PostgreSQL keeps its plan from the first
+    run on a connection (psycopg's default waits for the sixth, parsing and planning each before)."""
+    _customer(db, "cus_a", "a@example.com")
+    customers = db.table("customers")
+    stmt = select(customers.c.email).where(customers.c.id == bindparam("b_id"))
+    prepared = text("SELECT count(*) FROM pg_prepared_statements WHERE statement = :sql")
+    with db.transaction() as conn:
+        assert run(conn, stmt, {"b_id": "cus_a"}).scalar() == "a@example.com"
+        sql = plan(stmt, conn.dialect, {"b_id": "cus_a"}).sql.replace("%(b_id)s", "$1")  # as the server holds it
+        assert conn.execute(prepared, {"sql": sql}).scalar() == 1
+        assert run(conn, stmt, {"b_id": "cus_a"}).scalar() == "a@example.com"  # runs the prepared one
+        assert conn.execute(prepared, {"sql": sql}).scalar() == 1

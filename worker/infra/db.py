@@ -292,7 +292,7 @@ class Database:
             cursor = reused_cursor(pooled)
             driver.autocommit = True
             try:
-                return cursor.execute(found.sql, params).fetchone() is not None
+                return cursor.execute(found.sql, params, prepare=True).fetchone() is not None  # as driver_sql.run
             finally:
                 if not driver.closed:
                     driver.autocommit = False

@@ -11,6 +11,14 @@ parameter processing of every bind, the result's metadata. What it keeps:
   pool), through the Connection's own handler;
 - `before_cursor_execute` listeners (the statement counts and the benchmark's trace see it).
 
+Each statement is prepared on the server at its first run on a connection (`prepare=True`), as
+the floor of issue 17's benchmark runs them, not at psycopg's default sixth run: its SQL never
+changes, and until it is prepared PostgreSQL parses and plans it on every run. With the default,
+a worker's 30-odd pooled connections ran the first five of each statement unprepared (a quarter
+of the statements of a freshly started worker's first few thousand events), and five more after
+each ROLLBACK or pool recycle (psycopg then discards its prepared statements). In a long steady
+run the difference is small; it is the warm-up that it removes.
+
 Bind processors run as SQLAlchemy runs them (Boolean's strict check). A statement whose compiled
 form needs more than that (an expanding IN, escaped names, a result processor) runs through
 `Connection.execute` as before, and so does every statement on SQLite (its dates are processed).
@@ -99,7 +107,7 @@ def run(conn: Connection, stmt, params: dict[str, Any]):
         for listener in conn.dispatch.before_cursor_execute:
             sql, values = listener(conn, cursor, sql, values, None, False)
     try:
-        cursor.execute(sql, values)
+        cursor.execute(sql, values, prepare=True)
         result = cursor.pgresult
         names = found.column_names(result) if result is not None and result.nfields else []
         rows = cursor.fetchall() if names else []
