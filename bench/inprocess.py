@@ -13,15 +13,16 @@ fake of bench/sendgrid_fake.py run in a child process so its CPU is not counted;
 CPU of its PostgreSQL backends, from /proc); then N card
 changes of the same customers (a `payment_method.attached`, then a `customer.updated` making that
 card the default: the open invoice is retried; per event), then N `invoice.paid` of the same
-invoices, likewise. A first round of each warms the caches and is not counted. What it leaves out: Redis (the broker's round trips), gunicorn.
+invoices, likewise. A first round of each warms the caches and is not counted. What it leaves
+out: Redis (the broker's round trips), gunicorn.
 
 `--calls` counts instead the Python function calls per event of the worker thread (one run per
 checkout): the same code on the same events makes the same calls whatever else loads the machine
 (two runs differ by a few calls in ten thousand: 0.12 % at most with 3 events of a kind), so it
 shows a change of 1 % that the CPU pairs cannot resolve (it weighs every call alike, and a
-call into C not at all: it reads how much Python work a change removed, not its seconds). (It used the file outbox
-until issue 17's sixth pass: building the MIME file there cost a quarter of the measure, a cost
-production, which sends through SendGrid's API, does not have.)
+call into C not at all: it reads how much Python work a change removed, not its seconds). (It
+used the file outbox until issue 17's sixth pass: building the MIME file there cost a quarter of
+the measure, a cost production, which sends through SendGrid's API, does not have.)
 """
 
 from __future__ import annotations
@@ -145,10 +146,10 @@ def _counting() -> list[int]:
     """Count the Python function calls made processing messages in the threads started from now on
     (a one-item list, read after they stop). Unlike CPU time, the count does not move with the
     other tenants of the machine: the same code on the same events makes the same calls, give or
-    take a few in ten thousand, so a change of 1 % shows. It weighs every call alike (a call into C is not counted, nor its time),
-    so it reads how much Python work a change removed, not its seconds. Only calls inside
-    `WorkerThread.process_message` count: a worker thread's wait for its next message, and the
-    consumer threads' polling, loop as often as timing makes them."""
+    take a few in ten thousand, so a change of 1 % shows. It weighs every call alike (a call into
+    C is not counted, nor its time), so it reads how much Python work a change removed, not its
+    seconds. Only calls inside `WorkerThread.process_message` count: a worker thread's wait for its
+    next message, and the consumer threads' polling, loop as often as timing makes them."""
     from dramatiq.worker import WorkerThread
     processing = WorkerThread.process_message.__code__
     calls = [0]

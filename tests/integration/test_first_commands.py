@@ -60,6 +60,10 @@ def test_the_start_banner_says_where_webhooks_emails_notices_database_and_broker
     assert f".eml files in {tmp_path / 'outbox'}" in text
     assert f"signed JSON files in {tmp_path / 'var' / 'notices'}" in text
     assert "(schema 0002_x)" in text and "Redis redis://:***@127.0.0.1:6400/0" in text
+    assert "Stripe API        off: no STRIPE_API_KEY (" in text and "card retries: they end failed" in text
+    keyed = banner(load_settings({**env, "STRIPE_API_KEY": "sk_test_x", "STRIPE_API_BASE": "http://127.0.0.1:8420"}),
+                   {}, None)
+    assert "Stripe API        http://127.0.0.1:8420" in keyed and not any("sk_test_x" in line for line in keyed)
     rabbit = banner(load_settings({**env, "BROKER_URL": "amqp://guest:secret@mq:5672/dunning"}), {}, None)
     assert rabbit[-1] == "broker            RabbitMQ amqp://guest:***@mq:5672/dunning"
 

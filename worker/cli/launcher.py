@@ -103,10 +103,16 @@ def banner(settings: Settings, env: dict[str, str], revision: str | None) -> lis
         notices = (f"signed JSON files in {settings.notice_outbox_dir} "
                    f"(secret in {Path(settings.var_dir) / 'platform-webhook-secret'})")
     broker = hide(settings.broker_url) if settings.uses_rabbitmq else hide(env.get("REDIS_URL", ""))
+    if settings.stripe_api_key:
+        stripe_api = settings.stripe_api_base or "https://api.stripe.com"
+    else:  # what an operator trying the service locally would otherwise meet as unexplained failures
+        stripe_api = ("off: no STRIPE_API_KEY (no reading at Stripe before a step, "
+                      "no card retries: they end failed, no payment links)")
     return [
         f"webhook receiver  http://{host}:{settings.port}/webhooks/stripe",
         f"emails            {emails}",
         f"platform notices  {notices}",
+        f"Stripe API        {stripe_api}",
         f"database          {hide(settings.database_url)} (schema {revision})",
         f"broker            {'RabbitMQ' if settings.uses_rabbitmq else 'Redis'} {broker}",
     ]
