@@ -201,11 +201,11 @@ def load(ctx: HandlerContext, table_name: str, row_id: str | None) -> dict | Non
     return row
 
 
-def is_erased(conn, tables, customer_id: str | None) -> bool:
+def is_erased(conn, db, customer_id: str | None) -> bool:
     """True once the customer was erased (an `erasures` row): what Stripe still holds never comes back."""
     if not customer_id:
         return False
-    return conn.execute(_erasure_of(tables["erasures"]), {"b_customer": customer_id}).first() is not None
+    return db.run(conn, _erasure_of(db.table("erasures")), {"b_customer": customer_id}).first() is not None
 
 
 @functools.lru_cache(maxsize=16)
@@ -221,8 +221,7 @@ def erased_in(ctx: HandlerContext, customer_id: str | None) -> bool:
     commit), or any customer on SQLite (one writer at a time)."""
     if customer_id in ctx.erased:
         return ctx.erased[customer_id]
-    erased = bool(customer_id) and ctx.db.run(ctx.conn, _erasure_of(ctx.table("erasures")),
-                                              {"b_customer": customer_id}).first() is not None
+    erased = is_erased(ctx.conn, ctx.db, customer_id)
     if customer_id and (customer_id == ctx.held_customer or ctx.db.is_sqlite):
         ctx.erased[customer_id] = erased
     return erased

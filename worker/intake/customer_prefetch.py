@@ -141,7 +141,7 @@ def _is_known(runtime, customer_id: str) -> bool:
         source_created = runtime.db.run(conn, _source_created(runtime.db.table("customers")),
                                         {"b_customer": customer_id}).scalar()
         # An erased customer is never fetched again: that would bring its email and metadata back.
-        return bool(source_created) or is_erased(conn, runtime.db.tables, customer_id)
+        return bool(source_created) or is_erased(conn, runtime.db, customer_id)
 
 
 def _opens_case(runtime, event: StripeEvent) -> bool:

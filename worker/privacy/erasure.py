@@ -58,7 +58,7 @@ def erase_in(ctx: HandlerContext, customer_id: str, *, requested_by: str, reason
     # Locked first: an event of this customer being processed holds the row FOR SHARE (after_handler)
     # until it commits, so every row it wrote is visible to the scrub below; a later one waits for us.
     known = conn.execute(db.lock(select(customers.c.id).where(customers.c.id == customer_id))).first() is not None
-    if not known and not is_erased(conn, tables, customer_id):
+    if not known and not is_erased(conn, db, customer_id):
         raise UnknownCustomer(f"no customer {customer_id} is known")
     record = {"customer_id": customer_id, "erased_at": ctx.now, "requested_by": requested_by[:200],
               "event_id": event_id, "reason": clean_reason(reason)}
@@ -205,7 +205,7 @@ def strip_if_erased(db, envelope):
     if not customer_id:
         return envelope
     with db.reading() as conn:
-        if not is_erased(conn, db.tables, customer_id):
+        if not is_erased(conn, db, customer_id):
             return envelope
     return dataclasses.replace(envelope, raw=cd.stripped_payload(envelope.raw, "erasure"))
 

@@ -19,11 +19,9 @@ minimal, which is also what servers without the `payment_method` parameter suppo
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import structlog
-from sqlalchemy import Table, bindparam, update
 
 from handlers import dedupe_keys
 from handlers.cards import known_details
@@ -160,9 +158,9 @@ def _declined(runtime, retry, case, decline: Decline) -> str:
     with unit_of_work(runtime, log=log) as ctx:
         conn = ctx.conn
         retries = db.table("card_retries")
-        claimed = db.run(conn, _pending_retry(retries), {
-            "w_id": retry["id"], "status": "declined", "decline_code": decline.decline_code or decline.code,
-            "last_error": message, "finished_at": ctx.now}).rowcount
+        claimed = db.update_by(conn, retries, {
+            "status": "declined", "decline_code": decline.decline_code or decline.code, "last_error": message,
+            "finished_at": ctx.now}, id=retry["id"], status="pending").rowcount
         if not claimed:
             return "declined"
         # The case may have ended while the charge was at Stripe (paid, voided, subscription
@@ -202,19 +200,12 @@ def _card_for_email(runtime, retry) -> dict[str, Any]:
 
 def _finish(runtime, retry, status: str, *, last_error: str | None = None) -> str:
     with runtime.db.transaction() as conn:
-        runtime.db.run(conn, _pending_retry(runtime.db.table("card_retries")), {
-            "w_id": retry["id"], "status": status, "last_error": last_error[:1000] if last_error else None,
-            "finished_at": utcnow()})
+        runtime.db.update_by(conn, runtime.db.table("card_retries"), {
+            "status": status, "last_error": last_error[:1000] if last_error else None, "finished_at": utcnow()},
+            id=retry["id"], status="pending")
     log.info("card_retry.finished", retry_id=retry["id"], invoice_id=retry["invoice_id"], status=status,
              reason=last_error)
     return status
-
-
-@functools.lru_cache(maxsize=16)
-def _pending_retry(retries: Table):
-    """The UPDATE that finishes a retry still pending (by `w_id`), built once; the SET columns are the
-    parameters' names (SQLAlchemy compiles each set once)."""
-    return update(retries).where(retries.c.id == bindparam("w_id"), retries.c.status == "pending")
 
 
 def _load(runtime, table_name: str, row_id: str | None) -> dict | None:

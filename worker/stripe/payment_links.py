@@ -203,7 +203,7 @@ def _invoices_to_link(db, conn, request: LinkRequest, policy) -> list[dict]:
         row = conn.execute(db.lock(select(invoices).where(invoices.c.id == request.invoice))).mappings().first()
         if row is None:
             raise PaymentLinkRefused(400, f"unknown invoice {request.invoice}")
-        if is_erased(conn, db.tables, row["customer_id"]):
+        if is_erased(conn, db, row["customer_id"]):
             raise PaymentLinkRefused(400, f"the customer of invoice {request.invoice} was erased: no payment link")
         if row["status"] == "paid":
             raise PaymentLinkRefused(400, f"invoice {request.invoice} is already paid")
@@ -216,7 +216,7 @@ def _invoices_to_link(db, conn, request: LinkRequest, policy) -> list[dict]:
         return [dict(row)]
     if conn.execute(select(customers.c.id).where(customers.c.id == request.customer)).first() is None:
         raise PaymentLinkRefused(400, f"unknown customer {request.customer}")
-    if is_erased(conn, db.tables, request.customer):
+    if is_erased(conn, db, request.customer):
         raise PaymentLinkRefused(400, f"customer {request.customer} was erased: no payment link")
     rows = conn.execute(db.lock(
         select(invoices).select_from(invoices.join(cases, cases.c.invoice_id == invoices.c.id))
@@ -248,7 +248,7 @@ def create_link(runtime, request_id: str) -> str:
         return row["status"]
     from handlers.facts import is_erased
     with runtime.db.reading() as conn:
-        if is_erased(conn, runtime.db.tables, row["customer_id"]):
+        if is_erased(conn, runtime.db, row["customer_id"]):
             return _fail(runtime, request_id, "the customer was erased: no link is made")
 
     try:
