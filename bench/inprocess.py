@@ -17,7 +17,9 @@ out: Redis (the broker's round trips), gunicorn.
 
 `--calls` counts instead the Python function calls per event of the worker thread (one run per
 checkout): the same code on the same events makes the same calls whatever else loads the machine
-(two runs differ by a few calls in ten thousand: 0.12 % at most with 3 events of a kind), so it
+(two runs differ by a few calls in ten thousand: 0.09 % at most with 3 events of a kind, a
+condition notified or not as the threads meet; one pooled connection, so that which statements it
+prepares does not move with the order the messages come in), so it
 shows a change of 1 % that the CPU pairs cannot resolve (it weighs every call alike, and a
 call into C not at all: it reads how much Python work a change removed, not its seconds). (It
 used the file outbox until issue 17's sixth pass: building the MIME file there cost a quarter of
@@ -82,8 +84,14 @@ def measure(checkout: Path, events: int, count_calls: bool = False) -> dict[str,
 
         from bench.services import BackendCpu
 
+        # One pooled connection: the worker thread takes messages in an order thread timing sets
+        # (a card retry runs before or after the next event), and with several connections taken in
+        # turn, which one ran a statement first, and so prepared it, moved with that order: CI saw
+        # two counts of the same code 8 calls per card change apart. Nothing here checks out two
+        # connections at once (an overflow connection would be opened and closed each time: a
+        # count hundreds of calls higher).
         env = base_env(Path(tempfile.mkdtemp()), DATABASE_URL=f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}",
-                       LOG_LEVEL="WARNING", SENDGRID_API_KEY="SG.bench-not-a-real-key",
+                       DATABASE_POOL_SIZE="1", LOG_LEVEL="WARNING", SENDGRID_API_KEY="SG.bench-not-a-real-key",
                        SENDGRID_API_HOST=fake_url, EMAIL_FROM="Billing <billing@example.com>")
         runtime = setup(load_settings(env), make_stub_broker())
         runtime.db.init_schema()
