@@ -12,8 +12,9 @@ queue (timed: process CPU per event, the emails sent as in production, over HTTP
 fake of bench/sendgrid_fake.py run in a child process so its CPU is not counted; `<kind>_pg`: the
 CPU of its PostgreSQL backends, from /proc); then N card changes of the same customers (a
 `payment_method.attached`, then a `customer.updated` making that card the default: the open
-invoice is retried; per event), then N `invoice.paid` of the same invoices, likewise. A first round of each warms the caches and is not counted. What it leaves
-out: Redis (the broker's round trips), gunicorn.
+invoice is retried; per event), then N `invoice.paid` of the same invoices, likewise. A first
+round of each warms the caches and is not counted. What it leaves out: Redis (the broker's round
+trips), gunicorn.
 
 `--calls` counts instead the Python function calls per event of the worker thread (one run per
 checkout): the same code on the same events makes the same calls whatever else loads the machine
