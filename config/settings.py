@@ -54,6 +54,7 @@ class Settings:
     worker_processes: int = 2
     worker_threads: int = 4  # measured: see README "Worker size"
     worker_idle_poll_ms: int = 250  # an idle queue is polled at least this often (Dramatiq's worker timeout)
+    worker_scheduled_poll_ms: int = 1000  # the same for the steps queue and delay queues (work due at a time)
     scheduler_interval: float = 15.0  # seconds between scheduler passes
     queue_namespace: str = "dunning"
     web_read_timeout: float = 10.0  # seconds to receive a whole request (worker/web/server.py)
@@ -267,6 +268,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         worker_processes=_int(env, "WORKER_PROCESSES", 2, 1, 64),
         worker_threads=_int(env, "WORKER_THREADS", 4, 1, 256),
         worker_idle_poll_ms=_int(env, "WORKER_IDLE_POLL_MS", 250, 10, 60000),
+        worker_scheduled_poll_ms=_int(env, "WORKER_SCHEDULED_POLL_MS", 1000, 10, 60000),
         scheduler_interval=float(_int(env, "SCHEDULER_INTERVAL", 15, 1, 3600)),
         queue_namespace=_optional(env, "QUEUE_NAMESPACE") or "dunning",
         web_read_timeout=float(_int(env, "WEB_READ_TIMEOUT", 10, 1, 300)),

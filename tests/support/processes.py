@@ -48,7 +48,8 @@ _SERVICE_VARS = (
     "PORT", "ADMIN_TOKEN", "PLATFORM_WEBHOOK_URL", "PLATFORM_WEBHOOK_SECRET", "DUNNING_POLICY",
     "DUNNING_VAR_DIR", "QUEUE_NAMESPACE", "LOG_FORMAT", "WORKER_PROCESSES", "WORKER_THREADS",
     "SCHEDULER_INTERVAL", "DASHBOARD_USER", "DASHBOARD_PASSWORD", "HOST", "WEB_CONCURRENCY",
-    "PLATFORM_API_TOKEN", "WORKER_IDLE_POLL_MS", "dramatiq_worker_timeout",
+    "PLATFORM_API_TOKEN", "WORKER_IDLE_POLL_MS", "WORKER_SCHEDULED_POLL_MS",
+    "dramatiq_worker_timeout",
     # the test process's own metrics folder: each started service keeps its metrics under its var/
     "PROMETHEUS_MULTIPROC_DIR", "dramatiq_prom_db",
 )

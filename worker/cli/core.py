@@ -50,7 +50,7 @@ def web(host: str, workers: int, threads: int) -> None:
 
 
 def _queue_list(_ctx, _param, value: str | None) -> list[str]:
-    from worker.queue.actors import QUEUES
+    from worker.queue.queue_names import QUEUES
     names = [q.strip() for q in (value or "").split(",") if q.strip()]
     unknown = sorted(set(names) - set(QUEUES))
     if unknown:

@@ -18,7 +18,6 @@ from handlers.context import PermanentEventError
 
 log = structlog.get_logger("worker.queue.actors")
 
-QUEUES = ("events", "steps", "emails", "notices", "stripe")
 # actor -> the name its message's id is logged under, and whether the case's ids are looked up
 # from it. Every actor but one names them from the row it reads anyway (worker.pure.message_log:
 # processing once it loaded the event, the others from their case, email, notice or retry); a

@@ -14,9 +14,10 @@ from dramatiq.common import q_name
 
 
 def broker_kind(broker) -> str:
-    """redis | rabbitmq | stub: which broker this is, by its class (no import of the others)."""
-    name = type(broker).__name__
-    return {"RedisBroker": "redis", "RabbitmqBroker": "rabbitmq"}.get(name, "stub")
+    """redis | rabbitmq | stub: which broker this is, by its class or the Dramatiq class it extends
+    (worker.queue.broker.PacedRedisBroker), without importing the others."""
+    kinds = {"RedisBroker": "redis", "RabbitmqBroker": "rabbitmq"}
+    return next((kinds[cls.__name__] for cls in type(broker).__mro__ if cls.__name__ in kinds), "stub")
 
 
 def service_queues(broker) -> list[str]:
