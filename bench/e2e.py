@@ -5,6 +5,9 @@ Pipeline: `dunning web` and `dunning worker` (same P and T) take a realistic mix
 event is done when its row is final and, for a failed payment, when its payment-failed email
 has reached the SendGrid fake. Latency runs from the row's received_at (the webhook's receipt)
 to the email's arrival at the fake, both on this machine's clock.
+
+Idle: each worker pool's CPU per second with nothing to do (its consumers polling Redis), read
+over `idle_seconds` once it has drained: what a quiet service costs its host.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def measure_noop(run) -> dict:
         elapsed = time.time() - started
         cpu = tree_cpu_seconds(proc) - cpu_before
         rss = tree_peak_rss(proc)
+        idle = idle_cpu_ms_per_second(proc, cfg.idle_seconds)  # after the timed drain: its consumers start hot
     finally:
         run.stop(proc)
         broker.close()
@@ -67,7 +71,16 @@ def measure_noop(run) -> dict:
     return {"messages": cfg.noop_messages, "elapsed_s": round(elapsed, 3),
             "rate": round(cfg.noop_messages / elapsed, 1), "enqueue_s": round(sent - started, 3),
             "worker_cpu_ms_per_message": round(cpu * 1000 / cfg.noop_messages, 3),
-            "rss": rss}
+            "idle_cpu_ms_per_s": idle, "rss": rss}
+
+
+def idle_cpu_ms_per_second(proc, seconds: float, settle: float = 1.0) -> float:
+    """CPU ms per second of `proc`'s process tree over `seconds`, after `settle` seconds of calm
+    (a consumer that just had work backs off to its idle poll over the first second)."""
+    time.sleep(settle)
+    before = tree_cpu_seconds(proc)
+    time.sleep(seconds)
+    return round((tree_cpu_seconds(proc) - before) * 1000 / seconds, 1)
 
 
 def _wait(predicate, timeout: float, proc, what: str, interval: float = 0.05) -> None:
@@ -285,6 +298,7 @@ def measure_e2e(run, fake) -> dict:
         half_batch = stored_only(db, half_batch)
         half = wait_batch(db, half_batch, fake, checks, 300, cfg.email_timeout)
         result["half_peak"] = {"rate": half_rate, **_brief(half)}
+        result["idle_cpu_ms_per_s"] = idle_cpu_ms_per_second(worker, cfg.idle_seconds)
         result["status"] = "ok"
     finally:
         result["rss"] = {"web": tree_peak_rss(web), "worker": tree_peak_rss(worker)}

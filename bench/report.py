@@ -129,6 +129,10 @@ def build_rows(results: dict) -> tuple[list[Row], dict]:
             rows.append(Row("e2e", f"p99 receipt->email at 50% of peak ({_n(half['rate'], '/s', 1)})",
                             _ms(half["p99_ms"]), f"{half['payment_failed_emails']}/{half['payment_failed']} emails",
                             target=t.replace("1000", "1000 ms"), result=r))
+            if e2e.get("idle_cpu_ms_per_s") is not None and noop.get("idle_cpu_ms_per_s") is not None:
+                rows.append(Row("e2e", f"worker pool CPU while idle ({shape}), ms per second",
+                                _n(e2e["idle_cpu_ms_per_s"], " ms/s", 1),
+                                _n(noop["idle_cpu_ms_per_s"], " ms/s no-op", 1)))
 
     fl = results.get("floor", {})
     if (row := _err("floor", fl)) is not None:

@@ -36,6 +36,7 @@ class BenchConfig:
     worker_threads: int = 8
     e2e_events: int = 2000  # events of the peak end-to-end batch
     noop_messages: int = 5000
+    idle_seconds: float = 10.0  # the worker pools' CPU while idle is read over this long
     first_email_delay: int = 0  # FIRST_EMAIL_DELAY_SECONDS of the e2e service (BENCH_FIRST_EMAIL_DELAY)
     email_timeout: float = 60.0  # seconds to wait for emails before calling e2e n/a
     scale_small: int = 10_000
@@ -53,11 +54,12 @@ class BenchConfig:
     def for_mode(cls, mode: str, env: dict[str, str]) -> "BenchConfig":
         cfg = cls(mode=mode)
         if mode == "quick":
-            cfg.duration, cfg.e2e_events, cfg.noop_messages = 3.0, 500, 2000
+            cfg.duration, cfg.e2e_events, cfg.noop_messages, cfg.idle_seconds = 3.0, 500, 2000, 5.0
             cfg.scale_small, cfg.scale_large = 10_000, 100_000
             cfg.prune_events = 20_000
         elif mode == "smoke":
             cfg.duration, cfg.warmup, cfg.e2e_events, cfg.noop_messages = 1.5, 0.3, 60, 300
+            cfg.idle_seconds = 1.0
             cfg.scale_small, cfg.scale_large, cfg.due_steps, cfg.tick_repeats = 2_000, 5_000, 200, 1
             cfg.email_timeout, cfg.rounds = 20.0, 2
             cfg.prune_events = 20_000
