@@ -85,12 +85,12 @@ class PacedRedisBroker(RedisBroker):
     worker timeout (WORKER_IDLE_POLL_MS, 250 ms): each process has a consumer per queue and per
     delay queue, ten in all. A poll after a sleep runs on a cold core: on this kind of machine it
     cost 0.57 ms of CPU (a fetch in a tight loop: 0.08 ms), and an idle pool of 2 processes spent
-    58 ms of CPU a second polling, at peak some 5 % of the workers' CPU. Queues whose messages
-    are due at a time rather than at once back off up to `scheduled_poll_ms` instead: the case
-    steps the scheduler sends on its own pass, and every delay queue (retries, the held day-0
-    email), whose messages are fetched ahead of their eta and held by the worker until it comes.
-    Their work then starts up to that much later (0.5-1x of it, Dramatiq jitters the backoff);
-    work due at once (events, emails, notices, Stripe calls) keeps WORKER_IDLE_POLL_MS."""
+    50-57 ms of CPU a second polling (0.55 of that now). Queues whose messages are due at a time
+    rather than at once back off up to `scheduled_poll_ms` instead: the case steps the scheduler
+    sends on its own pass, and every delay queue (retries, the held day-0 email), whose messages
+    are fetched ahead of their eta and held by the worker until it comes. Their work then starts
+    up to that much later (0.5-1x of it: Dramatiq jitters the backoff); work due at once (events,
+    emails, notices, Stripe calls) keeps WORKER_IDLE_POLL_MS."""
 
     def __init__(self, *args, scheduled_queues: frozenset[str] = SCHEDULED_QUEUES,
                  scheduled_poll_ms: int | None = SCHEDULED_POLL_MS, **kwargs):
