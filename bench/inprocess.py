@@ -20,9 +20,9 @@ trips), gunicorn.
 checkout): the same code on the same events makes the same calls whatever else loads the machine
 (two runs differ by a few calls in ten thousand: 0.09 % at most with 3 events of a kind, a
 condition notified or not as the threads meet; one pooled connection, so that which statements it
-prepares does not move with the order the messages come in), so it
-shows a change of 1 % that the CPU pairs cannot resolve (it weighs every call alike, and a
-call into C not at all: it reads how much Python work a change removed, not its seconds). (It
+prepares does not move with the order the messages come in), so it shows a change of 1 % that
+the CPU pairs cannot resolve (it weighs every call alike, and a call into C not at all: it reads
+how much Python work a change removed, not its seconds). (It
 used the file outbox until issue 17's sixth pass: building the MIME file there cost a quarter of
 the measure, a cost production, which sends through SendGrid's API, does not have.)
 """

@@ -4,9 +4,9 @@ run (that is its point on a noisy machine), and it leaves no database behind.
 The checkout is compared with itself: two runs of the same code on the same events, in two
 processes, must count the same calls within 0.2 % for every kind of event (seen: at most 1.5 calls
 in 1,724 with 3 events of each kind, fourteen runs, six with both cores busy; a change worth 1 %
-is five times that). It failed
-once in CI, 8 calls per card change apart, when the bench pooled several connections: which one
-first ran, and so prepared, a statement moved with the order thread timing gave the messages.
+is five times that). It failed once in CI, 8 calls per card change apart, when the bench pooled
+several connections: which one first ran, and so prepared, a statement moved with the order
+thread timing gave the messages.
 """
 
 from __future__ import annotations

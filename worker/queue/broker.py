@@ -35,7 +35,7 @@ MAX_RETRIES = 12
 MIN_BACKOFF_MS = 1_000
 MAX_BACKOFF_MS = 10 * 60_000
 TIME_LIMIT_MS = 120_000
-SCHEDULED_POLL_MS = 1_000  # WORKER_SCHEDULED_POLL_MS's default (config.settings)
+SCHEDULED_POLL_MS = Settings.worker_scheduled_poll_ms  # WORKER_SCHEDULED_POLL_MS's default, one place
 
 
 def embedded_url_file(settings: Settings) -> Path:
@@ -93,7 +93,7 @@ class PacedRedisBroker(RedisBroker):
     emails, notices, Stripe calls) keeps WORKER_IDLE_POLL_MS."""
 
     def __init__(self, *args, scheduled_queues: frozenset[str] = SCHEDULED_QUEUES,
-                 scheduled_poll_ms: int | None = SCHEDULED_POLL_MS, **kwargs):
+                 scheduled_poll_ms: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.scheduled_queues = frozenset(scheduled_queues)
         self.scheduled_poll_ms = scheduled_poll_ms
