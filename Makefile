@@ -11,7 +11,7 @@ export ADMIN_TOKEN ?= local-development-admin-token
 export LOG_FORMAT ?= console
 export HOST ?= 127.0.0.1
 
-.PHONY: run test test-all bench lock clean venv messages
+.PHONY: run test test-all bench bench-peer lock clean venv messages
 
 venv: $(STAMP)
 
@@ -40,11 +40,25 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+# The e2e section beside dj-stripe's webhook view (bench/peer.py), which runs in a virtualenv of its
+# own: dj-stripe pins a Stripe library the service does not use. Needs PostgreSQL (BENCH_DATABASE_URL).
+PEER_VENV := .venv-peer
+PEER_STAMP := $(PEER_VENV)/.installed
+
+$(PEER_STAMP): bench/peer-requirements.lock
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet --require-hashes -r bench/peer-requirements.lock
+	touch $@
+
+bench-peer: $(STAMP) $(PEER_STAMP)
+	BENCH_PEER_PYTHON=$(PEER_VENV)/bin/python $(BIN)/python -m bench --only e2e,peer $(BENCH_ARGS)
+
 # Re-pin the dependencies (needs network): edit requirements*.in, then `make lock`.
 lock:
 	$(PYTHON) -m venv /tmp/dunning-lock && /tmp/dunning-lock/bin/pip install --quiet pip-tools
 	/tmp/dunning-lock/bin/pip-compile --quiet --strip-extras --generate-hashes -o requirements.lock requirements.in
 	/tmp/dunning-lock/bin/pip-compile --quiet --strip-extras --generate-hashes -o requirements-dev.lock requirements-dev.in
+	/tmp/dunning-lock/bin/pip-compile --quiet --strip-extras --generate-hashes -o bench/peer-requirements.lock bench/peer-requirements.in
 
 # Email strings (babel.cfg): extract worker/delivery/locale/emails.pot and merge it into every catalogue
 # (worker/delivery/locale/<locale>/LC_MESSAGES/emails.po); translate the new or fuzzy entries, then `make test`.
@@ -55,4 +69,4 @@ messages: $(STAMP)
 		--ignore-obsolete --width 100
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) $(PEER_VENV) var .pytest_cache

@@ -15,6 +15,8 @@ table of ratios against baselines measured in the same run:
   7. front    100 stalled connections for 60 s while 500 signed events arrive at 20/s (/healthz
               polled throughout) vs the same events without the attack; /metrics scrape time and
               webhook p99 with 16 scrapers over LARGE stored events (bench/frontdoor.py)
+  8. peer     dj-stripe's webhook view (processing in the request) with the e2e section's events and
+              shape, where dj-stripe is installed (`make bench-peer`): e2e events/s beside its events/s
 
 Services: PostgreSQL and Redis when BENCH_DATABASE_URL / BENCH_REDIS_URL (or DATABASE_URL /
 REDIS_URL) are set, else SQLite and the embedded Redis-compatible server in a temp dir. Given a
@@ -43,7 +45,7 @@ from bench.report import TARGETS, as_markdown, as_text, build_rows, memory_summa
 from bench.setup import BenchConfig, BenchRun
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("ingest", "e2e", "floor", "scaling", "prune", "front")
+SECTIONS = ("ingest", "e2e", "floor", "scaling", "prune", "front", "peer")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -112,6 +114,9 @@ def run_bench(cfg: BenchConfig, only: set[str], keep: bool, profile_dir: Path | 
             _section(results, "prune", measure_prune, run)
         if "front" in only:
             _section(results, "front", measure_front, run)
+        if "peer" in only:
+            from bench.peer import measure_peer
+            _section(results, "peer", measure_peer, run)
         results["services"]["database"] = run.database_kind
         results["memory"] = memory_summary(results)
         if run.profiles:

@@ -176,6 +176,12 @@ def build_rows(results: dict) -> tuple[list[Row], dict]:
     elif fr:
         _front_rows(fr, rows, check)
 
+    pe = results.get("peer", {})
+    if (row := _err("peer", pe)) is not None:
+        rows.append(row)
+    elif pe:
+        _peer_rows(pe, e2e, rows)
+
     mem = results.get("memory", {})
     if mem:
         if mem.get("web_mb") is not None:
@@ -218,6 +224,27 @@ def _floor_rows(fl: dict, e2e: dict, rows: list[Row], check) -> None:
     else:
         rows.append(Row("floor", "CPU per event: client / PostgreSQL backends (floor)",
                         f"{_n(rep['client_cpu_ms_per_event'], '', 2)} / {_n(rep['postgres_cpu_ms_per_event'], '', 2)} ms"))
+
+
+def _peer_rows(pe: dict, e2e: dict, rows: list[Row]) -> None:
+    """e2e beside dj-stripe: a comparison, not a target (issue 17's "side-by-side")."""
+    peak, ours = pe.get("peak") or {}, (e2e.get("peak") if e2e.get("status") == "ok" else None) or {}
+    shape, version = f"{pe['processes']}x{pe['threads']}", pe.get("versions", {}).get("dj-stripe", "?")
+    if pe.get("status") != "ok":
+        rows.append(Row("peer", f"dj-stripe {version}", pe.get("status", "n/a"), result="n/a"))
+        return
+    ratio = round(ours["rate"] / peak["rate"], 2) if ours.get("rate") and peak.get("rate") else None
+    pe["ratio"] = ratio
+    rows.append(Row("peer", f"events/s end to end: e2e vs dj-stripe {version} processing in the request ({shape})",
+                    _n(ours.get("rate"), "/s"), _n(peak["rate"], "/s dj-stripe", 1), _n(ratio, digits=2)))
+    stack = [ours.get(k) for k in ("worker_cpu_ms_per_event", "web_cpu_ms_per_event", "postgres_cpu_ms_per_event")]
+    theirs = [peak.get(k) for k in ("web_cpu_ms_per_event", "postgres_cpu_ms_per_event")]
+    if None not in stack and None not in theirs:
+        rows.append(Row("peer", "CPU per event: e2e (worker+web+PostgreSQL) vs dj-stripe (web+PostgreSQL); ratio dj-stripe / e2e",
+                        _n(sum(stack), " ms", 2), f"{_n(sum(theirs), ' ms', 2)} dj-stripe "
+                        f"({_n(theirs[0], '', 2)} + {_n(theirs[1], '', 2)})", _n(sum(theirs) / sum(stack), digits=2)))
+    rows.append(Row("peer", "dj-stripe per request: p50 / p99; Stripe API reads per event (stub)",
+                    f"{_ms(peak.get('p50_ms'))} / {_ms(peak.get('p99_ms'))}", _n(peak.get("stripe_reads_per_event"), "", 2)))
 
 
 def _front_rows(fr: dict, rows: list[Row], check) -> None:

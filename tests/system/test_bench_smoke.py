@@ -28,20 +28,21 @@ def _bench_processes() -> set[int]:
                     cmd = f.read()
             except OSError:
                 continue
-            if b"dunning-bench-" in cmd or b"bench.bare_app" in cmd or b"bench.noop_actors" in cmd:
+            if b"dunning-bench-" in cmd or any(name in cmd for name in (
+                    b"bench.bare_app", b"bench.noop_actors", b"bench.peer_site", b"django.core.wsgi")):
                 found.add(int(entry))
     return found
 
 
 def test_the_smoke_bench_writes_every_section_and_leaves_no_process_behind(tmp_path):
     env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "REDIS_URL", "BENCH_DATABASE_URL", "BENCH_REDIS_URL")}
+           if k not in ("DATABASE_URL", "REDIS_URL", "BENCH_DATABASE_URL", "BENCH_REDIS_URL", "BENCH_PEER_PYTHON")}
     has_postgres = postgres_reachable()
     if has_postgres:
         env["BENCH_DATABASE_URL"] = TEST_DATABASE_URL
     before = _bench_processes()
     done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)], cwd=PROJECT_ROOT,
-                          env=env, capture_output=True, text=True, timeout=360)
+                          env=env, capture_output=True, text=True, timeout=480)
     assert done.returncode == 0, done.stderr[-3000:]
 
     results = json.loads((tmp_path / "latest.json").read_text())
@@ -90,6 +91,15 @@ def test_the_smoke_bench_writes_every_section_and_leaves_no_process_behind(tmp_p
     front = results["front"]  # issue 13: the stalled-connection scenario, at smoke size
     assert front["attack"]["events"]["statuses"] == {"200": front["events"]}, front
     assert front["attack"]["stalled"]["closed_by_server"] > 0 and front["attack"]["healthz"]["polls"] > 0
+
+    peer = results["peer"]  # issue 17's side-by-side with dj-stripe: where `.venv-peer` exists (.ci/run makes it)
+    if (PROJECT_ROOT / ".venv-peer" / ".installed").exists() and has_postgres:
+        assert peer["status"] == "ok", peer
+        assert peer["peak"]["processed"] == peer["peak"]["events"] == results["settings"]["e2e_events"]
+        assert peer["peak"]["rate"] > 0 and peer["peak"]["web_cpu_ms_per_event"] > 0
+        assert peer["peak"]["stripe_reads_per_event"] > 0 and "dj-stripe" in done.stdout
+    else:
+        assert "skipped" in peer, peer
 
     assert results["memory"]["worker_mb"] > 0 and results["memory"]["web_mb"] > 0
     assert {c["result"] for c in results["checks"].values()} <= {"PASS", "MISS", "n/a"}
