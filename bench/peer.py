@@ -14,6 +14,7 @@ Elsewhere the section says why it was skipped.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -32,15 +33,16 @@ def peer_python(env: dict[str, str]) -> Path:
     return Path(env.get("BENCH_PEER_PYTHON") or PEER_VENV_PYTHON)
 
 
-def why_not_runnable(python: Path, database_kind: str | None) -> str | None:
+def why_not_runnable(python: Path, on_postgresql: bool) -> str | None:
     """Why the peer cannot run here (None: it can)."""
     if not python.exists():
         return f"dj-stripe is not installed ({python} not found): run `make bench-peer`"
     probe = subprocess.run([str(python), "-c", "import djstripe, django, gunicorn"], capture_output=True,
                            text=True, timeout=60)
     if probe.returncode != 0:
-        return f"dj-stripe is not importable by {python}: {probe.stderr.strip().splitlines()[-1:]}"
-    if database_kind != "postgresql":
+        last = (probe.stderr.strip().splitlines() or ["no error output"])[-1]
+        return f"dj-stripe is not importable by {python}: {last}"
+    if not on_postgresql:
         return "the peer runs on PostgreSQL only (set BENCH_DATABASE_URL)"
     return None
 
@@ -49,7 +51,7 @@ def measure_peer(run) -> dict:
     cfg = run.cfg
     python = peer_python(dict(os.environ))
     server = run.postgres_server()
-    reason = why_not_runnable(python, "postgresql" if server else run.database_kind)
+    reason = why_not_runnable(python, server is not None)
     if reason:
         return {"skipped": reason}
     scratch = ScratchDatabase(server, f"{run.tag}_peer")
@@ -134,5 +136,4 @@ def _versions(python: Path) -> dict[str, str]:
     out = subprocess.run([str(python), "-c", "import importlib.metadata as m, json; print(json.dumps("
                           "{p: m.version(p) for p in ('dj-stripe', 'Django', 'stripe', 'gunicorn')}))"],
                          capture_output=True, text=True, timeout=60)
-    import json
     return json.loads(out.stdout) if out.returncode == 0 else {}
