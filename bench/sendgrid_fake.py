@@ -12,7 +12,9 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from bench.local_server import LocalServer
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ def _headers_of(message: dict) -> dict[str, str]:
     return {str(k).lower(): str(v) for k, v in found.items()}
 
 
-class SendGridFake:
+class SendGridFake(LocalServer):
     def __init__(self, host: str = "127.0.0.1"):
         self.mails: list[SentMail] = []
         self.rejected = 0
@@ -76,18 +78,7 @@ class SendGridFake:
             def log_message(self, *args):  # quiet
                 pass
 
-        self.server = ThreadingHTTPServer((host, 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://{host}:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name="sendgrid-fake", daemon=True)
-
-    def start(self) -> "SendGridFake":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, host, name="sendgrid-fake")
 
     def snapshot(self) -> list[SentMail]:
         with self._lock:

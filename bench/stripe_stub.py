@@ -5,26 +5,26 @@ does not embed (the account of the API key, the customer, the subscription, the 
 ...). This server answers those GETs as Stripe would: an object an event of the run carried
 (`remember`, the latest version of it: dj-stripe fetches an invoice again before it syncs it), or
 else one of the same shapes as the bench's events (bench/events.py) made up from the id asked
-for, so every read succeeds and costs one local round trip. It sets TCP_NODELAY on every connection: without it the client's next request waits
-for the delayed ACK of the previous answer (40 ms on Linux) and the benchmark measures Nagle's
-algorithm, not dj-stripe. It counts the requests it answered per resource, so the report can say
-how many API reads dj-stripe made per event.
+for, so every read succeeds and costs one local round trip. It counts the requests it answered
+per resource, so the report can say how many API reads dj-stripe made per event.
 
-Bench-only, standard library only; it runs on a thread of the bench's own process, as the SendGrid
-fake does, so its CPU is never counted as the peer's.
+Bench-only, standard library only. It is served by bench.local_server, as the SendGrid fake is:
+on a thread of the bench's own process (its CPU is never counted as the peer's), with TCP_NODELAY
+on every connection (the issue's condition: else the benchmark measures Nagle's algorithm, not
+dj-stripe).
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 from bench.events import customer, payment_method
+from bench.local_server import LocalServer
 
 ACCOUNT_ID = "acct_bench_platform"
 
@@ -105,7 +105,8 @@ def _made_up(resource: str, object_id: str) -> dict | None:
     return None
 
 
-class StripeStub:
+class StripeStub(LocalServer):
+    """The stub's server (bench.local_server: TCP_NODELAY), its remembered objects and its read counts."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.reads: Counter[str] = Counter()
@@ -145,16 +146,7 @@ class StripeStub:
             def log_message(self, *_args):
                 pass
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def get_request(self):
-                sock, addr = super().get_request()
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                return sock, addr
-
-        self.server = Server((host, port), Handler)
-        self.url = f"http://{host}:{self.server.server_address[1]}"
+        super().__init__(Handler, host, port, name="stripe-stub")
 
     def remember(self, event_bodies) -> None:
         """Answer for each event's object with the version the latest of these events carried."""
@@ -162,10 +154,3 @@ class StripeStub:
             obj = json.loads(body)["data"]["object"]
             self.objects[obj["id"]] = obj
 
-    def start(self) -> "StripeStub":
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
