@@ -108,6 +108,12 @@ class Batch:
         return str(path)
 
 
+def batch_customers(factory: EventFactory, events: int) -> list[str]:
+    """The customers a batch of `events` is spread over: a quarter as many, 5 to 200 (the peer
+    section, bench/peer.py, posts its events to as many)."""
+    return [factory.new_customer_id() for _ in range(max(5, min(200, events // 4)))]
+
+
 def _statuses(db, ids: list[str]) -> dict[str, dict]:
     from sqlalchemy import select
     events = db.table("events")
@@ -235,7 +241,7 @@ def measure_e2e(run, fake) -> dict:
                     "threads": cfg.worker_threads}
     try:
         # Warm-up (not timed): the customers, and failures the batch's paid events will settle.
-        customers = [factory.new_customer_id() for _ in range(max(5, min(200, cfg.e2e_events // 4)))]
+        customers = batch_customers(factory, cfg.e2e_events)
         settle_count = int(cfg.e2e_events * 0.25) + 2 * cfg.worker_processes + 4  # the kinds warm-up pays some
         warm_failures = [factory.payment_failed(customers[i % len(customers)]) for i in range(settle_count)]
         warm = Batch([factory.customer_created(c) for c in customers] + warm_failures)

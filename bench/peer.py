@@ -19,7 +19,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from bench.e2e import Batch
+from bench.e2e import Batch, batch_customers
 from bench.events import EventFactory
 from bench.services import BackendCpu, ScratchDatabase, free_port, tree_cpu_seconds, tree_peak_rss, wait_http_ok
 from bench.setup import WEBHOOK_SECRET
@@ -33,25 +33,30 @@ def peer_python(env: dict[str, str]) -> Path:
     return Path(env.get("BENCH_PEER_PYTHON") or PEER_VENV_PYTHON)
 
 
-def why_not_runnable(python: Path, on_postgresql: bool) -> str | None:
-    """Why the peer cannot run here (None: it can)."""
+# Importing the packages is the check; their versions go into the results.
+_PROBE = ("import djstripe, django, gunicorn, json, importlib.metadata as m; print(json.dumps("
+          "{p: m.version(p) for p in ('dj-stripe', 'Django', 'stripe', 'gunicorn')}))")
+
+
+def check_peer(python: Path, on_postgresql: bool) -> tuple[dict[str, str], str | None]:
+    """The peer's package versions in `python`, and why it cannot run here (None: it can)."""
     if not python.exists():
-        return f"dj-stripe is not installed ({python} not found): run `make bench-peer`"
-    probe = subprocess.run([str(python), "-c", "import djstripe, django, gunicorn"], capture_output=True,
-                           text=True, timeout=60)
+        return {}, f"dj-stripe is not installed ({python} not found): run `make bench-peer`"
+    probe = subprocess.run([str(python), "-c", _PROBE], capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["no error output"])[-1]
-        return f"dj-stripe is not importable by {python}: {last}"
+        return {}, f"dj-stripe is not importable by {python}: {last}"
+    versions = json.loads(probe.stdout)
     if not on_postgresql:
-        return "the peer runs on PostgreSQL only (set BENCH_DATABASE_URL)"
-    return None
+        return versions, "the peer runs on PostgreSQL only (set BENCH_DATABASE_URL)"
+    return versions, None
 
 
 def measure_peer(run) -> dict:
     cfg = run.cfg
     python = peer_python(dict(os.environ))
     server = run.postgres_server()
-    reason = why_not_runnable(python, server is not None)
+    versions, reason = check_peer(python, server is not None)
     if reason:
         return {"skipped": reason}
     scratch = ScratchDatabase(server, f"{run.tag}_peer")
@@ -65,7 +70,7 @@ def measure_peer(run) -> dict:
                 "PEER_DATABASE": database_url, "PEER_STRIPE_API": stub.url,
                 "PEER_WEBHOOK_SECRET": WEBHOOK_SECRET, "PYTHONUNBUFFERED": "1"})
     result: dict = {"database": "postgresql", "processes": cfg.web_workers, "threads": cfg.web_threads,
-                    "python": str(python), "versions": _versions(python)}
+                    "python": str(python), "versions": versions}
     web = None
     try:
         prepared = subprocess.run([str(python), "-m", "bench.peer_site"], env=env, cwd=str(PROJECT_ROOT),
@@ -80,7 +85,7 @@ def measure_peer(run) -> dict:
         wait_http_ok(f"http://127.0.0.1:{port}/healthz", web)
 
         factory = EventFactory(run.tag + "p")
-        customers = [factory.new_customer_id() for _ in range(max(5, min(200, cfg.e2e_events // 4)))]
+        customers = batch_customers(factory, cfg.e2e_events)
         failures = [factory.payment_failed(customers[i % len(customers)])
                     for i in range(int(cfg.e2e_events * 0.25) + 4)]
         kinds = [factory.paid(failures[-1].customer_id, failures[-1].invoice_id),
@@ -131,9 +136,3 @@ def _processed(database_url: str, event_ids: list[str]) -> int:
                            "WHERE valid AND processed AND body::jsonb->>'id' = ANY(%s)", (event_ids,)).fetchone()
     return int(row[0])
 
-
-def _versions(python: Path) -> dict[str, str]:
-    out = subprocess.run([str(python), "-c", "import importlib.metadata as m, json; print(json.dumps("
-                          "{p: m.version(p) for p in ('dj-stripe', 'Django', 'stripe', 'gunicorn')}))"],
-                         capture_output=True, text=True, timeout=60)
-    return json.loads(out.stdout) if out.returncode == 0 else {}

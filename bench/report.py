@@ -228,11 +228,8 @@ def _floor_rows(fl: dict, e2e: dict, rows: list[Row], check) -> None:
 
 def _peer_rows(pe: dict, e2e: dict, rows: list[Row]) -> None:
     """e2e beside dj-stripe: a comparison, not a target (issue 17's "side-by-side")."""
-    peak, ours = pe.get("peak") or {}, (e2e.get("peak") if e2e.get("status") == "ok" else None) or {}
+    peak, ours = pe["peak"], (e2e.get("peak") if e2e.get("status") == "ok" else None) or {}
     shape, version = f"{pe['processes']}x{pe['threads']}", pe.get("versions", {}).get("dj-stripe", "?")
-    if pe.get("status") != "ok":
-        rows.append(Row("peer", f"dj-stripe {version}", pe.get("status", "n/a"), result="n/a"))
-        return
     ratio = round(ours["rate"] / peak["rate"], 2) if ours.get("rate") and peak.get("rate") else None
     pe["ratio"] = ratio
     rows.append(Row("peer", f"events/s end to end: e2e vs dj-stripe {version} processing in the request ({shape})",

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from bench.events import EventFactory
-from bench.peer import PEER_VENV_PYTHON, why_not_runnable
+from bench.peer import PEER_VENV_PYTHON, check_peer
 from bench.stripe_stub import ACCOUNT_ID, StripeStub
 
 
@@ -67,9 +67,10 @@ def test_the_stub_sets_tcp_nodelay_on_every_connection_it_accepts():
 
 
 def test_the_peer_section_says_how_to_install_dj_stripe_when_it_cannot_run(tmp_path):
-    missing = why_not_runnable(tmp_path / "no-such-python", True)
-    assert "make bench-peer" in missing
-    without_djstripe = why_not_runnable(Path(sys.executable), True)  # the service's venv has no dj-stripe
+    versions, missing = check_peer(tmp_path / "no-such-python", True)
+    assert "make bench-peer" in missing and versions == {}
+    _, without_djstripe = check_peer(Path(sys.executable), True)  # the service's venv has no dj-stripe
     assert without_djstripe is not None and "not importable" in without_djstripe
     if PEER_VENV_PYTHON.exists():  # installed: it still runs on PostgreSQL only
-        assert "PostgreSQL" in why_not_runnable(PEER_VENV_PYTHON, False)
+        versions, reason = check_peer(PEER_VENV_PYTHON, False)
+        assert "PostgreSQL" in reason and versions["dj-stripe"]
