@@ -92,15 +92,14 @@ class PacedRedisBroker(RedisBroker):
     up to that much later (0.5-1x of it: Dramatiq jitters the backoff); work due at once (events,
     emails, notices, Stripe calls) keeps WORKER_IDLE_POLL_MS."""
 
-    def __init__(self, *args, scheduled_queues: frozenset[str] = SCHEDULED_QUEUES,
-                 scheduled_poll_ms: int | None = None, **kwargs):
+    def __init__(self, *args, scheduled_poll_ms: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.scheduled_queues = frozenset(scheduled_queues)
         self.scheduled_poll_ms = scheduled_poll_ms
 
-    def is_scheduled(self, queue_name: str) -> bool:
+    @staticmethod
+    def is_scheduled(queue_name: str) -> bool:
         """A delay queue, or a queue whose messages are sent when their work is due (SCHEDULED_QUEUES)."""
-        return queue_name.endswith(".DQ") or queue_name in self.scheduled_queues
+        return queue_name.endswith(".DQ") or queue_name in SCHEDULED_QUEUES
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000):
         """Dramatiq's consumer, its idle backoff capped at `timeout` (the worker timeout) or, on a
